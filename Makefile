@@ -1,0 +1,54 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# torch and torchvision come from this machine's local wheels; install them
+# first and pinned so no later resolver step picks another (multi-GB) build.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= pld_pipeline,storage
+
+.PHONY: test demo demo-quick bench lint install clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet $(TORCH_PINS)
+	$(PIP) install --quiet -e ".[dev]" $(TORCH_PINS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# The main job: Fashion-MNIST -> teacher -> cache -> sweep of students, on CPU.
+demo: $(STAMP) fashion-mnist
+	$(VENV)/bin/pld demo $(DEMO_ARGS)
+
+demo-quick: $(STAMP) fashion-mnist
+	$(VENV)/bin/pld demo --quick $(DEMO_ARGS)
+
+# Debian ships the real Fashion-MNIST; install it when missing.
+fashion-mnist:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)
+
+bench: $(STAMP)
+	$(PY) bench/losses.py
+	$(PY) bench/storage.py
+	$(PY) bench/teacher.py
+	$(PY) bench/student.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pld_pipeline storage flows tests bench
+
+clean-venv:
+	rm -rf $(VENV)
