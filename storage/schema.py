@@ -1,0 +1,143 @@
+"""The on-disk layout: array names, shapes, dtypes, chunks, fill values and codecs.
+
+Every per-view array is chunked ``(1, shard_size, ...)``: one (view, shard) write
+touches exactly one chunk of each array, so writers never share a chunk and need
+no lock. ``done`` is chunked ``(1, 1)`` so each shard writer owns its done bit.
+See storage/README.md for the same table in prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from storage.manifest import Manifest
+
+ATTR_MANIFEST = "pld_cache"
+ATTR_SCHEMA_VERSION = "schema_version"
+DEFAULT_SHARD_SIZE = 8192
+# float16 range: larger magnitudes become inf when stored.
+FLOAT16_MAX = 65504.0
+INT16_MAX_CLASSES = 32767
+
+# Arrays indexed [V, N, ...], written by shard writers.
+PER_VIEW_ARRAYS_TOPK = ("topk_idx", "topk_logp", "lse", "gt_logit", "crop", "flip", "bad")
+PER_VIEW_ARRAYS_FULL = ("logits", "lse", "gt_logit", "crop", "flip", "bad")
+# Arrays indexed [N, ...]: key and label at create time, hw by view 0's shard writers.
+PER_SAMPLE_ARRAYS = ("key", "label", "hw")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape, chunking and type of one array in the cache group."""
+
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: Any
+    fill_value: Any
+    dims: tuple[str, ...]
+    doc: str
+
+
+def index_dtype(num_classes: int) -> np.dtype:
+    """int16 class indices when C <= 32767, int32 above."""
+    return np.dtype(np.int16 if num_classes <= INT16_MAX_CLASSES else np.int32)
+
+
+def per_view_arrays(manifest: Manifest) -> tuple[str, ...]:
+    """Names of the [V, N, ...] arrays of this manifest's format."""
+    return PER_VIEW_ARRAYS_TOPK if manifest.format == "topk" else PER_VIEW_ARRAYS_FULL
+
+
+def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
+    """Every array of a cache made from ``manifest``, by name."""
+    v, n, s = manifest.num_views, manifest.num_samples, manifest.shard_size
+    k, c, nt = manifest.k, manifest.num_classes, len(manifest.temperatures)
+    s = min(s, n)
+    nan = float("nan")
+
+    def view(name, trailing, dtype, fill, dims, doc):
+        return ArraySpec(
+            name, (v, n, *trailing), (1, s, *trailing), dtype, fill, ("view", "sample", *dims), doc
+        )
+
+    specs = [
+        view(
+            "lse",
+            (nt,),
+            np.float32,
+            nan,
+            ("temperature",),
+            "teacher logsumexp(z / T) for each manifest temperature",
+        ),
+        view("gt_logit", (), np.float32, nan, (), "teacher logit of the true class"),
+        view("crop", (4,), np.int32, 0, ("box",), "crop box in source pixels: top, left, h, w"),
+        view("flip", (), np.uint8, 0, (), "1 when the crop was flipped horizontally"),
+        view("bad", (), np.bool_, False, (), "the image could not be decoded; row is filler"),
+        ArraySpec("label", (n,), (s,), np.int32, 0, ("sample",), "true class"),
+        ArraySpec("key", (n,), (s,), str, "", ("sample",), "sample key (relative path)"),
+        ArraySpec(
+            "hw", (n, 2), (s, 2), np.int32, 0, ("sample", "hw"), "source image height, width"
+        ),
+        ArraySpec(
+            "done",
+            (v, manifest.num_shards),
+            (1, 1),
+            np.bool_,
+            False,
+            ("view", "shard"),
+            "shard s of view v is completely written",
+        ),
+    ]
+    if manifest.format == "topk":
+        specs[:0] = [
+            view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
+            view(
+                "topk_logp",
+                (k,),
+                np.float16,
+                nan,
+                ("rank",),
+                "log-probabilities of the top-K at T=1",
+            ),
+        ]
+    else:
+        specs[:0] = [view("logits", (c,), np.float16, nan, ("class",), "all teacher logits")]
+    return {spec.name: spec for spec in specs}
+
+
+def _blosc(cname: str, level: int) -> Callable[[np.dtype], list]:
+    def make(dtype: np.dtype) -> list:
+        # Bit-shuffle suits small integers (class indices use ~10 of 16 bits);
+        # byte-shuffle suits floats (sign and exponent bytes repeat). See README.
+        shuffle = "shuffle" if dtype.kind == "f" else "bitshuffle"
+        return [
+            BloscCodec(cname=cname, clevel=level, shuffle=shuffle, typesize=dtype.itemsize),
+            Crc32cCodec(),
+        ]
+
+    return make
+
+
+# Every codec chain ends with crc32c so a damaged chunk is detected on read
+# (blosc alone decodes some bit flips into wrong values without error).
+COMPRESSORS: dict[str, Callable[[np.dtype], list]] = {
+    "blosc-lz4": _blosc("lz4", 5),
+    "blosc-zstd": _blosc("zstd", 1),
+    "zstd": lambda dtype: [ZstdCodec(level=1), Crc32cCodec()],
+    "none": lambda dtype: [Crc32cCodec()],
+}
+DEFAULT_COMPRESSOR = "blosc-lz4"
+
+
+def codecs_for(spec: ArraySpec, compressor: str) -> list:
+    """The bytes-to-bytes codec chain of one array for a named compressor."""
+    if spec.dtype is str:
+        # Variable-length strings are not fixed-size items: shuffling means nothing.
+        return [ZstdCodec(level=1), Crc32cCodec()]
+    return COMPRESSORS[compressor](np.dtype(spec.dtype))

@@ -1,0 +1,160 @@
+"""What ``inspect`` prints: manifest, size, completeness and teacher statistics of a cache.
+
+Statistics are computed from the written shards only, a bounded range at a time, so a
+partial or very large cache can be inspected too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from storage import location
+from storage.reader import CacheReader
+from storage.schema import per_view_arrays
+
+# Shards read per step while computing statistics (bounds memory).
+SHARDS_PER_STEP = 16
+
+
+@dataclass
+class CacheSummary:
+    """Figures about one cache; ``str()`` of it is what ``inspect`` returns."""
+
+    path: str
+    manifest: dict
+    num_samples: int
+    num_views: int
+    k: int
+    num_classes: int
+    format: str
+    num_shards: int
+    done_shards: int
+    missing: list[tuple[int, int]]
+    disk_bytes: int
+    view_bytes: int
+    uncompressed_view_bytes: int
+    records_written: int
+    top1: dict[int, float] = field(default_factory=dict)
+    tail_mass: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def bytes_per_record(self) -> float:
+        """Stored bytes of the per-view arrays per written (view, sample) record."""
+        return self.view_bytes / max(self.records_written, 1)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Uncompressed / stored bytes of the written chunks of the per-view arrays."""
+        return self.uncompressed_view_bytes / max(self.view_bytes, 1)
+
+    def __str__(self) -> str:
+        m = self.manifest
+        t = m["teacher"]
+        lines = [
+            f"cache      {self.path}",
+            f"schema     v{m['schema_version']}  created {m['created_at']}  by {m['producer']!r}",
+            f"teacher    {t['name']}  weights {t['weights_source']} (sha256 "
+            f"{t['weights_sha256'][:12]}...)  input {t['input_size']} {t['interpolation']}",
+            f"views      {m['views']}",
+            f"format     {self.format}  K={self.k}  C={self.num_classes}  "
+            f"temperatures {m['temperatures']}",
+            f"size       N={self.num_samples}  V={self.num_views}  shards/view={self.num_shards}"
+            f" (shard_size {m['shard_size']})",
+            f"dataset    fingerprint {m['dataset_fingerprint'][:16]}...",
+            f"complete   {self.done_shards}/{self.num_views * self.num_shards} (view, shard)"
+            + (
+                f"; missing {self.missing[:10]}{' ...' if len(self.missing) > 10 else ''}"
+                if self.missing
+                else ""
+            ),
+            f"disk       {self.disk_bytes / 1e6:.2f} MB total; {self.bytes_per_record:.1f} "
+            f"B/record; compression ratio {self.compression_ratio:.2f}",
+        ]
+        for v in sorted(self.top1):
+            tail = self.tail_mass.get(v)
+            tail_text = f"{tail:.4f}" if tail is not None else "n/a (full logits)"
+            lines.append(
+                f"view {v:<5} teacher top-1 vs label {self.top1[v]:.4f}; mean tail mass {tail_text}"
+            )
+        lines.append(f"libraries  {json.dumps(m['library_versions'], sort_keys=True)}")
+        return "\n".join(lines)
+
+
+def _done_ranges(reader: CacheReader, view: int, missing: set) -> list[tuple[int, int]]:
+    # Runs of consecutive written shards, at most SHARDS_PER_STEP each.
+    ranges, s, size = [], 0, reader.shard_size
+    while s < reader.num_shards:
+        if (view, s) in missing:
+            s += 1
+            continue
+        first = s
+        while s < reader.num_shards and (view, s) not in missing and s - first < SHARDS_PER_STEP:
+            s += 1
+        ranges.append((first * size, min(s * size, reader.num_samples)))
+    return ranges
+
+
+def summarize(path: str | os.PathLike) -> CacheSummary:
+    """Compute a ``CacheSummary`` of the cache at ``path``.
+
+    Raises:
+        NotACacheError, SchemaVersionError, CorruptChunkError: see ``open_cache``.
+    """
+    reader = CacheReader(path)
+    missing = reader.missing()
+    view_bytes = uncompressed = 0
+    for name in per_view_arrays(reader.manifest):
+        array = reader._arrays[name]
+        view_bytes += array.nbytes_stored()
+        chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
+        uncompressed += array.nchunks_initialized * chunk_bytes
+    done_shards = reader.num_views * reader.num_shards - len(missing)
+    summary = CacheSummary(
+        path=reader.path,
+        manifest=reader.manifest.to_dict(),
+        num_samples=reader.num_samples,
+        num_views=reader.num_views,
+        k=reader.k,
+        num_classes=reader.num_classes,
+        format=reader.format,
+        num_shards=reader.num_shards,
+        done_shards=done_shards,
+        missing=missing,
+        disk_bytes=location.disk_bytes(path),
+        view_bytes=view_bytes,
+        uncompressed_view_bytes=uncompressed,
+        records_written=0,
+    )
+    missing_set = set(missing)
+    for view in range(reader.num_views):
+        hits = count = 0
+        tail = 0.0
+        for start, stop in _done_ranges(reader, view, missing_set):
+            slab = reader.load_view(view, start, stop)
+            summary.records_written += len(slab)
+            good = ~slab.bad
+            top = slab.topk_idx[:, 0] if slab.logits is None else np.argmax(slab.logits, axis=1)
+            hits += int((top[good] == slab.label[good]).sum())
+            count += int(good.sum())
+            if slab.topk_logp is not None:
+                probs = np.exp(slab.topk_logp[good].astype(np.float64))
+                tail += float((1.0 - probs.sum(axis=1)).sum())
+        if count:
+            summary.top1[view] = hits / count
+            if reader.format == "topk":
+                summary.tail_mass[view] = tail / count
+    reader.close()
+    return summary
+
+
+def inspect(path: str | os.PathLike) -> str:
+    """A human summary of a cache: manifest, N, V, K, C, completeness, bytes, statistics.
+
+    Raises:
+        NotACacheError, SchemaVersionError, CorruptChunkError: see ``open_cache``.
+    """
+    return str(summarize(path))
