@@ -1,0 +1,278 @@
+"""Training configs: one student run (TrainConfig) and a grid of runs (SweepConfig, expand_grid).
+
+Every field carries a description: it is the help text of the Prefect UI form and the CLI.
+Values are checked here (types, ranges, cross-field rules); checks that need the cache or the
+dataset (K, temperatures, class count, fingerprint) happen in `pld_pipeline.train.fit` before
+the first step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pld_pipeline.configs.cache import TeacherConfig
+from pld_pipeline.errors import ConfigError
+
+# The same strings as pld_pipeline.losses.LOSS_NAMES (a test keeps them equal); spelled out
+# here so reading a config does not import torch.
+LossName = Literal["ce", "kd", "dist", "dkd", "pld"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos: refuse them instead of silently ignoring a setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudentConfig(_Strict):
+    """The student network and how its inputs are made."""
+
+    name: str = Field(
+        "resnet18",
+        description="torchvision model name (random init, e.g. 'resnet18') or 'module:callable' "
+        "factory taking num_classes",
+    )
+    num_classes: int | None = Field(
+        None, gt=0, description="output classes; None = the cache's num_classes (must match)"
+    )
+    image_size: int = Field(224, gt=0, description="student input side in pixels")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="resize filter used when replaying a crop at image_size"
+    )
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="per-channel input mean")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="per-channel input std")
+    eval_crop_pct: float = Field(
+        0.875, gt=0, le=1, description="validation: centered square crop of this share of the short side"
+    )
+    random_scale: tuple[float, float] = Field(
+        (0.08, 1.0),
+        description="student's own random-resized-crop area range, used only with an eval cache",
+    )
+    random_ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3),
+        description="student's own random-resized-crop aspect range, used only with an eval cache",
+    )
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"std must be > 0 per channel, got {v}")
+        return v
+
+
+class OptimConfig(_Strict):
+    """Optimizer, learning-rate schedule (linear warmup then cosine), decay and clipping."""
+
+    name: Literal["sgd", "adamw", "lamb"] = Field(
+        "sgd", description="sgd (momentum, nesterov), adamw, or lamb (layer-wise trust ratio)"
+    )
+    lr: float = Field(0.1, description="peak learning rate after warmup (> 0)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW/LAMB betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW/LAMB epsilon")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW/LAMB) or L2 (SGD) weight decay")
+    decay_norm_and_bias: bool = Field(
+        False, description="also decay 1-D parameters (biases, norm scales); off as in timm"
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length in epochs (fractions allowed)")
+    min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the global gradient norm to this value; None = no clipping"
+    )
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"lr must be > 0, got {v}; use a positive learning rate such as 0.1")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptimConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}; lower min_lr")
+        return self
+
+
+class LossConfig(_Strict):
+    """The distillation loss, by name, with its temperature and extra parameters."""
+
+    name: LossName = Field("pld", description="loss: ce, kd, dist, dkd or pld")
+    temperature: float | None = Field(
+        None, gt=0, description="loss temperature; None = the loss's default. Must be cached "
+        "(manifest temperatures) for compact targets"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="other loss parameters, e.g. {ce_weight: 0.1} for kd, {label_smoothing: 0.1} for ce",
+    )
+
+    def make_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `make_loss(self.name, **kwargs)`."""
+        kwargs = dict(self.params)
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        return kwargs
+
+
+class TrainConfig(_Strict):
+    """One student run: the cache and images it reads, the student, loss, optimizer and schedule."""
+
+    cache: str = Field(description="path or fsspec URL of the teacher logit cache")
+    dataset_root: str = Field(description="training images (ImageNet layout) the cache was made from")
+    dataset_split: str | None = Field(
+        None, description="split folder under dataset_root (e.g. 'train'); None = root holds classes"
+    )
+    val_root: str | None = Field(None, description="validation images (ImageNet layout); None = no evaluation")
+    val_split: str | None = Field(None, description="split folder under val_root (e.g. 'val')")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="the student network")
+    loss: LossConfig = Field(default_factory=LossConfig, description="the distillation loss")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer and schedule")
+    epochs: int = Field(10, gt=0, description="epochs; epoch e trains on cached view e mod V")
+    batch_size: int = Field(128, gt=0, description="global batch size (split evenly over DDP ranks)")
+    k: int | None = Field(
+        None, gt=0, description="teacher classes kept per sample (K' <= cached K); None = all cached"
+    )
+    target_form: Literal["compact", "dense"] = Field(
+        "compact", description="compact top-K targets, or dense fp16 logits (full caches only)"
+    )
+    online_teacher: TeacherConfig | None = Field(
+        None, description="run this teacher live on every batch instead of reading targets "
+        "(speed comparison; same views)"
+    )
+    run_dir: str = Field(description="output folder: config.json, metrics.jsonl, checkpoints, result.json")
+    resume: bool = Field(False, description="continue from run_dir/checkpoint.pt when it exists")
+    seed: int = Field(0, ge=0, description="seed of weights init, sample order and student augmentation")
+    deterministic: bool = Field(False, description="torch deterministic algorithms (slower on GPU)")
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    amp: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision; auto = bf16 on CUDA, none on CPU"
+    )
+    channels_last: bool | None = Field(None, description="channels_last memory format; None = on for CUDA")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes decoding images")
+    eval_every: int = Field(1, gt=0, description="evaluate every this many epochs (and after the last)")
+    log_every: int = Field(50, gt=0, description="log training progress every this many steps")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.target_form == "dense" and self.k is not None:
+            raise ValueError(
+                f"k={self.k} applies to compact targets; set target_form='compact' or k=null"
+            )
+        return self
+
+    def resolved_device(self) -> str:
+        """The device string with 'auto' resolved (imports torch)."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+class SweepConfig(_Strict):
+    """A grid of student runs over one cache: every combination of the grid's values."""
+
+    base: TrainConfig = Field(description="the run every grid point starts from (its run_dir is replaced)")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="dotted TrainConfig field -> values, e.g. {'loss.name': ['kd', 'pld'], "
+        "'loss.temperature': [1.0, 4.0], 'seed': [0, 1], 'k': [5, 10]}",
+    )
+    sweep_dir: str = Field(description="runs go to sweep_dir/<run name>")
+    max_parallel: int = Field(1, gt=0, description="student runs at once")
+
+    @model_validator(mode="after")
+    def _grid_valid(self) -> SweepConfig:
+        for path, values in self.grid.items():
+            if path in ("run_dir",):
+                raise ValueError("grid may not vary run_dir; runs go to sweep_dir/<run name>")
+            if not values:
+                raise ValueError(f"grid[{path!r}] is empty; give at least one value")
+            _check_path(path)
+        expand_grid(self)  # every point must be a valid TrainConfig with a distinct name
+        return self
+
+
+def _check_path(path: str) -> None:
+    """Raise ValueError unless `path` names a TrainConfig field (or loss.params.<name>)."""
+    parts = path.split(".")
+    model: type[BaseModel] | None = TrainConfig
+    for i, part in enumerate(parts):
+        if model is None:
+            raise ValueError(f"grid key {path!r}: {'.'.join(parts[:i])!r} is a value, not a section")
+        if part not in model.model_fields:
+            raise ValueError(
+                f"grid key {path!r}: {part!r} is not a field of {model.__name__}; "
+                f"valid: {sorted(model.model_fields)}"
+            )
+        if model is LossConfig and part == "params" and i == len(parts) - 2:
+            return  # loss.params.<name>: make_loss checks the name when the run starts
+        annotation = model.model_fields[part].annotation
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        model = annotation if is_model else None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
+
+
+def _format_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return _UNSAFE.sub("-", text)
+
+
+def expand_grid(sweep: SweepConfig) -> list[tuple[str, TrainConfig]]:
+    """Every grid point as (run name, TrainConfig), in a stable order.
+
+    The product runs over the grid's keys in their given order; the run name is
+    `key=value,key=value` (hydra style) with unsafe characters replaced by '-', so the same
+    grid always names its runs the same way and a rerun skips finished runs. An empty grid
+    gives one run named "base".
+
+    Returns:
+        list of (run_name, config) with config.run_dir = sweep_dir/run_name.
+
+    Raises:
+        ConfigError: a point is not a valid TrainConfig, or two points share a name.
+    """
+    keys = list(sweep.grid)
+    base = sweep.base.model_dump(mode="json")
+    runs: list[tuple[str, TrainConfig]] = []
+    seen: dict[str, tuple] = {}
+    for values in itertools.product(*(sweep.grid[k] for k in keys)):
+        name = ",".join(f"{k}={_format_value(v)}" for k, v in zip(keys, values, strict=True)) or "base"
+        if name in seen:
+            raise ConfigError(
+                f"grid points {seen[name]} and {values} both get run name {name!r}; "
+                "make the values distinct after replacing unsafe characters"
+            )
+        seen[name] = values
+        data = json.loads(json.dumps(base))
+        for key, value in zip(keys, values, strict=True):
+            _set_dotted(data, key.split("."), value)
+        data["run_dir"] = str(Path(sweep.sweep_dir) / name)
+        try:
+            runs.append((name, TrainConfig.model_validate(data)))
+        except ValueError as exc:
+            raise ConfigError(f"grid point {name!r} is not a valid TrainConfig: {exc}") from exc
+    return runs
+
+
+def _set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
