@@ -164,6 +164,13 @@ class Manifest:
             raise InvalidManifestError(
                 f"temperatures must be a non-empty list of distinct positive numbers, got {temps!r}"
             )
+        if self.format == "topk" and 1.0 not in temps:
+            # Raw top-K logits are topk_logp + lse(T=1): without it no other
+            # temperature can be derived from the cache.
+            raise InvalidManifestError(
+                f"temperatures must include 1.0 for format 'topk', got {temps!r}; "
+                "add 1.0 (the other temperatures are derived from it)"
+            )
         if int(self.num_samples) < 1:
             raise InvalidManifestError(f"num_samples must be >= 1, got {self.num_samples!r}")
         if int(self.shard_size) < 1:

@@ -7,7 +7,6 @@ about two slabs. A view larger than memory is read as shard ranges (``iter_view`
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from storage import integrity, location
+from storage import checks, integrity, location
 from storage.errors import (
     CorruptCacheError,
     DatasetMismatchError,
@@ -24,7 +23,7 @@ from storage.errors import (
     ManifestMismatchError,
     RequestError,
 )
-from storage.manifest import Manifest, flatten, jsonable
+from storage.manifest import Manifest
 from storage.schema import array_specs, per_view_arrays
 from storage.slab import ViewSlab, topk_from_logits
 
@@ -170,7 +169,7 @@ class CacheReader:
         if isinstance(expect, Manifest):
             diffs = [f"{d} (cache != expected)" for d in self.manifest.diff(expect)]
         else:
-            diffs = self._expectation_diffs(expect or {})
+            diffs = checks.expectation_diffs(self.manifest, expect or {})
         if diffs:
             raise ManifestMismatchError(
                 f"{self.path} does not match what was expected: "
@@ -187,7 +186,7 @@ class CacheReader:
                 "(sorted keys and file sizes differ); re-create the cache for this dataset"
             )
         if dataset_keys is not None:
-            self._check_keys(dataset_keys)
+            checks.check_keys(self.path, self.keys, dataset_keys)
         if require_complete:
             missing = self.missing()
             if missing:
@@ -196,48 +195,6 @@ class CacheReader:
                     "flow to finish it",
                     missing,
                 )
-
-    def _expectation_diffs(self, expect: dict[str, Any]) -> list[str]:
-        flat = flatten(self.manifest.to_dict())
-        diffs = []
-        for path, wanted in expect.items():
-            if path in flat:
-                actual = flat[path]
-            elif path in ("num_classes", "num_views", "num_shards"):
-                actual = getattr(self.manifest, path)
-            else:
-                nested = {k: v for k, v in flat.items() if k.startswith(path + ".")}
-                if not nested:
-                    raise ManifestMismatchError(
-                        f"unknown manifest field {path!r}; known fields: {sorted(flat)}"
-                    )
-                actual = {k[len(path) + 1 :]: v for k, v in nested.items()}
-                wanted = flatten(
-                    jsonable(wanted if isinstance(wanted, dict) else _dataclass_dict(wanted))
-                )
-            if jsonable(actual) != jsonable(wanted):
-                diffs.append(f"{path}: cache has {actual!r}, expected {wanted!r}")
-        return diffs
-
-    def _check_keys(self, dataset_keys: Sequence[str]) -> None:
-        given = np.asarray(list(dataset_keys), dtype=np.dtypes.StringDType())
-        stored = self.keys
-        if given.shape == stored.shape and bool((given == stored).all()):
-            return
-        missing = np.setdiff1d(given, stored)
-        extra = np.setdiff1d(stored, given)
-        if missing.size or extra.size:
-            raise DatasetMismatchError(
-                f"{self.path} keys differ from the dataset's: {missing.size} dataset keys not "
-                f"in the cache (e.g. {missing[:5].tolist()}), {extra.size} cache keys not in "
-                f"the dataset (e.g. {extra[:5].tolist()}); re-create the cache for this dataset"
-            )
-        first = int(np.argmax(given != stored))
-        raise DatasetMismatchError(
-            f"{self.path} holds the dataset's keys in another order (first difference at "
-            f"index {first}: cache {stored[first]!r}, dataset {given[first]!r}); list the "
-            "dataset in the cache's order (sorted keys)"
-        )
 
     # -- reading views -----------------------------------------------------------------
     def _check_range(self, view: int, start: int, stop: int | None) -> tuple[int, int]:
@@ -360,7 +317,3 @@ class CacheReader:
                 a, b = ranges[i + 1]
                 pending = self.prefetch(view, start=a, stop=b, k=k)
             yield slab
-
-
-def _dataclass_dict(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
