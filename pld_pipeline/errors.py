@@ -1,0 +1,48 @@
+"""Library error classes: one base, one subclass per problem, each also a fitting builtin.
+
+Every class takes a single message string, so errors raised inside DataLoader worker
+processes are re-raised in the parent with their own type (torch rebuilds them as
+`type(message)`). Messages say what is wrong, the value seen, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class PLDError(Exception):
+    """Base of every error raised on purpose by pld_pipeline (catch this in CLIs and flows)."""
+
+
+class ConfigError(PLDError, ValueError):
+    """A configuration value is invalid or inconsistent (e.g. K larger than the class count)."""
+
+
+class DatasetError(PLDError, ValueError):
+    """A dataset folder does not follow the ImageNet layout (no classes, empty class, ...)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The dataset root or split folder does not exist."""
+
+
+class BadImageError(PLDError, OSError):
+    """An image file cannot be read or decoded; the message names its path."""
+
+
+class ViewError(PLDError, ValueError):
+    """A view (crop box, flip, size) does not fit the image it is applied to."""
+
+
+class ModelNotFoundError(PLDError, LookupError):
+    """An unknown model name, or a `module:callable` factory that cannot be imported."""
+
+
+class WeightsNotFoundError(PLDError, FileNotFoundError):
+    """A weights or checkpoint file is missing locally; the message says where to put it."""
+
+
+class WeightsCorruptError(PLDError, ValueError):
+    """A weights or checkpoint file exists but does not match its hash or the model."""
+
+
+class NonFiniteTeacherError(PLDError, FloatingPointError):
+    """The teacher produced NaN or infinite logits; the message names the samples."""
