@@ -1,0 +1,211 @@
+"""ImageNet-layout image folders: listing, stable keys, labels, sizes, fingerprint, RGB decoding.
+
+Layout (torchvision ImageFolder conventions): `root/<class>/<image>`, classes are the
+sorted sub-folder names, images are the files with an image extension anywhere below a
+class folder. A torchvision `ImageNet` root (`root/train/<wnid>/...`, `root/val/<wnid>/...`)
+is read with `split="train"` / `split="val"`. Sample keys are posix paths relative to the
+folder holding the classes (`n01440764/n01440764_10026.JPEG`), sorted, so they do not depend
+on the machine, the mount point or the file system's listing order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pld_pipeline.errors import BadImageError, DatasetError, DatasetNotFoundError
+
+logger = logging.getLogger(__name__)
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, compared case-insensitively.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Background for images with an alpha channel: dropping alpha would expose whatever colour
+# the encoder left under transparent pixels, compositing gives what a viewer shows.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class ImageFolderDataset:
+    """A listing of an ImageNet-layout folder with decoding to RGB.
+
+    Attributes:
+        root: the folder holding the class folders (`root/split` when a split was given).
+        classes: class folder names, sorted (or as given).
+        keys: [N] sample keys, relative posix paths, sorted.
+        labels: [N] int32 class index of each sample.
+        sizes: [N] int64 file size in bytes (part of the fingerprint).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = None,
+        classes: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        allow_empty: bool = False,
+    ) -> None:
+        """List the folder.
+
+        Args:
+            root: dataset root; `root/<class>/<image>` or, with `split`, `root/<split>/<class>/...`.
+            split: sub-folder to read (torchvision ImageNet roots: "train" or "val").
+            classes: pin the class list (label = position in it), e.g. the 1000 ImageNet
+                wnids for a folder holding only some of them; every class folder found
+                must be in it. Default: the sorted folder names.
+            extensions: file name endings counted as images (case-insensitive).
+            allow_empty: accept class folders without images (else an error, as torchvision).
+
+        Raises:
+            DatasetNotFoundError: root or split folder missing.
+            DatasetError: no class folders, an empty class, no images, or a folder not in `classes`.
+        """
+        base = Path(root)
+        if not base.is_dir():
+            raise DatasetNotFoundError(
+                f"Dataset root {str(base)!r} is not a folder; pass the folder that holds "
+                "<class>/<image> files (or the ImageNet root with split='train'/'val')."
+            )
+        if split is not None:
+            found = sorted(p.name for p in base.iterdir() if p.is_dir())
+            base = base / split
+            if not base.is_dir():
+                raise DatasetNotFoundError(
+                    f"Split folder {str(base)!r} does not exist (sub-folders of the root: "
+                    f"{found[:10]}); pass an existing split or split=None for root/<class>/<image>."
+                )
+        self.root = base
+        self.split = split
+        found_classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
+        if not found_classes:
+            raise DatasetError(
+                f"No class folders in {str(base)!r}; expected the layout root/<class>/<image>."
+            )
+        if classes is None:
+            self.classes = found_classes
+        else:
+            self.classes = list(classes)
+            unknown = sorted(set(found_classes) - set(self.classes))
+            if unknown:
+                raise DatasetError(
+                    f"Class folders {unknown[:10]} in {str(base)!r} are not in the given class "
+                    f"list ({len(self.classes)} classes); add them or remove the folders."
+                )
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.keys, self.labels, self.sizes = self._scan(
+            found_classes, tuple(extensions), allow_empty
+        )
+
+    def _scan(
+        self, found_classes: list[str], extensions: tuple[str, ...], allow_empty: bool
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        lower_ext = tuple(e.lower() for e in extensions)
+        entries: list[tuple[str, int, int]] = []
+        for name in found_classes:
+            count = 0
+            class_dir = self.root / name
+            for dirpath, _dirs, files in os.walk(class_dir, followlinks=True):
+                for fname in files:
+                    if not fname.lower().endswith(lower_ext):
+                        continue
+                    full = os.path.join(dirpath, fname)
+                    key = Path(os.path.relpath(full, self.root)).as_posix()
+                    entries.append((key, self.class_to_idx[name], os.stat(full).st_size))
+                    count += 1
+            if count == 0 and not allow_empty:
+                raise DatasetError(
+                    f"Class folder {str(class_dir)!r} holds no images with extensions "
+                    f"{list(extensions)}; add images, remove the folder, or pass allow_empty=True."
+                )
+        if not entries:
+            raise DatasetError(f"No images found under {str(self.root)!r}.")
+        entries.sort(key=lambda e: e[0])
+        keys = [e[0] for e in entries]
+        labels = np.array([e[1] for e in entries], dtype=np.int32)
+        sizes = np.array([e[2] for e in entries], dtype=np.int64)
+        return keys, labels, sizes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFolderDataset(root={str(self.root)!r}, {len(self)} images, "
+            f"{len(self.classes)} classes)"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def path(self, i: int) -> Path:
+        """Absolute path of sample `i`."""
+        return self.root / self.keys[i]
+
+    def fingerprint(self) -> str:
+        """The dataset fingerprint stored in the cache manifest (storage.fingerprint of keys, sizes)."""
+        import storage
+
+        return storage.fingerprint(self.keys, [int(s) for s in self.sizes])
+
+    def load_rgb(self, i: int) -> Image.Image:
+        """Decode sample `i` as an RGB image.
+
+        Returns:
+            PIL image in mode "RGB" (grayscale, palette, CMYK, 16-bit and alpha images converted).
+
+        Raises:
+            BadImageError: the file cannot be opened or decoded; the message names its path.
+        """
+        return load_rgb(self.path(i))
+
+
+# The contract's other name for the same listing.
+ImageFolderListing = ImageFolderDataset
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode one image file as RGB (see `to_rgb`).
+
+    Raises:
+        BadImageError: unreadable, truncated or not an image; the message names the path.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, inside the try, so truncation is caught here
+            return to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise BadImageError(
+            f"Cannot decode image {str(path)!r}: {type(exc).__name__}: {exc}. Replace or remove "
+            "the file, or set skip_bad_images to record it as bad and exclude it."
+        ) from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    Alpha (RGBA, LA, PA, palette with transparency) is composited on white; 16-bit
+    grayscale is scaled by 1/257 to keep its full range (PIL's own conversion clips it);
+    32-bit integer and float grayscale are clipped to 0..255; CMYK, YCbCr, L, 1, P use PIL's conversion.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16"):
+        gray = np.rint(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode in ("I", "F"):
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,199 @@
+"""Views: crop box and flip drawn from (seed, view, index) alone, and their replay at any size.
+
+The teacher pass and the student both call `replay_view`, so a student sees exactly the
+pixels the teacher saw when it asks for the teacher's size, and the same box and flip at
+its own size otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from pld_pipeline.errors import ConfigError, ViewError
+
+Crop = tuple[int, int, int, int]  # top, left, height, width in source pixels
+
+INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "nearest-exact": InterpolationMode.NEAREST_EXACT,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+VIEW_MODES = ("eval", "replay")
+DEFAULT_SCALE = (0.08, 1.0)
+DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def view_rng(seed: int, v: int, i: int) -> np.random.Generator:
+    """The only source of randomness for (view v, sample i): independent of order and workers."""
+    if seed < 0 or v < 0 or i < 0:
+        raise ConfigError(
+            f"View seed, view and index must be >= 0, got seed={seed}, view={v}, index={i}."
+        )
+    return np.random.default_rng([int(seed), int(v), int(i)])
+
+
+def sample_view(
+    mode: str,
+    seed: int,
+    v: int,
+    i: int,
+    height: int,
+    width: int,
+    scale: Sequence[float] = DEFAULT_SCALE,
+    ratio: Sequence[float] = DEFAULT_RATIO,
+    crop_pct: float = 0.875,
+) -> tuple[Crop, bool]:
+    """The crop box and flip of view `v` of sample `i` (an image of `height` x `width`).
+
+    `eval`: a centered square of side round(min(h, w) * crop_pct), no flip (resize + center
+    crop expressed as a box in source pixels). `replay`: RandomResizedCrop's box, drawn
+    exactly as torchvision's `RandomResizedCrop.get_params` (10 tries of an area fraction
+    in `scale` and a log-uniform aspect ratio in `ratio`, then a center-crop fallback),
+    and a horizontal flip with probability 0.5, all from `view_rng(seed, v, i)`.
+
+    Returns:
+        ((top, left, h, w), flip).
+
+    Raises:
+        ConfigError: unknown mode, negative seed/view/index, or empty image.
+    """
+    if height < 1 or width < 1:
+        raise ConfigError(f"Image size must be positive, got {height}x{width} (sample {i}).")
+    if mode == "eval":
+        side = max(1, min(height, width, round(min(height, width) * crop_pct)))
+        top = int(round((height - side) / 2.0))
+        left = int(round((width - side) / 2.0))
+        return (top, left, side, side), False
+    if mode != "replay":
+        raise ConfigError(f"Unknown view mode {mode!r}; use one of {VIEW_MODES}.")
+    rng = view_rng(seed, v, i)
+    flip = bool(rng.random() < 0.5)  # drawn first so it does not depend on the crop's tries
+    return _random_resized_crop(rng, height, width, scale, ratio), flip
+
+
+def _random_resized_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+) -> Crop:
+    # Same algorithm as torchvision.transforms.RandomResizedCrop.get_params, numpy RNG.
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    """torchvision InterpolationMode for a name ("bilinear", "bicubic", "nearest", ...)."""
+    try:
+        return INTERPOLATIONS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ConfigError(
+            f"Unknown interpolation {name!r}; use one of {sorted(INTERPOLATIONS)}."
+        ) from None
+
+
+def replay_view(
+    image: Image.Image | torch.Tensor,
+    crop: Sequence[int],
+    flip: bool,
+    size: int,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """Apply a stored view: crop the source box, resize to `size` x `size`, then flip.
+
+    The one function the teacher pass and the students use, so equal (image, crop, flip,
+    size, interpolation) give equal pixels. Resizing uses antialiasing on a uint8 tensor.
+
+    Args:
+        image: RGB PIL image, or uint8 tensor [3, H, W].
+        crop: (top, left, h, w) in source pixels, inside the image.
+        flip: mirror left-right after the resize.
+        size: output side in pixels.
+        interpolation: "bilinear", "bicubic", "nearest" or "nearest-exact".
+
+    Returns:
+        uint8 tensor [3, size, size].
+
+    Raises:
+        ViewError: the box is empty or outside the image (e.g. a cache made from other files).
+    """
+    pixels = TF.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+    if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[0] != 3:
+        raise ViewError(
+            f"replay_view needs an RGB PIL image or a uint8 tensor [3, H, W], got "
+            f"{pixels.dtype} {tuple(pixels.shape)}; decode with ImageFolderDataset.load_rgb."
+        )
+    top, left, h, w = (int(c) for c in crop)
+    height, width = pixels.shape[1], pixels.shape[2]
+    if h < 1 or w < 1 or top < 0 or left < 0 or top + h > height or left + w > width:
+        raise ViewError(
+            f"Crop box (top={top}, left={left}, h={h}, w={w}) does not fit an image of "
+            f"{height}x{width}; the view was recorded for another image (check the cache's "
+            "dataset fingerprint)."
+        )
+    if size < 1:
+        raise ViewError(f"Output size must be >= 1, got {size}.")
+    out = TF.resized_crop(
+        pixels,
+        top,
+        left,
+        h,
+        w,
+        [size, size],
+        interpolation=interpolation_mode(interpolation),
+        antialias=True,
+    )
+    return TF.horizontal_flip(out) if flip else out
+
+
+def normalize_batch(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 images [B, 3, S, S] -> float32 (x / 255 - mean) / std on `device`.
+
+    The conversion runs on the target device (after moving the compact uint8 batch),
+    so on CUDA the host copies 4x fewer bytes and the CPU does no float work.
+
+    Returns:
+        float32 tensor [B, 3, S, S], channels_last memory format when asked.
+    """
+    x = images.to(device, non_blocking=True) if device is not None else images
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    # (x/255 - mean)/std == x * (1/(255 std)) - mean/std: one fused multiply-add per pixel.
+    x = torch.addcmul((-mean_t / std_t), x.float(), 1.0 / (255.0 * std_t))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
