@@ -1,0 +1,313 @@
+"""Teacher and student models by name (torchvision or `module:callable`) and their preprocessing.
+
+`create_model` builds the network (weights from local files only, see weights.py);
+`resolve_preprocess` and `teacher_info` say how the teacher sees images (input size,
+normalisation, interpolation, crop fraction) for the cache manifest; `load_teacher` does
+both from a `TeacherConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torchvision.models as tvm
+from torch import nn
+
+from pld_pipeline.errors import ConfigError, ModelNotFoundError
+from pld_pipeline.weights import (
+    load_checkpoint,
+    local_weights_only,
+    resolve_weights,
+    sha256_file,
+    state_dict_sha256,
+    weights_file,
+)
+
+if TYPE_CHECKING:
+    from pld_pipeline.configs.cache import TeacherConfig
+    from storage import TeacherInfo
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_factory(name: str) -> bool:
+    """True for a `module:callable` model reference."""
+    return ":" in name
+
+
+def create_model(
+    name_or_factory: str,
+    num_classes: int | None = None,
+    weights: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> nn.Module:
+    """Build a model in eval mode on the CPU.
+
+    Args:
+        name_or_factory: a torchvision classification model name ("resnet50") or
+            "package.module:callable" returning an nn.Module (called with
+            `num_classes=` when num_classes is given).
+        num_classes: output classes; default: the weights' category count or the builder's.
+        weights: torchvision weights enum, "ResNet50_Weights.IMAGENET1K_V2" (or the short
+            "IMAGENET1K_V2"/"DEFAULT" for the named model); torchvision names only.
+        checkpoint: a state-dict file (or a training checkpoint holding one under
+            "model"/"state_dict"), loaded after building; not together with `weights`.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ModelNotFoundError: unknown name or unimportable factory.
+        WeightsNotFoundError: weights/checkpoint file missing (says where to put it).
+        WeightsCorruptError: file hash or keys do not match the model.
+        ConfigError: inconsistent arguments (weights with a factory, both weights and
+            checkpoint, num_classes different from the weights').
+    """
+    if weights is not None and checkpoint is not None:
+        raise ConfigError(
+            f"Give weights ({weights!r}) or checkpoint ({str(checkpoint)!r}), not both."
+        )
+    if is_factory(name_or_factory):
+        if weights is not None:
+            raise ConfigError(
+                f"weights={weights!r} names a torchvision weights enum, but the model "
+                f"{name_or_factory!r} is a factory; load its weights in the factory or "
+                "pass checkpoint=PATH."
+            )
+        model = _call_factory(name_or_factory, num_classes)
+    else:
+        model = _build_torchvision(name_or_factory, num_classes, weights)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def _call_factory(ref: str, num_classes: int | None) -> nn.Module:
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            f"Cannot import module {module_name!r} of model factory {ref!r}: {exc}; check the "
+            "name and that its package is installed."
+        ) from exc
+    factory: Any = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ModelNotFoundError(
+                f"Module {module_name!r} has no attribute {attr!r} (model factory {ref!r})."
+            )
+    if not callable(factory):
+        raise ModelNotFoundError(f"Model factory {ref!r} is not callable.")
+    model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    if not isinstance(model, nn.Module):
+        raise ModelNotFoundError(
+            f"Model factory {ref!r} returned {type(model).__name__}, not a torch.nn.Module."
+        )
+    return model
+
+
+def _build_torchvision(name: str, num_classes: int | None, weights: str | None) -> nn.Module:
+    available = tvm.list_models(module=tvm)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
+        raise ModelNotFoundError(
+            f"Unknown torchvision classification model {name!r} (close: {close}); use a name "
+            "from torchvision.models.list_models() or a 'module:callable' factory."
+        )
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if weights is None:
+        return tvm.get_model(name, weights=None, **kwargs)
+    enum = resolve_weights(weights, name)
+    categories = len(enum.meta.get("categories") or [])
+    if num_classes is not None and categories and num_classes != categories:
+        raise ConfigError(
+            f"Weights {weights!r} have {categories} classes but num_classes={num_classes}; "
+            f"drop num_classes or fine-tune and pass the result as checkpoint=PATH."
+        )
+    weights_file(enum)  # a missing file fails here, naming the exact path
+    with local_weights_only():
+        return tvm.get_model(name, weights=enum, **kwargs)
+
+
+def count_classes(model: nn.Module) -> int | None:
+    """Output classes of a classifier: `num_classes` attribute, else the last Linear's width."""
+    value = getattr(model, "num_classes", None)
+    if isinstance(value, int):
+        return value
+    last: nn.Linear | None = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return int(last.out_features) if last is not None else None
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model expects its images: side in pixels, normalisation, resize method, crop fraction."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+
+
+def resolve_preprocess(
+    name_or_factory: str,
+    model: nn.Module | None = None,
+    weights: str | None = None,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> Preprocess:
+    """The model's preprocessing: explicit values win, then the weights' own eval transform
+    (torchvision enums: crop size, resize size, mean, std, interpolation), then the model's
+    `pretrained_cfg` dict (the timm convention, also set by pld_pipeline.zoo factories),
+    then ImageNet defaults (224, bilinear, crop 0.875), which are logged.
+    """
+    found: dict[str, Any] = {}
+    if weights is not None and not is_factory(name_or_factory):
+        tf = resolve_weights(weights, name_or_factory).transforms()
+        found = {
+            "input_size": int(tf.crop_size[0]),
+            "mean": tuple(tf.mean),
+            "std": tuple(tf.std),
+            "interpolation": tf.interpolation.value,
+            "crop_pct": float(tf.crop_size[0]) / float(tf.resize_size[0]),
+        }
+    elif model is not None and isinstance(getattr(model, "pretrained_cfg", None), dict):
+        cfg = model.pretrained_cfg
+        size = cfg.get("input_size")
+        found = {
+            "input_size": int(size[-1]) if isinstance(size, (tuple, list)) else size,
+            "mean": tuple(cfg["mean"]) if "mean" in cfg else None,
+            "std": tuple(cfg["std"]) if "std" in cfg else None,
+            "interpolation": cfg.get("interpolation"),
+            "crop_pct": cfg.get("crop_pct"),
+        }
+    defaults = {
+        "input_size": 224,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+    }
+    given = {
+        "input_size": input_size,
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+    }
+    values = {}
+    for key, default in defaults.items():
+        value = given[key] if given[key] is not None else found.get(key)
+        if value is None:
+            logger.info("Teacher %s: no %s known, using %r", name_or_factory, key, default)
+            value = default
+        values[key] = value
+    return Preprocess(
+        input_size=int(values["input_size"]),
+        mean=tuple(float(m) for m in values["mean"]),
+        std=tuple(float(s) for s in values["std"]),
+        interpolation=str(values["interpolation"]),
+        crop_pct=float(values["crop_pct"]),
+    )
+
+
+def weights_identity(
+    name_or_factory: str,
+    model: nn.Module,
+    weights: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> tuple[str, str]:
+    """(weights_source, weights_sha256) for the manifest.
+
+    Enum weights: ("torchvision:<enum>", sha256 of the file); checkpoint: ("<path>", sha256 of
+    the file); a factory without checkpoint: ("factory:<ref>", sha256 of its state dict in
+    key order, see `state_dict_sha256`); random init: ("none", same state-dict hash).
+    """
+    if checkpoint is not None:
+        return str(checkpoint), sha256_file(checkpoint)
+    if weights is not None:
+        enum = resolve_weights(weights, name_or_factory)
+        return f"torchvision:{enum}", sha256_file(weights_file(enum))
+    source = f"factory:{name_or_factory}" if is_factory(name_or_factory) else "none"
+    return source, state_dict_sha256(model)
+
+
+def teacher_info(
+    name_or_factory: str,
+    model: nn.Module,
+    weights: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    preprocess: Preprocess | None = None,
+) -> TeacherInfo:
+    """The manifest's teacher entry: name, weights source and sha256, classes, preprocessing.
+
+    Raises:
+        ConfigError: the class count cannot be found (set num_classes).
+    """
+    from storage import TeacherInfo
+
+    pre = preprocess or resolve_preprocess(name_or_factory, model, weights)
+    classes = num_classes or count_classes(model)
+    if classes is None:
+        raise ConfigError(
+            f"Cannot tell how many classes teacher {name_or_factory!r} outputs; set "
+            "teacher.num_classes."
+        )
+    source, digest = weights_identity(name_or_factory, model, weights, checkpoint)
+    return TeacherInfo(
+        name=name_or_factory,
+        weights_source=source,
+        weights_sha256=digest,
+        num_classes=int(classes),
+        input_size=pre.input_size,
+        mean=pre.mean,
+        std=pre.std,
+        interpolation=pre.interpolation,
+    )
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher ready for the pass: the model (eval, CPU), its manifest entry, its crop fraction."""
+
+    model: nn.Module
+    info: TeacherInfo
+    preprocess: Preprocess
+
+
+def load_teacher(config: TeacherConfig) -> LoadedTeacher:
+    """Build the teacher of a `TeacherConfig` with its preprocessing and manifest entry."""
+    model = create_model(config.name, config.num_classes, config.weights, config.checkpoint)
+    pre = resolve_preprocess(
+        config.name,
+        model,
+        config.weights,
+        config.input_size,
+        tuple(config.mean) if config.mean else None,
+        tuple(config.std) if config.std else None,
+        config.interpolation,
+        config.crop_pct,
+    )
+    info = teacher_info(
+        config.name, model, config.weights, config.checkpoint, config.num_classes, pre
+    )
+    return LoadedTeacher(model=model, info=info, preprocess=pre)
