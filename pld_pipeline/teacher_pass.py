@@ -1,0 +1,272 @@
+"""The teacher pass: one (view, shard) of a dataset through the teacher, as records for the writer.
+
+Decoding and view replay run in DataLoader workers (each sample decoded once per call,
+whatever the number of views asked for, see view_images.py); the forward runs in
+inference mode, in eval mode, channels_last with autocast (bf16/fp16) on CUDA and plain
+fp32 on the CPU (see teacher_device.py). Records stay on the device until the end of the
+call and are copied back once, so the GPU never waits on a per-batch host sync.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
+from pld_pipeline.models import IMAGENET_MEAN, IMAGENET_STD
+from pld_pipeline.teacher_device import prepare_model, resolve_amp, resolve_device, teacher_logits
+from pld_pipeline.teacher_outputs import (
+    check_labels,
+    check_output_spec,
+    logits_to_records,
+    placeholder_records,
+)
+from pld_pipeline.view_images import ViewImages
+
+if TYPE_CHECKING:
+    from pld_pipeline.datasets import ImageFolderDataset
+    from storage import ViewInfo
+
+logger = logging.getLogger(__name__)
+
+
+def compute_shard(
+    model: nn.Module,
+    dataset: ImageFolderDataset,
+    view_info: ViewInfo,
+    view: int,
+    start: int,
+    stop: int,
+    fmt: str = "topk",
+    k: int = 10,
+    temperatures: Sequence[float] = (1.0,),
+    input_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp_dtype: str | torch.dtype | None = None,
+    skip_bad_images: bool = False,
+) -> dict[str, np.ndarray]:
+    """Records of samples [start, stop) under view `view`, ready for `CacheWriter.write_shard`.
+
+    `compute_views` for a single view: see it for the arguments, records and errors.
+    """
+    return compute_views(
+        model, dataset, view_info, [view], start, stop, fmt=fmt, k=k, temperatures=temperatures,
+        input_size=input_size, mean=mean, std=std, interpolation=interpolation, device=device,
+        batch_size=batch_size, num_workers=num_workers, amp_dtype=amp_dtype,
+        skip_bad_images=skip_bad_images,
+    )[view]  # fmt: skip
+
+
+def compute_views(
+    model: nn.Module,
+    dataset: ImageFolderDataset,
+    view_info: ViewInfo,
+    views: Sequence[int],
+    start: int,
+    stop: int,
+    fmt: str = "topk",
+    k: int = 10,
+    temperatures: Sequence[float] = (1.0,),
+    input_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp_dtype: str | torch.dtype | None = None,
+    skip_bad_images: bool = False,
+    multiprocessing_context: str | None = None,
+) -> dict[int, dict[str, np.ndarray]]:
+    """Teacher records of samples [start, stop) for several views, decoding each image once.
+
+    Args:
+        model: the teacher (moved to `device`, put in eval mode, channels_last on CUDA).
+        dataset: an ImageFolderDataset (keys, labels, load_rgb).
+        view_info: mode, num_views, seed, scale, ratio, crop_pct (a storage.ViewInfo or alike).
+        views: distinct view indices (eval mode: only 0; replay: < num_views).
+        start, stop: the sample range (a shard).
+        fmt, k, temperatures: what to store (see teacher_outputs.logits_to_records).
+        input_size, mean, std, interpolation: the teacher's preprocessing.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        batch_size: images per forward (samples per batch = batch_size // len(views)).
+        num_workers: DataLoader decoding processes (0: decode in this thread).
+        amp_dtype: "auto", "bf16", "fp16", "off"/None or a torch dtype; used on CUDA only.
+        skip_bad_images: record undecodable images as bad instead of stopping.
+        multiprocessing_context: the DataLoader workers' start method ("fork", "spawn", ...).
+
+    Returns:
+        view -> records with leading dim n = stop - start: `topk_idx` int32 [n, K] and
+        `topk_logp` float32 [n, K] (or `logits` float32 [n, C]), `lse` float32 [n, nT],
+        `gt_logit` float32 [n], `crop` int32 [n, 4], `flip` uint8 [n], `bad` bool [n],
+        `hw` int32 [n, 2]. Bad rows hold the records of all-zero logits and a filler box.
+
+    Raises:
+        BadImageError: an image cannot be decoded and skip_bad_images is False (names it).
+        NonFiniteTeacherError: NaN/Inf teacher logits (names the sample keys).
+        ConfigError: K > C, labels outside the teacher's classes, a bad range or views.
+    """
+    views = [int(v) for v in views]
+    _check_request(dataset, view_info, views, start, stop, fmt, k, temperatures, batch_size)
+    dev = resolve_device(device)
+    amp = resolve_amp(amp_dtype, dev)
+    prepare_model(model, dev)
+    images = ViewImages(
+        dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images
+    )
+    loader = DataLoader(
+        images,
+        batch_size=max(1, batch_size // len(views)),
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+        multiprocessing_context=multiprocessing_context if num_workers else None,
+    )
+    out = _Collector(dataset, len(views), start, stop)
+    with torch.inference_mode():
+        for batch in _batches(loader, start, stop):
+            rows = out.add_views(batch)
+            if len(rows) == 0:
+                continue
+            good = (
+                batch["image"]
+                if len(rows) == len(batch["index"])
+                else batch["image"][~batch["bad"]]
+            )
+            logits = teacher_logits(model, good.flatten(0, 1), mean, std, dev, amp)
+            if out.num_classes is None:
+                out.num_classes = logits.shape[1]
+                check_output_spec(fmt, k, temperatures, out.num_classes)
+                check_labels(out.labels, out.num_classes)
+            labels = out.labels[rows].repeat_interleave(len(views)).to(dev, non_blocking=True)
+            records = logits_to_records(logits, labels, fmt, k, temperatures, validate=False)
+            out.add_records(rows, records, torch.isfinite(logits).all(dim=1))
+    return out.finish(views, fmt, k, temperatures)
+
+
+def _batches(loader: DataLoader, start: int, stop: int) -> Iterator[dict[str, Any]]:
+    """Iterate the loader; a bad image stops the shard with its path on the message's first
+    line (a worker's error arrives wrapped in its traceback text)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except BadImageError as exc:
+            cause = str(exc).strip().splitlines()[-1].split("BadImageError: ", 1)[-1]
+            break
+        yield batch
+    # Stop the worker processes now: the worker's error sits in a reference cycle with the
+    # iterator, so without this they would linger until the garbage collector runs.
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    del iterator
+    raise BadImageError(f"Teacher pass of samples [{start}, {stop}) stopped: {cause}")
+
+
+def _check_request(
+    dataset: Any, view_info: Any, views: list[int], start: int, stop: int,
+    fmt: str, k: int, temperatures: Sequence[float], batch_size: int,
+) -> None:  # fmt: skip
+    check_output_spec(fmt, k, temperatures, None)
+    if not 0 <= start < stop <= len(dataset):
+        raise ConfigError(
+            f"Sample range [{start}, {stop}) is empty or outside the dataset's "
+            f"{len(dataset)} samples."
+        )
+    limit = 1 if view_info.mode == "eval" else int(view_info.num_views)
+    if not views or any(not 0 <= v < limit for v in views) or len(set(views)) != len(views):
+        raise ConfigError(
+            f"Views {views} are not distinct indices in [0, {limit}) for a {view_info.mode!r} "
+            f"cache with {view_info.num_views} view(s)."
+        )
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+
+
+class _Collector:
+    """Per-sample view metadata in numpy, teacher records on the device, joined at the end."""
+
+    def __init__(self, dataset: Any, num_views: int, start: int, stop: int) -> None:
+        n = stop - start
+        self.dataset, self.nv, self.start, self.n = dataset, num_views, start, n
+        self.labels = torch.as_tensor(np.asarray(dataset.labels[start:stop], dtype=np.int64))
+        self.crop = np.zeros((n, num_views, 4), np.int32)
+        self.flip = np.zeros((n, num_views), np.uint8)
+        self.hw = np.zeros((n, 2), np.int32)
+        self.bad = np.zeros(n, bool)
+        self.num_classes: int | None = None
+        self.rows: list[np.ndarray] = []
+        self.parts: list[dict[str, torch.Tensor]] = []
+        self.finite: list[torch.Tensor] = []
+
+    def add_views(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """Store a batch's crops, flips, sizes and bad flags; return its good rows [b]."""
+        j = batch["index"].numpy() - self.start
+        self.crop[j] = batch["crop"].numpy()
+        self.flip[j] = batch["flip"].numpy()
+        self.hw[j] = batch["hw"].numpy()
+        self.bad[j] = batch["bad"].numpy()
+        return j[~batch["bad"].numpy()]
+
+    def add_records(self, rows: np.ndarray, records: dict, finite: torch.Tensor) -> None:
+        """Keep one batch's device records ([len(rows) * nV, ...], sample-major)."""
+        self.rows.append(rows)
+        self.parts.append(records)
+        self.finite.append(finite)
+
+    def finish(self, views: list[int], fmt: str, k: int, temperatures: Sequence[float]) -> dict:
+        """Check finiteness, copy to the host once, split by view, fill bad rows."""
+        stop = self.start + self.n
+        if not self.parts:  # every image was bad: nothing to learn C from
+            raise BadImageError(
+                f"Every image of samples [{self.start}, {stop}) is undecodable (first: "
+                f"{self.dataset.keys[self.start]!r}); check the dataset files."
+            )
+        rows = np.concatenate(self.rows)
+        finite = torch.cat(self.finite).cpu().numpy().reshape(-1, self.nv).all(axis=1)
+        if not finite.all():
+            broken = [self.dataset.keys[self.start + int(r)] for r in rows[~finite]]
+            raise NonFiniteTeacherError(
+                f"The teacher returned NaN/Inf logits for {len(broken)} sample(s) in "
+                f"[{self.start}, {stop}): {broken[:10]}. Check the model and weights; with "
+                "amp='fp16' try amp='bf16' or 'off'."
+            )
+        merged = {
+            name: torch.cat([p[name] for p in self.parts]).cpu().numpy() for name in self.parts[0]
+        }
+        filler = placeholder_records(1, self.num_classes, fmt, k, temperatures)
+        out = {}
+        for a, v in enumerate(views):
+            rec = {}
+            for name, values in merged.items():
+                column = np.repeat(filler[name].numpy(), self.n, axis=0)
+                column[rows] = values.reshape(len(rows), self.nv, *values.shape[1:])[:, a]
+                rec[name] = column
+            if "topk_idx" in rec:
+                rec["topk_idx"] = rec["topk_idx"].astype(np.int32)
+            rec["crop"] = np.ascontiguousarray(self.crop[:, a])
+            rec["flip"] = np.ascontiguousarray(self.flip[:, a])
+            rec["bad"] = self.bad.copy()
+            rec["hw"] = self.hw.copy()
+            out[v] = rec
+        if self.bad.any():
+            logger.warning(
+                "Samples [%d, %d): %d bad image(s) recorded as bad",
+                self.start,
+                stop,
+                self.bad.sum(),
+            )
+        return out

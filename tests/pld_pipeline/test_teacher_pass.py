@@ -1,0 +1,333 @@
+"""Teacher pass: records against an independent float64 forward, same pixels for the student,
+bad images, non-finite teachers, K > C, and a real pretrained teacher on real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import storage
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
+from pld_pipeline.models import create_model, resolve_preprocess
+from pld_pipeline.teacher_pass import compute_shard, compute_views
+from pld_pipeline.views import normalize_batch, replay_view, sample_view
+from pld_pipeline.zoo import tiny_convnet
+
+CORRUPT_KEY = "cup/zz_corrupt.jpg"  # written by tests/conftest.py
+MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
+SIZE = 24
+TEMPS = (1.0, 2.0, 0.5)
+REPLAY = SimpleNamespace(
+    mode="replay", num_views=3, seed=5, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
+)
+EVAL = SimpleNamespace(
+    mode="eval", num_views=1, seed=0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
+)
+
+
+@pytest.fixture(scope="module")
+def teacher() -> nn.Module:
+    torch.manual_seed(0)
+    model = tiny_convnet(num_classes=3, width=6)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
+        bn = model[1]
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        model[-1].weight.mul_(8)  # spread the logits so top-K order is clear
+    return model.eval()
+
+
+def _run(model: nn.Module, data: ImageFolderDataset, info=REPLAY, view: int = 1, **kw) -> dict:
+    args = {
+        "fmt": "topk",
+        "k": 2,
+        "temperatures": TEMPS,
+        "input_size": SIZE,
+        "mean": MEAN,
+        "std": STD,
+        "interpolation": "bilinear",
+        "device": "cpu",
+        "batch_size": 4,
+    } | kw
+    return compute_shard(model, data, info, view, 0, len(data), **args)
+
+
+def _reference_logits(model: nn.Module, data: ImageFolderDataset, rec: dict) -> torch.Tensor:
+    """float64 forward of a float64 copy of the model, one image at a time, on pixels replayed
+    from the record's own crop/flip, normalised by hand."""
+    ref = _copy64(model)
+    rows = []
+    for i in range(len(data)):
+        pixels = replay_view(
+            data.load_rgb(i), rec["crop"][i], bool(rec["flip"][i]), SIZE, "bilinear"
+        )
+        x = (
+            pixels.double() / 255 - torch.tensor(MEAN, dtype=torch.float64)[:, None, None]
+        ) / torch.tensor(STD, dtype=torch.float64)[:, None, None]
+        with torch.no_grad():
+            rows.append(ref(x[None])[0])
+    return torch.stack(rows)
+
+
+def _copy64(model: nn.Module) -> nn.Module:
+    clone = tiny_convnet(num_classes=3, width=6)
+    clone.load_state_dict(model.state_dict())
+    return clone.double().eval()
+
+
+def test_topk_records_equal_an_independent_forward(
+    teacher: nn.Module, tiny_imagefolder: Path
+) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    rec = _run(teacher, data)
+    n = len(data)
+    for i in range(n):  # views come from (seed, view, index) alone
+        h, w = rec["hw"][i]
+        expected = sample_view("replay", 5, 1, i, int(h), int(w), REPLAY.scale, REPLAY.ratio)
+        assert (tuple(rec["crop"][i].tolist()), bool(rec["flip"][i])) == expected
+    z = _reference_logits(teacher, data, rec)
+    logp = z - torch.logsumexp(z, dim=1, keepdim=True)
+    order = torch.argsort(z, dim=1, descending=True)[:, :2]
+    assert np.array_equal(rec["topk_idx"], order.numpy())
+    assert np.allclose(rec["topk_logp"], torch.gather(logp, 1, order).numpy(), atol=1e-4)
+    for j, t in enumerate(TEMPS):
+        assert np.allclose(rec["lse"][:, j], torch.logsumexp(z / t, dim=1).numpy(), atol=1e-4)
+    labels = torch.as_tensor(data.labels, dtype=torch.int64)
+    assert np.allclose(rec["gt_logit"], z[torch.arange(n), labels].numpy(), atol=1e-4)
+    assert rec["topk_idx"].dtype == np.int32 and rec["topk_logp"].dtype == np.float32
+    assert rec["crop"].shape == (n, 4) and rec["flip"].dtype == np.uint8 and not rec["bad"].any()
+    assert rec["hw"].tolist() == [list(data.load_rgb(i).size[::-1]) for i in range(n)]
+
+
+def test_full_logits_and_eval_view(teacher: nn.Module, tiny_imagefolder: Path) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    rec = _run(teacher, data, info=EVAL, view=0, fmt="full")
+    assert set(rec) == {"logits", "lse", "gt_logit", "crop", "flip", "bad", "hw"}
+    z = _reference_logits(teacher, data, rec)
+    assert np.allclose(rec["logits"], z.numpy(), atol=1e-4)
+    h, w = rec["hw"][0]
+    side = round(min(h, w) * 0.875)
+    assert rec["crop"][0].tolist() == [round((h - side) / 2), round((w - side) / 2), side, side]
+    assert not rec["flip"].any()
+
+
+def test_student_replay_gives_the_teacher_pixels(
+    teacher: nn.Module, tiny_imagefolder: Path
+) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    seen = []
+    hook = teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        rec = _run(teacher, data, batch_size=5)
+    finally:
+        hook.remove()
+    teacher_inputs = torch.cat(seen)
+    # A student later: the stored crop and flip, replayed at the teacher's size.
+    student = torch.stack(
+        [
+            replay_view(data.load_rgb(i), rec["crop"][i], bool(rec["flip"][i]), SIZE, "bilinear")
+            for i in range(len(data))
+        ]
+    )
+    assert torch.equal(normalize_batch(student, MEAN, STD), teacher_inputs)
+    # ...and the same box at the student's own size (another resolution, same view).
+    small = replay_view(data.load_rgb(3), rec["crop"][3], bool(rec["flip"][3]), 12, "bilinear")
+    assert small.shape == (3, 12, 12)
+
+
+def test_views_share_one_decode_and_match_single_view_calls(
+    teacher: nn.Module, tiny_imagefolder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    decodes = []
+    real = data.load_rgb
+    monkeypatch.setattr(data, "load_rgb", lambda i: decodes.append(i) or real(i))
+    together = compute_views(
+        teacher,
+        data,
+        REPLAY,
+        [0, 2],
+        2,
+        9,
+        k=3,
+        temperatures=TEMPS,
+        input_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        batch_size=6,
+    )
+    assert sorted(decodes) == list(range(2, 9))
+    for v in (0, 2):
+        alone = compute_shard(
+            teacher,
+            data,
+            REPLAY,
+            v,
+            2,
+            9,
+            k=3,
+            temperatures=TEMPS,
+            input_size=SIZE,
+            mean=MEAN,
+            std=STD,
+            batch_size=3,
+        )
+        for name, value in alone.items():
+            assert np.allclose(together[v][name], value, atol=1e-5), (v, name)
+
+
+def test_workers_give_the_same_records(teacher: nn.Module, tiny_imagefolder: Path) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    single = _run(teacher, data, num_workers=0, batch_size=4)
+    multi = _run(teacher, data, num_workers=2, batch_size=4)
+    for name, value in single.items():
+        assert np.array_equal(multi[name], value), name
+
+
+def test_corrupt_image_stops_or_is_recorded_bad(
+    teacher: nn.Module, tiny_imagefolder_corrupt: Path
+) -> None:
+    data = ImageFolderDataset(tiny_imagefolder_corrupt)
+    bad_row = data.keys.index(CORRUPT_KEY)
+    for workers in (0, 2):
+        with pytest.raises(BadImageError, match=r"stopped: Cannot decode image .*zz_corrupt\.jpg"):
+            _run(teacher, data, num_workers=workers)
+    rec = _run(teacher, data, skip_bad_images=True)
+    assert rec["bad"].tolist() == [i == bad_row for i in range(len(data))]
+    good = [i for i in range(len(data)) if i != bad_row]
+    clean = ImageFolderDataset(tiny_imagefolder_corrupt)
+    z = _reference_logits(teacher, _Subset(clean, good), {k: v[good] for k, v in rec.items()})
+    assert np.allclose(
+        rec["gt_logit"][good],
+        z[torch.arange(len(good)), torch.as_tensor(data.labels[good], dtype=torch.int64)].numpy(),
+        atol=1e-4,
+    )
+    if hasattr(storage, "create"):  # the writer accepts the bad row's filler
+        manifest = _manifest(data, k=2)
+        writer = storage.create(
+            str(Path(str(tiny_imagefolder_corrupt) + "_cache")),
+            manifest,
+            data.keys,
+            data.labels,
+            overwrite=True,
+        )
+        assert writer.write_shard(1, 0, rec) is True
+
+
+class _Subset:
+    """Rows `rows` of a dataset, for the float64 reference."""
+
+    def __init__(self, data: ImageFolderDataset, rows: list[int]) -> None:
+        self.data, self.rows = data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load_rgb(self, i: int):  # noqa: ANN201
+        return self.data.load_rgb(self.rows[i])
+
+
+def _manifest(data: ImageFolderDataset, k: int):  # noqa: ANN202
+    teacher = storage.TeacherInfo("tiny", "none", "", 3, SIZE, MEAN, STD, "bilinear")
+    views = storage.ViewInfo("replay", 3, 5, REPLAY.scale, REPLAY.ratio, 0.875)
+    return storage.Manifest(
+        teacher=teacher,
+        views=views,
+        format="topk",
+        k=k,
+        temperatures=TEMPS,
+        dataset_fingerprint=data.fingerprint(),
+        num_samples=len(data),
+        shard_size=len(data),
+    )
+
+
+class _NaNOnCall(nn.Module):
+    """Returns NaN logits for the `bad_call`-th forward (one sample per batch)."""
+
+    def __init__(self, inner: nn.Module, bad_call: int) -> None:
+        super().__init__()
+        self.inner, self.bad_call, self.calls = inner, bad_call, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        self.calls += 1
+        return torch.full_like(out, float("nan")) if self.calls - 1 == self.bad_call else out
+
+
+def test_non_finite_teacher_is_refused_naming_the_sample(
+    teacher: nn.Module, tiny_imagefolder: Path
+) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    with pytest.raises(NonFiniteTeacherError, match="NaN/Inf") as info:
+        _run(_NaNOnCall(teacher, bad_call=6), data, batch_size=1)
+    assert repr(data.keys[6]) in str(info.value)
+    assert repr(data.keys[5]) not in str(info.value)
+    assert isinstance(info.value, FloatingPointError)
+
+
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        ({"k": 4}, "k=4 is larger than the teacher's 3 classes"),
+        ({"k": 0}, "k must be >= 1"),
+        ({"fmt": "dense"}, "Unknown cache format"),
+        ({"temperatures": (1.0, 0.0)}, "positive"),
+        ({"view": 3}, "not distinct indices in \\[0, 3\\)"),
+    ],
+)
+def test_bad_requests_are_refused(
+    teacher: nn.Module, tiny_imagefolder: Path, kw: dict, fragment: str
+) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    with pytest.raises(ConfigError, match=fragment):
+        _run(teacher, data, **kw)
+
+
+def test_labels_beyond_the_teacher_are_refused(tiny_imagefolder: Path) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    two_class = tiny_convnet(num_classes=2)
+    with pytest.raises(ConfigError, match="Labels span \\[0, 2\\] but the teacher has 2 classes"):
+        _run(two_class, data, k=1)
+
+
+def test_pretrained_efficientnet_lite0_on_real_photos(real_photos: Path) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    name = "pld_pipeline.zoo:efficientnet_lite0"
+    model = create_model(name)
+    pre = resolve_preprocess(name, model)
+    data = ImageFolderDataset(real_photos, classes=["astronaut", "cat", "coffee", "rocket"])
+    rec = compute_shard(
+        model,
+        data,
+        SimpleNamespace(
+            mode="eval",
+            num_views=1,
+            seed=0,
+            crop_pct=pre.crop_pct,
+            scale=(0.08, 1.0),
+            ratio=(0.75, 4 / 3),
+        ),
+        0,
+        0,
+        len(data),
+        fmt="topk",
+        k=5,
+        temperatures=(1.0,),
+        input_size=pre.input_size,
+        mean=pre.mean,
+        std=pre.std,
+        interpolation=pre.interpolation,
+        batch_size=4,
+    )
+    top1 = dict(zip(data.keys, rec["topk_idx"][:, 0].tolist(), strict=True))
+    assert 281 <= top1["cat/chelsea.jpg"] <= 285  # tabby, tiger, Persian, Siamese, Egyptian cat
+    assert top1["coffee/coffee.jpg"] in (504, 967, 968)  # coffee mug, espresso, cup
+    assert top1["rocket/rocket.jpg"] in (657, 744, 812)  # missile, projectile, space shuttle
+    assert np.exp(rec["topk_logp"][:, 0]).min() > 0.1  # confident, not noise
