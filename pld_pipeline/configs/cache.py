@@ -1,0 +1,209 @@
+"""The teacher-pass configuration: teacher, views, cache format and how to run (flow form, CLI help)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Interpolation = Literal["bilinear", "bicubic", "nearest", "nearest-exact"]
+RGB = tuple[float, float, float]
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class TeacherConfig(BaseModel):
+    """Which teacher to run and how it sees images (unset values come from its weights)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="torchvision model name (e.g. 'resnet50') or 'package.module:callable' "
+        "returning an nn.Module (e.g. 'pld_pipeline.zoo:efficientnet_lite0')."
+    )
+    weights: str | None = Field(
+        None,
+        description="torchvision weights enum, e.g. 'ResNet50_Weights.IMAGENET1K_V2', read from "
+        "$TORCH_HOME/hub/checkpoints (never downloaded). torchvision names only.",
+    )
+    checkpoint: str | None = Field(
+        None, description="Path of a state-dict file loaded into the model (weights_only=True)."
+    )
+    num_classes: int | None = Field(
+        None, ge=1, description="Output classes; default: from the weights or the model."
+    )
+    input_size: int | None = Field(
+        None, ge=1, description="Teacher input side in pixels; default: the weights' eval crop."
+    )
+    mean: RGB | None = Field(
+        None, description="Per-channel mean on 0..1 pixels; default: the weights'."
+    )
+    std: RGB | None = Field(
+        None, description="Per-channel std on 0..1 pixels; default: the weights'."
+    )
+    interpolation: Interpolation | None = Field(
+        None, description="Resize interpolation; default: the weights' eval transform's."
+    )
+    crop_pct: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Eval view: center square of side crop_pct * short side; default: the "
+        "weights' crop/resize ratio (0.875 when unknown).",
+    )
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, value: RGB | None) -> RGB | None:
+        if value is not None and any(s <= 0 for s in value):
+            raise ValueError(f"std must be positive per channel, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_weights_source(self) -> TeacherConfig:
+        if self.weights and self.checkpoint:
+            raise ValueError("give weights or checkpoint, not both")
+        if self.weights and ":" in self.name:
+            raise ValueError(
+                f"weights={self.weights!r} is a torchvision enum but name={self.name!r} is a "
+                "factory; load weights in the factory or use checkpoint"
+            )
+        return self
+
+
+class ViewConfig(BaseModel):
+    """Which views of each image the teacher sees (replayed later by students)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["eval", "replay"] = Field(
+        "eval",
+        description="'eval': one view, the teacher's resize + center crop. 'replay': num_views "
+        "RandomResizedCrop + flip views, each drawn from (seed, view, sample) alone.",
+    )
+    num_views: int = Field(1, ge=1, description="Views per sample (1 in eval mode).")
+    seed: int = Field(0, ge=0, description="Seed of every view's random draws.")
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="RandomResizedCrop area fraction range (min, max), within (0, 1]."
+    )
+    ratio: tuple[float, float] = Field(
+        (3.0 / 4.0, 4.0 / 3.0), description="RandomResizedCrop aspect ratio range (min, max)."
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {value}")
+        return value
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _eval_has_one_view(self) -> ViewConfig:
+        if self.mode == "eval" and self.num_views != 1:
+            raise ValueError(
+                f"eval mode has exactly one view, got num_views={self.num_views}; use "
+                "mode='replay' for several"
+            )
+        return self
+
+
+class CacheConfig(BaseModel):
+    """One teacher pass over an image folder into a Zarr logit cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_root: str = Field(description="ImageNet-layout folder: root/<class>/<image>.")
+    split: str | None = Field(
+        None,
+        description="Sub-folder of dataset_root to read (torchvision ImageNet: 'train', 'val').",
+    )
+    teacher: TeacherConfig = Field(description="The teacher model.")
+    views: ViewConfig = Field(default_factory=ViewConfig, description="Views to cache.")
+    format: Literal["topk", "full"] = Field(
+        "topk", description="'topk': K classes' log-probs per view; 'full': all C logits (fp16)."
+    )
+    k: int = Field(10, ge=1, description="Classes kept per view in the topk format.")
+    temperatures: tuple[float, ...] = Field(
+        (1.0,),
+        description="Temperatures T at which logsumexp(logits / T) is stored; must include 1.0.",
+    )
+    shard_size: int = Field(1024, ge=1, description="Samples per shard (one task, one chunk).")
+    output: str = Field(description="Cache location: a local path or an fsspec URL.")
+    batch_size: int = Field(64, ge=1, description="Images per teacher forward.")
+    num_workers: int = Field(4, ge=0, description="DataLoader processes decoding images per task.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="Autocast dtype on CUDA ('auto': bf16 where supported); CPU is fp32."
+    )
+    skip_bad_images: bool = Field(
+        False,
+        description="Record undecodable images as bad (listed in the manifest, excluded from "
+        "training) instead of stopping with their path.",
+    )
+    overwrite: bool = Field(False, description="Replace an existing cache at output.")
+    replay_check_samples: int = Field(
+        16, ge=0, description="Cached samples recomputed by the teacher after the pass (0: skip)."
+    )
+    replay_check_tolerance: float = Field(
+        0.05,
+        gt=0,
+        description="Largest |cached - recomputed| top-K log-prob (nats) the replay check accepts.",
+    )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="'threads' in this process, or 'dask' (local or existing cluster)."
+    )
+    dask_workers: int = Field(2, ge=1, description="Local Dask cluster size (one per GPU).")
+    dask_address: str | None = Field(
+        None,
+        description="Existing Dask scheduler, e.g. tcp://host:8786 (implies task_runner=dask).",
+    )
+    max_workers: int = Field(1, ge=1, description="Concurrent shard tasks with the thread runner.")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not t > 0 for t in value):
+            raise ValueError(f"temperatures must be positive, got {list(value)}")
+        if 1.0 not in value:
+            raise ValueError(
+                f"temperatures must include 1.0 (top-K log-probs are stored at T=1), got {list(value)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError(f"temperatures must be distinct, got {list(value)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CacheConfig:
+        classes = self.teacher.num_classes
+        if self.format == "topk" and classes is not None and self.k > classes:
+            raise ValueError(f"k={self.k} exceeds the teacher's {classes} classes")
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError("dask_address needs task_runner='dask'")
+        return self
+
+    def view_info(self, crop_pct: float):  # noqa: ANN201 (storage.ViewInfo, imported lazily)
+        """The manifest's view entry (crop_pct: the teacher's resolved eval crop fraction)."""
+        from storage import ViewInfo
+
+        return ViewInfo(
+            mode=self.views.mode,
+            num_views=self.views.num_views,
+            seed=self.views.seed,
+            scale=tuple(self.views.scale),
+            ratio=tuple(self.views.ratio),
+            crop_pct=float(crop_pct),
+        )
