@@ -46,3 +46,7 @@ class WeightsCorruptError(PLDError, ValueError):
 
 class NonFiniteTeacherError(PLDError, FloatingPointError):
     """The teacher produced NaN or infinite logits; the message names the samples."""
+
+
+class ReplayCheckError(PLDError, RuntimeError):
+    """Cached teacher outputs differ from a fresh teacher forward on the same views."""

@@ -1,0 +1,71 @@
+"""The `train-student` flow: one student trained from the cache, never the teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.artifacts import Progress, artifact_key, publish_table
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.train import fit
+
+
+def result_row(name: str, result: dict[str, Any], skipped: bool = False) -> dict[str, Any]:
+    """One results-table row of a finished run (accuracies in percent)."""
+    return {
+        "run": name,
+        "student": result["student"],
+        "loss": result["loss"],
+        "temperature": result["temperature"],
+        "k": result["k"],
+        "best_top1": result["best_top1"],
+        "final_top1": result["final_top1"],
+        "final_top5": result["final_top5"],
+        "dropped_weight": result["mean_dropped_weight"],
+        "views_seen": result["distinct_views"],
+        "time_s": result["train_time_s"],
+        "status": "skipped (finished before)" if skipped else "trained",
+    }
+
+
+@task(name="train-student-run", task_run_name="{name}")
+def train_run(config: TrainConfig, name: str) -> dict[str, Any]:
+    """Train one student; per-epoch metrics go to the log and a progress artifact."""
+    logger = get_run_logger()
+    progress = Progress(
+        artifact_key("train-progress", name), total=config.epochs,
+        description=f"{name}: epochs of {config.loss.name} on {config.student.name}",
+    )  # fmt: skip
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        done = int(record["epoch"]) + 1
+        progress.set(done, note=f"{name}: epoch {done}/{config.epochs}")
+        logger.info(
+            "%s epoch %d/%d: train loss %.4f, val top-1 %s, top-5 %s",
+            name, done, config.epochs, record.get("train_loss", float("nan")),
+            record.get("val_top1"), record.get("val_top5"),
+        )  # fmt: skip
+
+    return fit(config, progress_callback=on_epoch).to_dict()
+
+
+@flow(name="train-student")
+def train_student(config: TrainConfig) -> dict[str, Any]:
+    """Train one student network from a teacher logit cache.
+
+    Validates the cache against the dataset and the run before the first step, replays
+    each epoch's cached views at the student's resolution, and trains with the chosen
+    loss (ce, kd, dist, dkd or pld). Writes config, metrics.jsonl, checkpoints and
+    result.json to run_dir; with resume=true an interrupted run continues from its last
+    checkpoint. The teacher is never loaded (unless online_teacher asks for it).
+    """
+    name = Path(config.run_dir).name or "run"
+    result = train_run(config, name)
+    publish_table(
+        artifact_key("student-result", name),
+        [result_row(name, result)],
+        description=f"Student run {config.run_dir}",
+    )
+    return result

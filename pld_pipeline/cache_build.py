@@ -1,0 +1,338 @@
+"""Building a cache from a CacheConfig: plan, compute+write one shard, finalize, replay check.
+
+These are the steps the `cache-teacher` flow runs as tasks; they are plain functions so a
+notebook or a test can run a whole teacher pass without Prefect. Each step takes the
+config (small, picklable) rather than live objects, so it can run in a thread, a Dask
+worker process or another machine; the teacher and the dataset listing are built once
+per process and reused across shards.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import storage
+from pld_pipeline import errors
+from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.models import LoadedTeacher, load_teacher
+from pld_pipeline.teacher_pass import compute_views
+
+logger = logging.getLogger(__name__)
+
+# Errors a retry cannot fix: bad input, bad images, a NaN teacher, a manifest mismatch.
+DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
+    errors.PLDError,
+    storage.CacheError,
+    ValueError,
+    TypeError,
+)
+
+
+@dataclass
+class CachePlan:
+    """What the pass will do: the cache's shape and the (view, shard) pairs still missing."""
+
+    path: str
+    num_samples: int
+    num_views: int
+    num_shards: int
+    todo: list[tuple[int, int]]
+
+    @property
+    def num_done(self) -> int:
+        return self.num_views * self.num_shards - len(self.todo)
+
+    def shard_tasks(self) -> list[tuple[int, list[int]]]:
+        """Group the missing pairs by shard: one task decodes a shard's images once for all
+        of its missing views (decoding, not the forward, dominates small teachers)."""
+        by_shard: dict[int, list[int]] = {}
+        for view, shard in self.todo:
+            by_shard.setdefault(shard, []).append(view)
+        return sorted((shard, sorted(views)) for shard, views in by_shard.items())
+
+
+@dataclass
+class ShardOutcome:
+    """One shard task's result, for logs and progress."""
+
+    shard: int
+    views: list[int]
+    written: list[int]
+    records: int
+    seconds: float
+    bad_keys: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(root: str, split: str | None) -> ImageFolderDataset:
+    return ImageFolderDataset(root, split=split)
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher(teacher_json: str) -> LoadedTeacher:
+    from pld_pipeline.configs.cache import TeacherConfig
+
+    return load_teacher(TeacherConfig.model_validate_json(teacher_json))
+
+
+def dataset_of(config: CacheConfig) -> ImageFolderDataset:
+    """The config's dataset listing, built once per process."""
+    return _dataset(config.dataset_root, config.split)
+
+
+def teacher_of(config: CacheConfig) -> LoadedTeacher:
+    """The config's teacher, built once per process (threads share it: inference only)."""
+    return _teacher(config.teacher.model_dump_json())
+
+
+def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
+    """The manifest this config's pass writes (teacher identity, views, format, dataset)."""
+    dataset = dataset_of(config)
+    teacher = teacher_of(config)
+    if config.format == "topk" and config.k > teacher.info.num_classes:
+        raise errors.ConfigError(
+            f"k={config.k} exceeds the teacher's {teacher.info.num_classes} classes; "
+            f"use k <= {teacher.info.num_classes} or format='full'."
+        )
+    if int(dataset.labels.max()) >= teacher.info.num_classes:
+        raise errors.ConfigError(
+            f"The dataset at {config.dataset_root!r} has {len(dataset.classes)} classes but the "
+            f"teacher outputs {teacher.info.num_classes}; use a teacher trained on these classes."
+        )
+    return storage.Manifest(
+        teacher=teacher.info,
+        views=config.view_info(teacher.preprocess.crop_pct),
+        format=config.format,
+        k=config.k if config.format == "topk" else teacher.info.num_classes,
+        temperatures=tuple(float(t) for t in config.temperatures),
+        dataset_fingerprint=dataset.fingerprint(),
+        num_samples=len(dataset),
+        shard_size=config.shard_size,
+        producer=producer,
+    )
+
+
+def prepare_cache(config: CacheConfig, producer: str = "") -> CachePlan:
+    """Validate the config against the dataset and teacher, create or reopen the cache.
+
+    Raises:
+        storage.ManifestMismatchError: the path holds a cache of another teacher, view
+            spec, format or dataset (nothing is touched; use overwrite to replace it).
+        errors.ConfigError, errors.DatasetError: bad config or dataset.
+    """
+    dataset = dataset_of(config)
+    manifest = make_manifest(config, producer)
+    writer = storage.create(
+        config.output, manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
+    )
+    return CachePlan(
+        path=config.output,
+        num_samples=manifest.num_samples,
+        num_views=manifest.views.num_views,
+        num_shards=writer.num_shards,
+        todo=writer.missing(),
+    )
+
+
+def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None) -> ShardOutcome:
+    """Compute the teacher's records of one shard for its missing views and write them.
+
+    Each view is written with its done bit last, so a kill leaves it to be redone; views
+    already done (another worker, an earlier run) are skipped.
+    """
+    started = time.perf_counter()
+    writer = storage.open_writer(config.output)
+    manifest = writer.manifest
+    wanted = range(manifest.views.num_views) if views is None else views
+    todo = [v for v in wanted if not writer.is_done(v, shard)]
+    start, stop = writer.shard_range(shard)
+    outcome = ShardOutcome(shard=shard, views=list(wanted), written=[], records=0, seconds=0.0)
+    if not todo:
+        return outcome
+    dataset = dataset_of(config)
+    teacher = teacher_of(config)
+    pre = teacher.preprocess
+    records = compute_views(
+        teacher.model, dataset, manifest.views, todo, start, stop,
+        fmt=manifest.format, k=manifest.k, temperatures=manifest.temperatures,
+        input_size=pre.input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
+        device=config.device, batch_size=config.batch_size, num_workers=config.num_workers,
+        amp_dtype=config.amp, skip_bad_images=config.skip_bad_images,
+    )  # fmt: skip
+    for view in todo:
+        if writer.write_shard(view, shard, records[view]):
+            outcome.written.append(view)
+            outcome.records += stop - start
+        bad = np.flatnonzero(records[view].get("bad", np.zeros(0, bool)))
+        outcome.bad_keys = sorted({*outcome.bad_keys, *(dataset.keys[start + i] for i in bad)})
+    outcome.seconds = time.perf_counter() - started
+    if outcome.bad_keys:
+        logger.warning("Shard %d: %d undecodable images recorded as bad: %s",
+                       shard, len(outcome.bad_keys), outcome.bad_keys[:5])
+    return outcome
+
+
+@dataclass
+class CacheReport:
+    """The finished cache's figures (what the flow publishes as a table)."""
+
+    path: str
+    num_samples: int
+    num_views: int
+    format: str
+    k: int
+    num_classes: int
+    disk_mb: float
+    bytes_per_record: float
+    compression_ratio: float
+    top1: dict[int, float]
+    tail_mass: dict[int, float]
+    bad_keys: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finalize_cache(config: CacheConfig) -> CacheReport:
+    """Check that every (view, shard) is done, record bad samples, and compute the stats.
+
+    Raises:
+        storage.IncompleteCacheError: some (view, shard) is missing (listed).
+    """
+    reader = storage.open_cache(config.output)
+    reader.validate()
+    bad = reader.bad_mask().any(axis=0)
+    bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
+    if bad_keys:
+        storage.open_writer(config.output).record_bad_samples(bad_keys)
+    summary = storage.summarize(config.output)
+    return CacheReport(
+        path=config.output,
+        num_samples=summary.num_samples,
+        num_views=summary.num_views,
+        format=summary.format,
+        k=summary.k,
+        num_classes=summary.num_classes,
+        disk_mb=summary.disk_bytes / 1e6,
+        bytes_per_record=summary.bytes_per_record,
+        compression_ratio=summary.compression_ratio,
+        top1={int(v): float(t) for v, t in summary.top1.items()},
+        tail_mass={int(v): float(t) for v, t in summary.tail_mass.items()},
+        bad_keys=bad_keys,
+    )
+
+
+@dataclass
+class ReplayCheck:
+    """Cached vs. recomputed teacher log-probs on a random sample of records."""
+
+    samples: int
+    max_abs_error: float
+    tolerance: float
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
+    """Recompute the teacher on `replay_check_samples` random (view, sample) records.
+
+    Compares the cached top-K log-probs (or full logits' log-softmax) with a fresh forward
+    on the replayed view, like TinyViT's check of saved logits.
+
+    Raises:
+        errors.ReplayCheckError: the largest error exceeds `replay_check_tolerance`.
+    """
+    count = config.replay_check_samples
+    if count == 0:
+        return ReplayCheck(0, 0.0, config.replay_check_tolerance, True)
+    reader = storage.open_cache(config.output)
+    manifest = reader.manifest
+    rng = np.random.default_rng(seed)
+    good = np.flatnonzero(~reader.bad_mask().any(axis=0))
+    picks = rng.choice(good, size=min(count, len(good)), replace=False)
+    views = rng.integers(0, manifest.views.num_views, size=len(picks))
+    teacher = teacher_of(config)
+    pre = teacher.preprocess
+    dataset = dataset_of(config)
+    worst = 0.0
+    for view in np.unique(views):
+        idx = np.sort(picks[views == view])
+        slab = reader.load_view(int(view)).gather(idx)
+        for row, sample in enumerate(idx):
+            fresh = compute_views(
+                teacher.model, dataset, manifest.views, [int(view)], int(sample), int(sample) + 1,
+                fmt=manifest.format, k=manifest.k, temperatures=manifest.temperatures,
+                input_size=pre.input_size, mean=pre.mean, std=pre.std,
+                interpolation=pre.interpolation, device=config.device, batch_size=1,
+                num_workers=0, amp_dtype=config.amp,
+            )[int(view)]  # fmt: skip
+            worst = max(worst, _logp_error(slab, row, fresh))
+    passed = worst <= config.replay_check_tolerance
+    result = ReplayCheck(len(picks), worst, config.replay_check_tolerance, passed)
+    if not passed:
+        raise errors.ReplayCheckError(
+            f"Replay check failed for {config.output}: cached and recomputed teacher log-probs "
+            f"differ by up to {worst:.4g} (tolerance {config.replay_check_tolerance}). The "
+            "teacher, its weights or the images changed since caching; rebuild the cache "
+            "with overwrite=True, or raise replay_check_tolerance if AMP noise explains it."
+        )
+    return result
+
+
+def _logp_error(slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray]) -> float:
+    """Largest |cached - fresh| log-prob over the cached classes of one record."""
+    if slab.logits is not None:
+        cached = torch.log_softmax(torch.from_numpy(slab.logits[row].astype(np.float32)), -1)
+        recomputed = torch.log_softmax(torch.from_numpy(fresh["logits"][0]), -1)
+        return float((cached - recomputed).abs().max())
+    idx = slab.topk_idx[row].astype(np.int64)
+    cached = slab.topk_logp[row].astype(np.float32)
+    # Compare class by class: near-ties may swap order between the two forwards.
+    fresh_logp = dict(zip(fresh["topk_idx"][0].tolist(), fresh["topk_logp"][0].tolist()))
+    errors_ = []
+    for c, value in zip(idx.tolist(), cached.tolist()):
+        if c in fresh_logp:
+            errors_.append(abs(value - fresh_logp[c]))
+        else:  # fell out of the fresh top-K: it must then be at most the K-th log-prob
+            errors_.append(max(0.0, value - float(fresh["topk_logp"][0][-1])))
+    return max(errors_) if errors_ else 0.0
+
+
+def stats_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per view, plus the replay check, for the flow's table artifact."""
+    rows = []
+    for view, top1 in sorted(report["top1"].items(), key=lambda kv: int(kv[0])):
+        rows.append({
+            "view": int(view),
+            "teacher_top1_pct": 100.0 * top1,
+            "tail_mass": report["tail_mass"].get(view),
+            "records": report["num_samples"],
+            "bytes_per_record": report["bytes_per_record"],
+        })  # fmt: skip
+    check = report.get("replay_check") or {}
+    rows.append({
+        "view": "all",
+        "teacher_top1_pct": 100.0 * float(np.mean(list(report["top1"].values()) or [0.0])),
+        "tail_mass": None,
+        "records": report["num_samples"] * report["num_views"],
+        "bytes_per_record": report["bytes_per_record"],
+        "disk_mb": report["disk_mb"],
+        "compression_ratio": report["compression_ratio"],
+        "bad_samples": len(report["bad_keys"]),
+        "replay_max_abs_error": check.get("max_abs_error"),
+        "replay_check": "passed" if check.get("passed") else "failed/skipped",
+    })  # fmt: skip
+    return rows

@@ -1,0 +1,59 @@
+"""The demo's configuration: Fashion-MNIST sizes, teacher and student recipes, where to write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEMO_LOSSES = ("ce", "kd", "dist", "dkd", "pld")
+
+
+class DemoConfig(BaseModel):
+    """The whole pipeline on Fashion-MNIST on CPU: data -> teacher -> cache -> student sweep."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: str = Field("workdir", description="everything is written under this folder")
+    source: str = Field(
+        "/usr/share/datasets/fashion-mnist",
+        description="folder with the Fashion-MNIST gzip IDX files (Debian dataset-fashion-mnist)",
+    )
+    train_per_class: int | None = Field(
+        1000, gt=0, description="training images per class (None = all 6000)"
+    )
+    val_per_class: int | None = Field(
+        300, gt=0, description="validation images per class (None = all 1000)"
+    )
+    image_size: int = Field(28, gt=7, description="input side for teacher and students")
+    teacher_width: int = Field(32, gt=0, description="channels of the small ResNet teacher")
+    teacher_epochs: int = Field(12, gt=0, description="teacher training epochs")
+    student_width: int = Field(4, gt=0, description="channels of the tiny CNN student")
+    student_epochs: int = Field(12, gt=0, description="epochs of every student run")
+    num_views: int = Field(12, gt=0, description="cached teacher views per image (replay mode)")
+    k: int = Field(5, gt=0, le=10, description="teacher classes cached per view")
+    temperatures: tuple[float, ...] = Field(
+        (1.0, 2.0, 4.0), description="temperatures whose logsumexp is cached"
+    )
+    losses: tuple[str, ...] = Field(DEMO_LOSSES, description="student losses to compare")
+    loss_temperatures: dict[str, float] = Field(
+        default_factory=lambda: {"kd": 4.0, "dist": 1.0, "dkd": 4.0, "pld": 1.0},
+        description="temperature per loss (the recipes' defaults)",
+    )
+    batch_size: int = Field(128, gt=0, description="batch size for teacher and students")
+    lr: float = Field(0.05, gt=0, description="peak SGD learning rate (cosine, 1 warmup epoch)")
+    seed: int = Field(0, description="seed of data subset, views and runs")
+    max_parallel: int = Field(1, gt=0, description="student runs at once")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (0 = decode in-process)")
+
+    @classmethod
+    def quick_defaults(cls) -> dict[str, Any]:
+        """The `--quick` sizes: a few minutes on 2 CPU cores (what the tests run)."""
+        return {
+            "train_per_class": 60,
+            "val_per_class": 30,
+            "teacher_width": 16,
+            "teacher_epochs": 2,
+            "student_epochs": 2,
+            "num_views": 2,
+        }
