@@ -127,7 +127,9 @@ class ViewDataset(torch.utils.data.Dataset):
         label = int(self.images.labels[i])
         if self.teacher_size is None:
             return pixels, label, i
-        teacher_pixels = replay_view(image, crop, flip, self.teacher_size, self.teacher_interpolation)
+        teacher_pixels = replay_view(
+            image, crop, flip, self.teacher_size, self.teacher_interpolation
+        )
         return pixels, label, i, teacher_pixels
 
 
@@ -139,7 +141,9 @@ class ShuffleSampler(torch.utils.data.Sampler):
     permutation, padded by wrapping so every rank gets ceil(M / W) samples.
     """
 
-    def __init__(self, indices: Sequence[int], seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, indices: Sequence[int], seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
@@ -232,7 +236,11 @@ def gather_targets(
 
     def put(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         # Gather and copy in the stored (compact) dtype, widen on the device.
-        return torch.from_numpy(np.ascontiguousarray(array[rows])).to(device, non_blocking=non_blocking).to(dtype)
+        return (
+            torch.from_numpy(np.ascontiguousarray(array[rows]))
+            .to(device, non_blocking=non_blocking)
+            .to(dtype)
+        )
 
     if form == "dense":
         return put(slab.logits, torch.float32)

@@ -36,7 +36,9 @@ def build_color_folder(root: Path, per_class: int, seed: int) -> Path:
         for j in range(per_class):
             h, w = (int(x) for x in rng.integers(20, 41, size=2))
             arr = np.asarray(color, np.float64) + rng.normal(0, 40, size=(h, w, 3))
-            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / name / f"img_{j:02d}.png")
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(
+                root / name / f"img_{j:02d}.png"
+            )
     return root
 
 
@@ -79,13 +81,22 @@ def make_cache(
     images = ImageFolderDataset(root)
     manifest = storage.Manifest(
         teacher=storage.TeacherInfo(
-            name="oracle", weights_source="none", weights_sha256="0" * 64,
-            num_classes=TEACHER_CLASSES, input_size=TEACHER_SIZE, mean=(0.5, 0.5, 0.5),
-            std=(0.25, 0.25, 0.25), interpolation="bilinear",
+            name="oracle",
+            weights_source="none",
+            weights_sha256="0" * 64,
+            num_classes=TEACHER_CLASSES,
+            input_size=TEACHER_SIZE,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            interpolation="bilinear",
         ),
         views=storage.ViewInfo(mode=mode, num_views=num_views, seed=3),
-        format=fmt, k=k if fmt == "topk" else TEACHER_CLASSES, temperatures=temperatures,
-        dataset_fingerprint=images.fingerprint(), num_samples=len(images), shard_size=shard_size,
+        format=fmt,
+        k=k if fmt == "topk" else TEACHER_CLASSES,
+        temperatures=temperatures,
+        dataset_fingerprint=images.fingerprint(),
+        num_samples=len(images),
+        shard_size=shard_size,
     )
     writer = storage.create(path, manifest, images.keys, images.labels)
     for v in range(num_views if views_done is None else views_done):
@@ -135,11 +146,17 @@ def eval_cache(tmp_path_factory: pytest.TempPathFactory, color_folder: Path) -> 
 def train_config(cache: Path, root: Path, run_dir: Path, **overrides) -> TrainConfig:
     """A small CPU TrainConfig; `overrides` may set nested sections as dicts."""
     data = {
-        "cache": str(cache), "dataset_root": str(root), "run_dir": str(run_dir),
+        "cache": str(cache),
+        "dataset_root": str(root),
+        "run_dir": str(run_dir),
         "student": {"name": STUDENT, "image_size": 16},
         "loss": {"name": "pld"},
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "epochs": 2, "batch_size": 8, "device": "cpu", "num_workers": 0, "seed": 0,
+        "epochs": 2,
+        "batch_size": 8,
+        "device": "cpu",
+        "num_workers": 0,
+        "seed": 0,
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

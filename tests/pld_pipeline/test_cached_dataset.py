@@ -11,8 +11,15 @@ from torch import nn
 
 import storage
 from pld_pipeline.cached_dataset import (
-    EpochViewSampler, SampledViews, ShuffleSampler, StoredViews, ViewDataset, ViewSlabs,
-    distinct_views, gather_targets, good_indices,
+    EpochViewSampler,
+    SampledViews,
+    ShuffleSampler,
+    StoredViews,
+    ViewDataset,
+    ViewSlabs,
+    distinct_views,
+    gather_targets,
+    good_indices,
 )
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.losses import CachedTargets
@@ -42,8 +49,13 @@ def teacher_pass_cache(tmp_path_factory, tiny_imagefolder):
     view_info = storage.ViewInfo(mode="replay", num_views=2, seed=9)
     manifest = storage.Manifest(
         teacher=storage.TeacherInfo("rec", "none", "0" * 64, 5, SIZE, MEAN, STD, "bilinear"),
-        views=view_info, format="topk", k=3, temperatures=(1.0, 2.0),
-        dataset_fingerprint=images.fingerprint(), num_samples=len(images), shard_size=5,
+        views=view_info,
+        format="topk",
+        k=3,
+        temperatures=(1.0, 2.0),
+        dataset_fingerprint=images.fingerprint(),
+        num_samples=len(images),
+        shard_size=5,
     )
     path = tmp_path_factory.mktemp("tp") / "cache.zarr"
     writer = storage.create(path, manifest, images.keys, images.labels)
@@ -53,9 +65,20 @@ def teacher_pass_cache(tmp_path_factory, tiny_imagefolder):
         for s in range(writer.num_shards):
             start, stop = writer.shard_range(s)
             teacher.seen.clear()
-            records = compute_shard(teacher, images, view_info, v, start, stop, k=3,
-                                    temperatures=(1.0, 2.0), input_size=SIZE, mean=MEAN, std=STD,
-                                    batch_size=4)
+            records = compute_shard(
+                teacher,
+                images,
+                view_info,
+                v,
+                start,
+                stop,
+                k=3,
+                temperatures=(1.0, 2.0),
+                input_size=SIZE,
+                mean=MEAN,
+                std=STD,
+                batch_size=4,
+            )
             writer.write_shard(v, s, records)
             seen[(v, start)] = torch.cat(teacher.seen)
     return path, images, seen
@@ -95,9 +118,12 @@ def test_student_size_replays_the_same_box(teacher_pass_cache):
     assert student.dtype == torch.uint8 and (label, index) == (int(images.labels[i]), i)
     # Independent route: the box in source pixels, cropped and resized by PIL-free torch ops.
     top, left, h, w = (int(c) for c in slab.crop[i])
-    src = torch.from_numpy(np.array(images.load_rgb(i))).permute(2, 0, 1)[:, top:top + h, left:left + w]
-    ref = torch.nn.functional.interpolate(src[None].double(), size=(20, 20), mode="bilinear",
-                                          antialias=True, align_corners=False)[0]
+    src = torch.from_numpy(np.array(images.load_rgb(i))).permute(2, 0, 1)[
+        :, top : top + h, left : left + w
+    ]
+    ref = torch.nn.functional.interpolate(
+        src[None].double(), size=(20, 20), mode="bilinear", antialias=True, align_corners=False
+    )[0]
     if slab.flip[i]:
         ref = ref.flip(-1)
     assert (student.double() - ref).abs().max() <= 1.0  # uint8 rounding

@@ -1,0 +1,134 @@
+"""Before the first step: check the cache against the dataset and the run config, plan the targets.
+
+Everything a run needs from the cache is decided here (how many classes, which K to load,
+compact or dense targets, whether the student sees the teacher's views), so a mismatch is one
+clear error before any training, never a failure in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.errors import ConfigError
+from pld_pipeline.losses.errors import TemperatureNotCachedError
+from pld_pipeline.losses.targets import temperature_index
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """What the run reads from the cache.
+
+    Attributes:
+        num_classes: classes of the teacher = of the student.
+        cache_format: the cache's format, "topk" or "full".
+        form: "compact" or "dense".
+        load_k: k passed to `CacheReader.load_view` (None = as stored / dense logits).
+        k: classes per sample the loss sees (C for dense).
+        num_views: V; epoch e uses view e mod V.
+        replay_cache: the cache stores replayable random views (mode "replay"); else the
+            student draws its own random crops each epoch.
+        views_match: True when the student sees the views its targets were made from
+            (replay cache, or online mode); False for an eval cache read offline.
+        manifest_hash: sha256 of the manifest JSON (identifies the cache).
+    """
+
+    num_classes: int
+    cache_format: str
+    form: str
+    load_k: int | None
+    k: int
+    num_views: int
+    replay_cache: bool
+    views_match: bool
+    manifest_hash: str
+
+
+def manifest_hash(manifest) -> str:  # noqa: ANN001 - storage.Manifest
+    """sha256 hex of the manifest's JSON with sorted keys."""
+    text = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> TargetPlan:  # noqa: ANN001
+    """Validate `reader`'s cache for this run and decide the target plan.
+
+    Checks, in order: every (view, shard) written, keys and fingerprint equal to the dataset's,
+    the student's class count, labels inside the teacher's classes, K' <= K, dense targets
+    only from a full cache, and the loss temperature among the cached ones (compact targets).
+
+    Raises:
+        storage.IncompleteCacheError / DatasetMismatchError / ManifestMismatchError: from
+            `reader.validate`.
+        ConfigError: K' too large, dense targets from a top-K cache, labels out of range.
+        TemperatureNotCachedError: the loss temperature was not cached.
+    """
+    m = reader.manifest
+    expect = {}
+    if config.student.num_classes is not None:
+        expect["teacher.num_classes"] = config.student.num_classes
+    reader.validate(
+        expect=expect, dataset_keys=list(images.keys), dataset_fingerprint=images.fingerprint()
+    )
+    num_classes = int(m.teacher.num_classes)
+    if len(images.labels) and int(images.labels.max()) >= num_classes:
+        raise ConfigError(
+            f"Dataset {config.dataset_root!r} has labels up to {int(images.labels.max())} but the "
+            f"cache's teacher has {num_classes} classes; use the dataset the cache was made from."
+        )
+    form, k = config.target_form, config.k
+    if form == "dense":
+        if m.format != "full":
+            raise ConfigError(
+                f"target_form='dense' needs a full-logit cache, but {config.cache!r} stores top-"
+                f"{m.k}; use target_form='compact' or a cache made with format='full'."
+            )
+        load_k, used_k = None, num_classes
+    else:
+        limit = m.k if m.format == "topk" else num_classes
+        if k is not None and k > limit:
+            raise ConfigError(
+                f"k={k} exceeds what {config.cache!r} holds ({m.format} cache, K={limit}); use "
+                f"k <= {limit} or re-run the teacher pass with a larger K."
+            )
+        used_k = k if k is not None else limit
+        # A top-K cache truncates at load only when asked; a full cache computes top-K at load.
+        load_k = k if m.format == "topk" else used_k
+    temperature = config.loss.temperature
+    if (
+        form == "compact"
+        and config.online_teacher is None
+        and temperature is not None
+        and config.loss.name != "ce"
+        and temperature_index(m.temperatures, temperature) is None
+    ):
+        raise TemperatureNotCachedError(
+            f"loss temperature {temperature:g} is not cached in {config.cache!r} (cached: "
+            f"{', '.join(f'{t:g}' for t in m.temperatures)}); pick one of these, use a full cache "
+            "with target_form='dense', or re-run the teacher pass with it."
+        )
+    replay_cache = m.views.mode == "replay"
+    views_match = replay_cache or config.online_teacher is not None
+    if not views_match:
+        logger.warning(
+            "Cache %s holds the teacher's eval view only: the student trains on its own random "
+            "crops, so teacher and student views differ (the 'fixed teacher' setting).",
+            config.cache,
+        )
+    return TargetPlan(
+        num_classes=num_classes,
+        cache_format=m.format,
+        form=form,
+        load_k=load_k,
+        k=used_k,
+        num_views=int(m.views.num_views),
+        replay_cache=replay_cache,
+        views_match=views_match,
+        manifest_hash=manifest_hash(m),
+    )

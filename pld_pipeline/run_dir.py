@@ -1,0 +1,176 @@
+"""The run directory: config.json, metrics.jsonl, checkpoint.pt, best.pt, result.json.
+
+A finished run is one whose result.json exists (sweeps skip those). Starting a run in a
+folder that already holds one needs `resume=True`, and then the stored config must match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pld_pipeline.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.metrics import MetricsLog
+
+logger = logging.getLogger(__name__)
+
+# Fields a resumed run may change: they do not alter the trajectory (on CPU).
+RESUMABLE_CHANGES = (
+    "resume",
+    "num_workers",
+    "device",
+    "log_every",
+    "cache",
+    "dataset_root",
+    "val_root",
+    "run_dir",
+)
+
+
+class RunDir:
+    """Paths of one run's files and the rules for (re)starting in that folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.best = self.path / "best.pt"
+        self.result = self.path / "result.json"
+        self.metrics = MetricsLog(self.path / "metrics.jsonl")
+
+    def is_finished(self) -> bool:
+        """True when result.json exists."""
+        return self.result.is_file()
+
+    def prepare(self, config: TrainConfig, write: bool = True) -> bool:
+        """Check the folder, create it and write config.json; say whether to resume.
+
+        Every DDP rank runs the checks (so all fail alike); only the writer (rank 0) writes.
+
+        Returns:
+            True when `config.resume` and checkpoint.pt exists.
+
+        Raises:
+            CheckpointError: the folder holds a run and resume is False, or resume is True
+                and the stored config differs in a field that changes the run.
+        """
+        has_run = self.checkpoint.exists() or self.result.exists()
+        if has_run and not config.resume:
+            raise CheckpointError(
+                f"Run directory {str(self.path)!r} already holds a run (checkpoint.pt or "
+                "result.json); set resume=true to continue it or pick another run_dir."
+            )
+        if config.resume and self.config.exists():
+            stored = json.loads(self.config.read_text())
+            diffs = _config_diff(stored, config.model_dump(mode="json"))
+            if diffs:
+                raise CheckpointError(
+                    f"Cannot resume {str(self.path)!r}: the config differs from the stored "
+                    f"config.json in {diffs}; restore those values or pick another run_dir."
+                )
+        if write:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.config, config.model_dump(mode="json"))
+        return config.resume and self.checkpoint.exists()
+
+    def save_state(
+        self,
+        manifest_hash: str,
+        model,
+        optimizer,
+        scheduler,
+        scaler,  # noqa: ANN001
+        epoch: int,
+        best: dict[str, Any],
+        history: list[dict[str, Any]],
+        is_best: bool,
+    ) -> None:
+        """Write checkpoint.pt (everything to resume) and, when `is_best`, best.pt (weights)."""
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "history": history,
+            "rng": capture_rng_state(),
+            "manifest_hash": manifest_hash,
+        }
+        save_checkpoint(self.checkpoint, state)
+        if is_best:
+            save_checkpoint(
+                self.best, {"model": state["model"], "epoch": epoch, "val_top1": best["top1"]}
+            )
+
+    def restore_state(
+        self,
+        state: dict[str, Any],
+        manifest_hash: str,
+        model,
+        optimizer,
+        scheduler,
+        scaler,  # noqa: ANN001
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Load a checkpoint's state into the run's objects and RNGs.
+
+        Returns:
+            (history, best) so far.
+
+        Raises:
+            CheckpointError: the checkpoint was trained on another cache.
+        """
+        if state.get("manifest_hash") != manifest_hash:
+            raise CheckpointError(
+                f"{self.checkpoint} was trained on another cache (manifest "
+                f"{str(state.get('manifest_hash'))[:12]} != {manifest_hash[:12]}); point cache "
+                "to the original or start a new run_dir."
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        logger.info("Resumed %s after epoch %d", self.path, state["epoch"])
+        return list(state["history"]), dict(state["best"])
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        """Write result.json (atomically: a run is finished exactly when it appears)."""
+        write_json_atomic(self.result, result)
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if not prefix and key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, prefix=f"{path}.")
+        elif a != b:
+            diffs.append(f"{path}: {a!r} -> {b!r}")
+    return diffs
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """json.dump to a temp file in the same folder, then os.replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,92 @@
+"""The result of a student run: what result.json holds and the flows tabulate."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pld_pipeline.cache_check import TargetPlan
+from pld_pipeline.cached_dataset import distinct_views
+from pld_pipeline.configs.train import TrainConfig
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also written to run_dir/result.json).
+
+    Accuracies are percentages. `final` is the last epoch's record, `history` all of them.
+    `temperature` and `loss_params` are the loss's resolved values (defaults filled in).
+    `mean_dropped_weight` is the mean teacher weight PLD dropped per sample (compact targets;
+    None otherwise). `distinct_views` counts the cached views the run used.
+    """
+
+    run_dir: str
+    student: str
+    loss: str
+    temperature: float | None
+    loss_params: dict[str, Any]
+    cache: str
+    manifest_hash: str
+    cache_format: str
+    k: int
+    target_form: str
+    online: bool
+    views_match: bool
+    distinct_views: int
+    epochs: int
+    world_size: int
+    final_top1: float | None
+    final_top5: float | None
+    best_top1: float | None
+    best_epoch: int | None
+    mean_dropped_weight: float | None
+    train_time_s: float
+    final: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (the content of result.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """Rebuild from `to_dict()` output (e.g. a sweep reading finished runs' result.json)."""
+        return cls(**data)
+
+
+def build_result(
+    config: TrainConfig,
+    plan: TargetPlan,
+    loss_params: dict[str, Any],
+    world_size: int,
+    best: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> RunResult:
+    """Summarise a run from its config, target plan and per-epoch records."""
+    last = history[-1] if history else {}
+    dropped = [r["dropped_weight"] for r in history if r.get("dropped_weight") is not None]
+    return RunResult(
+        run_dir=config.run_dir,
+        student=config.student.name,
+        loss=config.loss.name,
+        temperature=loss_params.get("temperature"),
+        loss_params=dict(loss_params),
+        cache=config.cache,
+        manifest_hash=plan.manifest_hash,
+        cache_format=plan.cache_format,
+        k=plan.k,
+        target_form=plan.form,
+        online=config.online_teacher is not None,
+        views_match=plan.views_match,
+        distinct_views=distinct_views(config.epochs, plan.num_views),
+        epochs=config.epochs,
+        world_size=world_size,
+        final_top1=last.get("val_top1"),
+        final_top5=last.get("val_top5"),
+        best_top1=best["top1"],
+        best_epoch=best["epoch"],
+        mean_dropped_weight=sum(dropped) / len(dropped) if dropped else None,
+        train_time_s=sum(r.get("epoch_time_s", 0.0) for r in history),
+        final=last,
+        history=history,
+    )

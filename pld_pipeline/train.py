@@ -1,0 +1,292 @@
+"""Training a student from the logit cache: `fit` reads in run order, then the epoch functions.
+
+`fit` is the table of contents: data (cache checked against the dataset and config), model,
+criterion, optimizer, scheduler, resume, epoch loop. `train_one_epoch` and `evaluate` are
+plain functions. The teacher is never built unless `online_teacher` asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pld_pipeline.cache_check import check_cache
+from pld_pipeline.cached_dataset import ViewSlabs, gather_targets, good_indices
+from pld_pipeline.checkpoint import load_checkpoint
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.ddp import DistContext
+from pld_pipeline.errors import PLDError
+from pld_pipeline.losses import make_loss
+from pld_pipeline.metrics import topk_correct
+from pld_pipeline.models import create_model
+from pld_pipeline.optim import make_optimizer, make_scheduler
+from pld_pipeline.run_dir import RunDir
+from pld_pipeline.run_result import RunResult, build_result
+from pld_pipeline.train_setup import (
+    Placement,
+    build_loaders,
+    make_online_teacher,
+    make_placement,
+    preflight,
+    seed_everything,
+    split_batch,
+    train_views,
+)
+
+logger = logging.getLogger(__name__)
+ProgressCallback = Callable[[dict[str, Any]], None]
+SUMMARY_KEYS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "epoch_time_s")
+
+
+class DivergedError(PLDError, FloatingPointError):
+    """Every training loss so far in an epoch was NaN or infinite."""
+
+
+@dataclass
+class Step:
+    """Everything one optimisation step needs, built once by `fit`."""
+
+    model: nn.Module  # DDP-wrapped when distributed
+    criterion: Callable
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    placement: Placement
+    clip_grad_norm: float | None
+    form: str  # "compact" or "dense" targets
+    teacher: Any = None  # OnlineTeacher in online mode
+
+
+def fit(
+    config: TrainConfig,
+    progress_callback: ProgressCallback | None = None,
+    dist_context: DistContext | None = None,
+) -> RunResult:
+    """Train one student as `config` says and return its result.
+
+    Args:
+        config: the run.
+        progress_callback: called on the main rank after every epoch with that epoch's
+            metrics record (how a flow reports progress without this package importing Prefect).
+        dist_context: this process's place in a DDP job (default: a single process).
+
+    Returns:
+        RunResult (also written to run_dir/result.json).
+
+    Raises:
+        storage.CacheError subclasses, ConfigError, TemperatureNotCachedError, LossInputError,
+        ModelNotFoundError, CheckpointError: before the first step, for a cache, dataset or
+        config that does not fit the run. DivergedError: every loss of an epoch non-finite.
+    """
+    ctx = dist_context or DistContext()
+    place = make_placement(config, ctx)
+    run = RunDir(config.run_dir)
+    resuming = run.prepare(config, write=ctx.is_main)
+    seed_everything(config.seed, config.deterministic)
+
+    # Data: the cache, checked against the images and this config.
+    from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.train` light
+
+    reader = open_cache(config.cache)
+    train_images = ImageFolderDataset(config.dataset_root, split=config.dataset_split)
+    plan = check_cache(reader, train_images, config)
+    val_images = None
+    if config.val_root:
+        val_images = ImageFolderDataset(config.val_root, config.val_split, train_images.classes)
+    slabs = ViewSlabs(reader, plan.num_views, plan.load_k)
+    train_index = good_indices(reader.bad_mask(), reader.num_samples)
+    batch, steps_per_epoch = split_batch(config.batch_size, len(train_index), ctx.world_size)
+
+    # Model, criterion, (online teacher), optimizer, schedule.
+    memory = torch.channels_last if place.channels_last else torch.contiguous_format
+    model = create_model(config.student.name, num_classes=plan.num_classes)
+    model = model.to(place.device, memory_format=memory)
+    criterion = make_loss(config.loss.name, **config.loss.make_kwargs())
+    teacher = make_online_teacher(config, plan, reader.manifest, criterion.params, place)
+    state = load_checkpoint(run.checkpoint, place.device) if resuming else None
+    start_epoch = int(state["epoch"]) + 1 if state is not None else 0
+    if teacher is None:
+        preflight(criterion, slabs.get(start_epoch), train_index, plan, place.device)
+    optimizer = make_optimizer(model, config.optim)
+    scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler(place.device.type, enabled=place.amp_dtype == torch.float16)
+
+    # Resume: weights, optimizer, schedule, scaler, RNG, history.
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"top1": None, "epoch": None}
+    if state is not None:
+        history, best = run.restore_state(
+            state, plan.manifest_hash, model, optimizer, scheduler, scaler
+        )
+    if ctx.is_main:
+        run.metrics.keep_epochs_before(start_epoch)
+    trained = model
+    if ctx.enabled:
+        ids = [place.device] if place.device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    step = Step(trained, criterion, optimizer, scheduler, scaler, place,
+                config.optim.clip_grad_norm, plan.form, teacher)  # fmt: skip
+    loaders = build_loaders(config, train_images, val_images, train_index, batch, ctx, teacher)
+
+    # Epoch loop: view e mod V, train, evaluate, record, checkpoint.
+    for epoch in range(start_epoch, config.epochs):
+        slab = slabs.get(epoch)
+        loaders.train_sampler.set_epoch(epoch, train_views(config, plan, slab, epoch))
+        batches = iter(loaders.train)  # workers start before the prefetch thread does
+        if epoch + 1 < config.epochs:
+            slabs.prefetch(epoch + 1)
+        record: dict[str, Any] = {"epoch": epoch, "view": slabs.view_of(epoch)}
+        record.update(train_one_epoch(step, batches, slab, epoch, config.log_every, ctx))
+        last = epoch + 1 == config.epochs
+        if loaders.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
+            record.update(evaluate(model, loaders.val, place, ctx))
+        top1 = record.get("val_top1")
+        record["is_best"] = top1 is not None and (best["top1"] is None or top1 > best["top1"])
+        if record["is_best"]:
+            best = {"top1": top1, "epoch": epoch}
+        history.append(record)
+        if ctx.is_main:
+            run.metrics.append(record)
+            run.save_state(plan.manifest_hash, model, optimizer, scheduler, scaler, epoch,
+                           best, history, record["is_best"])  # fmt: skip
+            summary = " ".join(f"{k}={record[k]:.4g}" for k in SUMMARY_KEYS if k in record)
+            logger.info("epoch %d/%d %s", epoch + 1, config.epochs, summary)
+            if progress_callback is not None:
+                progress_callback(dict(record))
+        ctx.barrier()
+
+    result = build_result(config, plan, criterion.params, ctx.world_size, best, history)
+    if ctx.is_main:
+        run.write_result(result.to_dict())
+    return result
+
+
+def train_one_epoch(
+    step: Step, batches: Iterable, slab: Any, epoch: int, log_every: int, ctx: DistContext
+) -> dict[str, Any]:
+    """One pass over the epoch's batches; targets gathered from `slab` (or the live teacher).
+
+    Args:
+        step: model, loss, optimizer and friends.
+        batches: (uint8 images [B, 3, S, S], labels [B], indices [B][, teacher images]).
+        slab: the epoch's storage.ViewSlab.
+        epoch, log_every: for progress logs.
+        ctx: sums over DDP ranks.
+
+    Returns:
+        train_loss, train_top1 (%), lr, steps, samples, epoch_time_s, data_time_s,
+        target_time_s (target gather, or teacher forward in online mode), target_share,
+        images_per_s, dropped_weight (PLD with compact targets, else None), nonfinite_steps.
+    """
+    step.model.train()
+    dev = step.placement.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
+    steps = samples = 0
+    data_time = target_time = 0.0
+    dropped: list[float] = []
+    t_epoch = t_data = time.perf_counter()
+    for batch in batches:
+        data_time += time.perf_counter() - t_data
+        labels = batch[1].to(dev, non_blocking=True)
+        t_target = time.perf_counter()
+        if step.teacher is None:
+            targets = gather_targets(slab, batch[2].numpy(), step.form, dev)
+        else:
+            targets = step.teacher.targets(batch[3], labels)
+        target_time += time.perf_counter() - t_target
+        x = step.placement.inputs(batch[0])
+        with step.placement.autocast():
+            logits = step.model(x)
+        loss = step.criterion(logits.float(), targets, labels)
+        step.optimizer.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        if step.clip_grad_norm is not None:
+            step.scaler.unscale_(step.optimizer)
+            nn.utils.clip_grad_norm_(step.model.parameters(), step.clip_grad_norm)
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        step.scheduler.step()
+        with torch.no_grad():  # accumulate on the device: no host sync per step
+            finite = torch.isfinite(loss)
+            loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
+            nonfinite += (~finite).long()
+            correct += (logits.argmax(dim=1) == labels).sum()
+        steps += 1
+        samples += len(labels)
+        # Reading the dropped weight syncs a GPU: there, sample it once every log_every steps.
+        if dev.type == "cpu" or steps % log_every == 1 or log_every == 1:
+            weight = getattr(step.criterion, "last_dropped_weight", None)
+            if weight is not None:
+                dropped.append(weight)
+        if steps % log_every == 0:
+            _check_finite(int(nonfinite), steps, epoch)
+            if ctx.is_main:
+                lr = step.optimizer.param_groups[0]["lr"]
+                mean = float(loss_sum) / samples
+                logger.info("epoch %d step %d loss %.4f lr %.3g", epoch, steps, mean, lr)
+        t_data = time.perf_counter()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    epoch_time = time.perf_counter() - t_epoch
+    _check_finite(int(nonfinite), steps, epoch)
+    loss_total, correct_total, n, drop_sum, drop_n = ctx.sum(
+        [float(loss_sum), float(correct), samples, sum(dropped), len(dropped)], dev
+    )
+    return {
+        "train_loss": loss_total / max(n, 1),
+        "train_top1": 100.0 * correct_total / max(n, 1),
+        "lr": step.optimizer.param_groups[0]["lr"],
+        "steps": steps,
+        "samples": int(n),
+        "epoch_time_s": epoch_time,
+        "data_time_s": data_time,
+        "target_time_s": target_time,
+        "target_share": target_time / epoch_time if epoch_time > 0 else 0.0,
+        "images_per_s": n / epoch_time if epoch_time > 0 else 0.0,
+        "dropped_weight": drop_sum / drop_n if drop_n else None,
+        "nonfinite_steps": int(nonfinite),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable, placement: Placement, ctx: DistContext
+) -> dict[str, float]:
+    """Top-1, top-5 (%) and mean cross-entropy of `model` on the eval views of `loader`.
+
+    Each rank evaluates its own share (no padding) and the sums are reduced over ranks.
+    """
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    for images, labels, _index in loader:
+        labels = labels.to(placement.device, non_blocking=True)
+        with placement.autocast():
+            logits = model(placement.inputs(images)).float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        c1, c5 = topk_correct(logits, labels, (1, 5))
+        top1, top5, n = top1 + c1, top5 + c5, n + len(labels)
+    loss_sum, top1, top5, n = ctx.sum([loss_sum, top1, top5, n], placement.device)
+    return {
+        "val_loss": loss_sum / max(n, 1),
+        "val_top1": 100.0 * top1 / max(n, 1),
+        "val_top5": 100.0 * top5 / max(n, 1),
+        "val_samples": int(n),
+    }
+
+
+def _check_finite(nonfinite: int, steps: int, epoch: int) -> None:
+    if steps and nonfinite == steps:
+        raise DivergedError(
+            f"Training diverged in epoch {epoch}: all {steps} losses so far are NaN or infinite; "
+            "lower optim.lr, add optim.clip_grad_norm, or use amp='bf16' instead of 'fp16'."
+        )

@@ -1,0 +1,209 @@
+"""fit on tiny caches: every loss learns, run directory contents, cache checks before step one."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from conftest import make_cache, train_config
+
+import storage
+from pld_pipeline.checkpoint import CheckpointError
+from pld_pipeline.errors import ConfigError, ModelNotFoundError
+from pld_pipeline.losses import LOSS_NAMES, LossInputError, TemperatureNotCachedError
+from pld_pipeline.train import fit
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_each_loss_trains_and_the_loss_decreases(loss, replay_cache, color_folder, tmp_path):
+    # Full batches (k=4 of 6 classes), 8 steps. KD (T^2 = 16) and DKD (beta * T^2 = 128)
+    # scale their gradients up, so they take smaller step sizes.
+    lr = {"kd": 0.02, "dkd": 0.005}.get(loss, 0.1)
+    cfg = train_config(
+        replay_cache,
+        color_folder,
+        tmp_path / loss,
+        loss={"name": loss},
+        epochs=8,
+        batch_size=24,
+        optim={"lr": lr},
+    )
+    result = fit(cfg)
+    losses = [r["train_loss"] for r in result.history]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert (result.loss, result.k, result.distinct_views, result.views_match) == (loss, 4, 2, True)
+    if loss == "pld":  # compact targets drop the teacher mass outside top-K and the label
+        assert 0 < result.mean_dropped_weight < 1
+    else:
+        assert result.mean_dropped_weight is None
+
+
+def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, tmp_path):
+    seen = []
+    cfg = train_config(
+        replay_cache,
+        color_folder,
+        tmp_path / "run",
+        val_root=str(color_val_folder),
+        epochs=3,
+        loss={"name": "kd", "temperature": 2.0, "params": {"ce_weight": 0.2}},
+    )
+    result = fit(cfg, progress_callback=seen.append)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "best.pt",
+        "result.json",
+    }
+    assert json.loads((run / "config.json").read_text()) == cfg.model_dump(mode="json")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2] == [r["epoch"] for r in seen]
+    assert [r["view"] for r in lines] == [0, 1, 0]
+    assert {"train_loss", "val_top1", "val_top5", "val_loss", "lr", "target_time_s"} <= set(
+        lines[0]
+    )
+    stored = json.loads((run / "result.json").read_text())
+    assert stored == json.loads(json.dumps(result.to_dict()))
+    assert stored["manifest_hash"] == result.manifest_hash and len(result.manifest_hash) == 64
+    assert (stored["cache_format"], stored["k"], stored["loss"], stored["temperature"]) == (
+        "topk",
+        4,
+        "kd",
+        2.0,
+    )
+    assert stored["loss_params"]["ce_weight"] == 0.2 and lines[0]["val_samples"] == 9
+    assert result.final_top1 == lines[-1]["val_top1"] and result.best_top1 == max(
+        r["val_top1"] for r in lines
+    )
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 2 and set(ck) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "best",
+    }
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == result.best_epoch
+    with pytest.raises(CheckpointError, match="resume=true"):
+        fit(cfg)  # the folder holds a run: refuse to overwrite it
+
+
+def test_k_from_topk_and_full_caches_and_dense_targets(
+    replay_cache, full_cache, color_folder, tmp_path
+):
+    r = fit(train_config(replay_cache, color_folder, tmp_path / "a", k=2, epochs=1))
+    assert r.k == 2 and r.cache_format == "topk"
+    r = fit(train_config(full_cache, color_folder, tmp_path / "b", k=5, epochs=1))
+    assert (r.k, r.target_form, r.cache_format) == (5, "compact", "full")
+    r = fit(
+        train_config(
+            full_cache,
+            color_folder,
+            tmp_path / "c",
+            target_form="dense",
+            epochs=1,
+            loss={"name": "pld", "temperature": 3.0},
+        )
+    )  # any T from dense logits
+    assert (r.k, r.target_form, r.mean_dropped_weight) == (6, "dense", None)
+
+
+def test_eval_cache_says_views_differ(eval_cache, color_folder, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
+        r = fit(train_config(eval_cache, color_folder, tmp_path / "e", epochs=2))
+    assert r.views_match is False and "views differ" in caplog.text
+
+
+def test_amp_channels_last_clipping_and_other_optimizers_run(replay_cache, color_folder, tmp_path):
+    for i, extra in enumerate(
+        [
+            {"amp": "bf16", "channels_last": True},
+            {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "clip_grad_norm": 0.5}},
+            {
+                "optim": {"name": "lamb", "lr": 1e-3, "warmup_epochs": 1},
+                "loss": {"name": "ce", "params": {"label_smoothing": 0.1}},
+            },
+        ]
+    ):
+        r = fit(train_config(replay_cache, color_folder, tmp_path / str(i), epochs=1, **extra))
+        assert r.history[0]["nonfinite_steps"] == 0
+
+
+def _no_step_taken(run_dir):
+    return not (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+MISMATCHES = [
+    ("incomplete", {}, storage.IncompleteCacheError, "incomplete"),
+    ("other dataset", {"dataset": "val"}, storage.DatasetMismatchError, "another dataset"),
+    (
+        "num_classes",
+        {
+            "student": {
+                "name": "pld_pipeline.small_models:tiny_cnn",
+                "image_size": 16,
+                "num_classes": 5,
+            }
+        },
+        storage.ManifestMismatchError,
+        "num_classes",
+    ),
+    (
+        "temperature not cached",
+        {"loss": {"name": "kd", "temperature": 3.0}},
+        TemperatureNotCachedError,
+        "3 is not cached",
+    ),
+    (
+        "default temperature not cached",
+        {"loss": {"name": "dkd"}},
+        TemperatureNotCachedError,
+        "not cached",
+    ),
+    ("k too large", {"k": 5}, ConfigError, "k=5 exceeds"),
+    ("dense from top-k", {"target_form": "dense"}, ConfigError, "full-logit cache"),
+    ("unknown model", {"student": {"name": "resnet9000"}}, ModelNotFoundError, "resnet9000"),
+    (
+        "unknown loss param",
+        {"loss": {"name": "kd", "params": {"alpha": 1}}},
+        LossInputError,
+        "alpha",
+    ),
+    ("batch too large", {"batch_size": 64}, ConfigError, "larger than the 24"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "override", "error", "fragment"), MISMATCHES, ids=[m[0] for m in MISMATCHES]
+)
+def test_mismatches_fail_before_the_first_step(
+    case, override, error, fragment, replay_cache, color_folder, color_val_folder, tmp_path
+):
+    cache, root = replay_cache, color_folder
+    if case == "incomplete":
+        cache = make_cache(tmp_path / "half.zarr", color_folder, views_done=1)
+    if override.pop("dataset", None) == "val":
+        root = color_val_folder
+    if case == "default temperature not cached":  # dkd defaults to T=4: a cache without it
+        cache = make_cache(tmp_path / "t12.zarr", color_folder, temperatures=(1.0, 2.0))
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match=fragment):
+        fit(train_config(cache, root, run_dir, **override))
+    assert _no_step_taken(run_dir)
+
+
+def test_cached_training_never_builds_a_teacher(replay_cache, color_folder, tmp_path, monkeypatch):
+    import pld_pipeline.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher was built")
+
+    monkeypatch.setattr(pld_pipeline.models, "load_teacher", refuse)
+    monkeypatch.setattr("pld_pipeline.online_teacher.load_teacher", refuse, raising=False)
+    assert fit(train_config(replay_cache, color_folder, tmp_path / "r", epochs=1)).online is False
