@@ -81,12 +81,20 @@ def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> d
     return state
 
 
-def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+def restore_rng_state(
+    state: dict[str, Any], generators: dict[str, torch.Generator] | None = None
+) -> None:
     """Restore what `capture_rng_state` captured (CUDA only where CUDA is in use)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
-        (n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (
+            n["bit_generator"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     random.setstate(_to_tuples(state["python"]))
     for name, g in (generators or {}).items():

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> list[int]:
     """How many rows have their label among the top-k logits, for each k.
 
     Args:

@@ -49,7 +49,10 @@ class StudentConfig(_Strict):
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="per-channel input mean")
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="per-channel input std")
     eval_crop_pct: float = Field(
-        0.875, gt=0, le=1, description="validation: centered square crop of this share of the short side"
+        0.875,
+        gt=0,
+        le=1,
+        description="validation: centered square crop of this share of the short side",
     )
     random_scale: tuple[float, float] = Field(
         (0.08, 1.0),
@@ -79,11 +82,15 @@ class OptimConfig(_Strict):
     nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW/LAMB betas")
     eps: float = Field(1e-8, gt=0, description="AdamW/LAMB epsilon")
-    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW/LAMB) or L2 (SGD) weight decay")
+    weight_decay: float = Field(
+        0.0, ge=0, description="decoupled (AdamW/LAMB) or L2 (SGD) weight decay"
+    )
     decay_norm_and_bias: bool = Field(
         False, description="also decay 1-D parameters (biases, norm scales); off as in timm"
     )
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup length in epochs (fractions allowed)")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="linear warmup length in epochs (fractions allowed)"
+    )
     min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the cosine")
     clip_grad_norm: float | None = Field(
         None, gt=0, description="clip the global gradient norm to this value; None = no clipping"
@@ -110,8 +117,10 @@ class LossConfig(_Strict):
 
     name: LossName = Field("pld", description="loss: ce, kd, dist, dkd or pld")
     temperature: float | None = Field(
-        None, gt=0, description="loss temperature; None = the loss's default. Must be cached "
-        "(manifest temperatures) for compact targets"
+        None,
+        gt=0,
+        description="loss temperature; None = the loss's default. Must be cached "
+        "(manifest temperatures) for compact targets",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -130,38 +139,58 @@ class TrainConfig(_Strict):
     """One student run: the cache and images it reads, the student, loss, optimizer and schedule."""
 
     cache: str = Field(description="path or fsspec URL of the teacher logit cache")
-    dataset_root: str = Field(description="training images (ImageNet layout) the cache was made from")
-    dataset_split: str | None = Field(
-        None, description="split folder under dataset_root (e.g. 'train'); None = root holds classes"
+    dataset_root: str = Field(
+        description="training images (ImageNet layout) the cache was made from"
     )
-    val_root: str | None = Field(None, description="validation images (ImageNet layout); None = no evaluation")
+    dataset_split: str | None = Field(
+        None,
+        description="split folder under dataset_root (e.g. 'train'); None = root holds classes",
+    )
+    val_root: str | None = Field(
+        None, description="validation images (ImageNet layout); None = no evaluation"
+    )
     val_split: str | None = Field(None, description="split folder under val_root (e.g. 'val')")
     student: StudentConfig = Field(default_factory=StudentConfig, description="the student network")
     loss: LossConfig = Field(default_factory=LossConfig, description="the distillation loss")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer and schedule")
     epochs: int = Field(10, gt=0, description="epochs; epoch e trains on cached view e mod V")
-    batch_size: int = Field(128, gt=0, description="global batch size (split evenly over DDP ranks)")
+    batch_size: int = Field(
+        128, gt=0, description="global batch size (split evenly over DDP ranks)"
+    )
     k: int | None = Field(
-        None, gt=0, description="teacher classes kept per sample (K' <= cached K); None = all cached"
+        None,
+        gt=0,
+        description="teacher classes kept per sample (K' <= cached K); None = all cached",
     )
     target_form: Literal["compact", "dense"] = Field(
         "compact", description="compact top-K targets, or dense fp16 logits (full caches only)"
     )
     online_teacher: TeacherConfig | None = Field(
-        None, description="run this teacher live on every batch instead of reading targets "
-        "(speed comparison; same views)"
+        None,
+        description="run this teacher live on every batch instead of reading targets "
+        "(speed comparison; same views)",
     )
-    run_dir: str = Field(description="output folder: config.json, metrics.jsonl, checkpoints, result.json")
+    run_dir: str = Field(
+        description="output folder: config.json, metrics.jsonl, checkpoints, result.json"
+    )
     resume: bool = Field(False, description="continue from run_dir/checkpoint.pt when it exists")
-    seed: int = Field(0, ge=0, description="seed of weights init, sample order and student augmentation")
+    seed: int = Field(
+        0, ge=0, description="seed of weights init, sample order and student augmentation"
+    )
     deterministic: bool = Field(False, description="torch deterministic algorithms (slower on GPU)")
-    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field(
+        "auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."
+    )
     amp: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto", description="mixed precision; auto = bf16 on CUDA, none on CPU"
     )
-    channels_last: bool | None = Field(None, description="channels_last memory format; None = on for CUDA")
+    channels_last: bool | None = Field(
+        None, description="channels_last memory format; None = on for CUDA"
+    )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes decoding images")
-    eval_every: int = Field(1, gt=0, description="evaluate every this many epochs (and after the last)")
+    eval_every: int = Field(
+        1, gt=0, description="evaluate every this many epochs (and after the last)"
+    )
     log_every: int = Field(50, gt=0, description="log training progress every this many steps")
 
     @model_validator(mode="after")
@@ -184,7 +213,9 @@ class TrainConfig(_Strict):
 class SweepConfig(_Strict):
     """A grid of student runs over one cache: every combination of the grid's values."""
 
-    base: TrainConfig = Field(description="the run every grid point starts from (its run_dir is replaced)")
+    base: TrainConfig = Field(
+        description="the run every grid point starts from (its run_dir is replaced)"
+    )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="dotted TrainConfig field -> values, e.g. {'loss.name': ['kd', 'pld'], "
@@ -211,7 +242,9 @@ def _check_path(path: str) -> None:
     model: type[BaseModel] | None = TrainConfig
     for i, part in enumerate(parts):
         if model is None:
-            raise ValueError(f"grid key {path!r}: {'.'.join(parts[:i])!r} is a value, not a section")
+            raise ValueError(
+                f"grid key {path!r}: {'.'.join(parts[:i])!r} is a value, not a section"
+            )
         if part not in model.model_fields:
             raise ValueError(
                 f"grid key {path!r}: {part!r} is not a field of {model.__name__}; "
@@ -251,7 +284,9 @@ def expand_grid(sweep: SweepConfig) -> list[tuple[str, TrainConfig]]:
     runs: list[tuple[str, TrainConfig]] = []
     seen: dict[str, tuple] = {}
     for values in itertools.product(*(sweep.grid[k] for k in keys)):
-        name = ",".join(f"{k}={_format_value(v)}" for k, v in zip(keys, values, strict=True)) or "base"
+        name = (
+            ",".join(f"{k}={_format_value(v)}" for k, v in zip(keys, values, strict=True)) or "base"
+        )
         if name in seen:
             raise ConfigError(
                 f"grid points {seen[name]} and {values} both get run name {name!r}; "

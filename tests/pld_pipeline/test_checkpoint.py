@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from pld_pipeline.checkpoint import (
-    CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
 )
 
 
@@ -19,9 +23,14 @@ def test_round_trip_with_weights_only(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
-             "best": {"top1": 51.5, "epoch": 2}, "history": [{"epoch": 0, "x": None}],
-             "rng": capture_rng_state()}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": 3,
+        "best": {"top1": 51.5, "epoch": 2},
+        "history": [{"epoch": 0, "x": None}],
+        "rng": capture_rng_state(),
+    }
     path = tmp_path / "ck.pt"
     save_checkpoint(path, state)
     loaded = torch.load(path, weights_only=True)  # the strict loader must accept it
@@ -63,8 +72,13 @@ def test_unsafe_pickles_are_refused(tmp_path):
 
 
 def draws(gen: torch.Generator):
-    return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(1).tolist(),
-            [random.random() for _ in range(3)], torch.rand(2, generator=gen).tolist())
+    return (
+        torch.rand(3).tolist(),
+        np.random.rand(3).tolist(),
+        np.random.randn(1).tolist(),
+        [random.random() for _ in range(3)],
+        torch.rand(2, generator=gen).tolist(),
+    )
 
 
 def test_rng_states_restore_exactly(tmp_path):

@@ -42,7 +42,9 @@ def test_lamb_matches_reference():
         p.grad = grad.clone()
         opt.step()
     ref = lamb_reference(w0.tolist(), [x.tolist() for x in grads], 0.01, (0.9, 0.99), 1e-6, 0.05)
-    torch.testing.assert_close(p.detach(), torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        p.detach(), torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_lamb_zero_weights_use_ratio_one():
@@ -63,15 +65,21 @@ def test_param_groups_skip_decay_on_biases_and_norms():
     assert len(everything["params"]) == 4
 
 
-@pytest.mark.parametrize(("name", "cls"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("lamb", Lamb)])
+@pytest.mark.parametrize(
+    ("name", "cls"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("lamb", Lamb)]
+)
 def test_make_optimizer_by_name(name, cls):
     opt = make_optimizer(nn.Linear(2, 2), OptimConfig(name=name, lr=0.5, weight_decay=0.01))
     assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.5
-    assert opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert (
+        opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[1]["weight_decay"] == 0.0
+    )
 
 
 def test_sgd_nesterov_momentum_passed():
-    opt = make_optimizer(nn.Linear(2, 2), OptimConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=True))
+    opt = make_optimizer(
+        nn.Linear(2, 2), OptimConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=True)
+    )
     assert opt.defaults["momentum"] == 0.8 and opt.defaults["nesterov"] is True
 
 
@@ -86,9 +94,12 @@ def test_warmup_then_cosine_per_step():
         opt.step()
         sched.step()
     total, w = epochs * spe, warm * spe
-    expected = [(s + 1) / w * lr if s < w else
-                min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - w) / (total - w)))
-                for s in range(total)]
+    expected = [
+        (s + 1) / w * lr
+        if s < w
+        else min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - w) / (total - w)))
+        for s in range(total)
+    ]
     assert seen == pytest.approx(expected, rel=1e-12)
     assert seen[w] == pytest.approx(lr) and opt.param_groups[0]["lr"] == pytest.approx(min_lr)
 
@@ -105,5 +116,8 @@ def test_scheduler_state_round_trips():
     sched2 = make_scheduler(opt2, cfg, 3, 4)
     sched2.load_state_dict(state)
     opt2.load_state_dict(opt.state_dict())
-    opt.step(); sched.step(); opt2.step(); sched2.step()  # noqa: E702
+    opt.step()
+    sched.step()
+    opt2.step()
+    sched2.step()  # noqa: E702
     assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]

@@ -9,7 +9,12 @@ from pydantic import BaseModel, ValidationError
 
 from pld_pipeline.configs.loading import validate_config
 from pld_pipeline.configs.train import (
-    LossConfig, OptimConfig, StudentConfig, SweepConfig, TrainConfig, expand_grid,
+    LossConfig,
+    OptimConfig,
+    StudentConfig,
+    SweepConfig,
+    TrainConfig,
+    expand_grid,
 )
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.losses import LOSS_NAMES
@@ -21,7 +26,9 @@ def test_loss_names_match_losses_package():
     assert typing.get_args(LossConfig.model_fields["name"].annotation) == LOSS_NAMES
 
 
-@pytest.mark.parametrize("model", [StudentConfig, OptimConfig, LossConfig, TrainConfig, SweepConfig])
+@pytest.mark.parametrize(
+    "model", [StudentConfig, OptimConfig, LossConfig, TrainConfig, SweepConfig]
+)
 def test_every_field_has_a_description(model: type[BaseModel]):
     missing = [name for name, f in model.model_fields.items() if not f.description]
     assert missing == []
@@ -66,7 +73,9 @@ def test_loss_kwargs_include_temperature_only_when_set():
 
 def sweep(**grid_and_more) -> SweepConfig:
     grid = grid_and_more.pop("grid")
-    return SweepConfig.model_validate({"base": BASE, "grid": grid, "sweep_dir": "sw", **grid_and_more})
+    return SweepConfig.model_validate(
+        {"base": BASE, "grid": grid, "sweep_dir": "sw", **grid_and_more}
+    )
 
 
 def test_expand_grid_is_the_product_with_stable_names():
