@@ -42,16 +42,19 @@ def _array(records: Mapping, name: str, shape: tuple[int, ...], kinds: str, wher
 
 
 def _finite(name: str, value: np.ndarray, where: str, limit: float | None = None) -> None:
-    bad = ~np.isfinite(value)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
+    if value.size == 0:
+        return
+    # min and max propagate NaN and expose +-Inf: two passes, no temporary arrays.
+    lo, hi = float(value.min()), float(value.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        row = int(np.argwhere(~np.isfinite(value))[0][0])
         raise RecordError(
             f"{where}: record '{name}' holds NaN or Inf (first at row {row}: "
             f"{value[row]!r}); the teacher output is broken, not cacheable"
         )
-    if limit is not None and value.size and float(np.abs(value).max()) > limit:
+    if limit is not None and max(-lo, hi) > limit:
         raise RecordError(
-            f"{where}: record '{name}' holds |x| = {float(np.abs(value).max()):g} > {limit:g}, "
+            f"{where}: record '{name}' holds |x| = {max(-lo, hi):g} > {limit:g}, "
             "which overflows float16 storage; check the teacher's logits scale"
         )
 

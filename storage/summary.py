@@ -14,7 +14,7 @@ import numpy as np
 
 from storage import location
 from storage.reader import CacheReader
-from storage.schema import per_view_arrays
+from storage.schema import array_specs, per_view_arrays
 
 # Shards read per step while computing statistics (bounds memory).
 SHARDS_PER_STEP = 16
@@ -48,7 +48,7 @@ class CacheSummary:
 
     @property
     def compression_ratio(self) -> float:
-        """Uncompressed / stored bytes of the written chunks of the per-view arrays."""
+        """Bytes of the written records in their dtypes / stored bytes (per-view arrays)."""
         return self.uncompressed_view_bytes / max(self.view_bytes, 1)
 
     def __str__(self) -> str:
@@ -106,13 +106,19 @@ def summarize(path: str | os.PathLike) -> CacheSummary:
     """
     reader = CacheReader(path)
     missing = reader.missing()
-    view_bytes = uncompressed = 0
+    missing_set = set(missing)
+    specs = array_specs(reader.manifest)
+    view_bytes = record_bytes = 0
     for name in per_view_arrays(reader.manifest):
-        array = reader._arrays[name]
-        view_bytes += array.nbytes_stored()
-        chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
-        uncompressed += array.nchunks_initialized * chunk_bytes
-    done_shards = reader.num_views * reader.num_shards - len(missing)
+        view_bytes += reader._arrays[name].nbytes_stored()
+        spec = specs[name]
+        record_bytes += int(np.prod(spec.shape[2:], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    written = sum(
+        min((s + 1) * reader.shard_size, reader.num_samples) - s * reader.shard_size
+        for v in range(reader.num_views)
+        for s in range(reader.num_shards)
+        if (v, s) not in missing_set
+    )
     summary = CacheSummary(
         path=reader.path,
         manifest=reader.manifest.to_dict(),
@@ -122,20 +128,18 @@ def summarize(path: str | os.PathLike) -> CacheSummary:
         num_classes=reader.num_classes,
         format=reader.format,
         num_shards=reader.num_shards,
-        done_shards=done_shards,
+        done_shards=reader.num_views * reader.num_shards - len(missing),
         missing=missing,
         disk_bytes=location.disk_bytes(path),
         view_bytes=view_bytes,
-        uncompressed_view_bytes=uncompressed,
-        records_written=0,
+        uncompressed_view_bytes=written * record_bytes,
+        records_written=written,
     )
-    missing_set = set(missing)
     for view in range(reader.num_views):
         hits = count = 0
         tail = 0.0
         for start, stop in _done_ranges(reader, view, missing_set):
             slab = reader.load_view(view, start, stop)
-            summary.records_written += len(slab)
             good = ~slab.bad
             top = slab.topk_idx[:, 0] if slab.logits is None else np.argmax(slab.logits, axis=1)
             hits += int((top[good] == slab.label[good]).sum())

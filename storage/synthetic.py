@@ -62,7 +62,7 @@ def make_logits(
     n = len(labels)
     rng = np.random.default_rng([seed, view, start, n])
     z = rng.standard_normal((n, num_classes), dtype=np.float32) * 2.0
-    z[np.arange(n), labels] += rng.uniform(0.0, 12.0, n).astype(np.float32)
+    z[np.arange(n), labels] += rng.uniform(3.0, 15.0, n).astype(np.float32)
     return z
 
 

@@ -243,7 +243,7 @@ def create(
         logger.info("resuming cache %s: %d (view, shard) left", writer.path, len(writer.missing()))
         return writer
     if kind in ("cache", "zarr"):
-        logger.warning("overwriting %s", os.fspath(path))
+        logger.info("overwriting %s", os.fspath(path))
         location.remove(path)
     return _create_new(path, manifest, keys_arr, labels_arr, compressor)
 

@@ -1,0 +1,237 @@
+"""Benchmark of the logit cache: write, load_view, gather, bytes per record, per codec.
+
+Synthetic records with realistic values (Gaussian logits with the true class raised,
+sorted top-K log-probabilities, C classes) for K in --ks and the full format, written
+with every codec in --codecs. Figures are medians over --repeat runs; load_view reads
+from the page cache (the files were just written), which is the steady state of a
+student reading its views epoch after epoch.
+
+    .venv/bin/python bench/storage.py                  # N = 100,000, C = 1000
+    .venv/bin/python bench/storage.py --n 20000 --json bench/results/storage.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import storage  # noqa: E402
+from storage.synthetic import make_labels, make_logits, make_manifest, records_from_logits  # noqa: E402
+
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+
+
+def median_seconds(fn, repeat: int) -> float:
+    """Median wall time of fn() over ``repeat`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_shards(manifest, labels, logits_per_shard):
+    """Records of every shard of view 0, as the teacher hands them (float32, int64)."""
+    out = []
+    for s, z in enumerate(logits_per_shard):
+        a = s * manifest.shard_size
+        out.append(records_from_logits(manifest, 0, a, z, labels[a : a + len(z)]))
+    return out
+
+
+def bench_one(path, manifest, labels, shards, compressor, args) -> dict:
+    keys = [f"class{label:04d}/img{i:07d}.JPEG" for i, label in enumerate(labels)]
+    n = manifest.num_samples
+
+    # Create (keys, labels, empty arrays) is a one-off cost and is timed apart;
+    # write throughput is that of write_shard: checks, float16 cast, compression, files.
+    t_create, t_writes = [], []
+    for _ in range(max(2, args.repeat // 2)):
+        start = time.perf_counter()
+        writer = storage.create(path, manifest, keys, labels, overwrite=True, compressor=compressor)
+        t_create.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for s, records in enumerate(shards):
+            writer.write_shard(0, s, records)
+        t_writes.append(time.perf_counter() - start)
+    t_write = statistics.median(t_writes[1:])  # the first run is a warm-up
+    reader = storage.open_cache(path)
+    t_load = median_seconds(lambda: reader.load_view(0), args.repeat)
+    slab = reader.load_view(0)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, n, args.batch) for _ in range(args.gathers)]
+
+    def gather_all():
+        for idx in batches:
+            slab.gather(idx)
+
+    t_gather = median_seconds(gather_all, args.repeat)
+    summary = storage.summarize(path)
+    return {
+        "format": manifest.format,
+        "k": manifest.k,
+        "codec": compressor,
+        "n": n,
+        "write_records_per_s": n / t_write,
+        "create_s": statistics.median(t_create),
+        "load_records_per_s": n / t_load,
+        "load_mb_per_s": slab.nbytes / t_load / 1e6,
+        "gather_records_per_s": args.batch * args.gathers / t_gather,
+        "disk_bytes": summary.disk_bytes,
+        "disk_bytes_per_record": summary.disk_bytes / n,
+        "view_bytes_per_record": summary.bytes_per_record,
+        "slab_bytes_per_record": slab.nbytes / n,
+        "compression_ratio": summary.compression_ratio,
+        "teacher_top1": summary.top1.get(0),
+    }
+
+
+def bench_layout(tmp: Path, logp: np.ndarray, shard_size: int, repeat: int) -> list[dict]:
+    """Plain chunks (1, shard, K) against the zarr sharding codec (inner chunks of 1024)."""
+    codec = storage.COMPRESSORS[storage.DEFAULT_COMPRESSOR](logp.dtype)
+    rows = []
+    for name, chunks, shards in [
+        ("chunks=(1,shard,K)", (1, shard_size, logp.shape[1]), None),
+        (
+            "shards=(1,shard,K) inner=(1,1024,K)",
+            (1, 1024, logp.shape[1]),
+            (1, shard_size, logp.shape[1]),
+        ),
+    ]:
+        path = tmp / "layout.zarr"
+        shutil.rmtree(path, ignore_errors=True)
+        array = zarr.create_array(
+            str(path),
+            shape=(1, *logp.shape),
+            chunks=chunks,
+            shards=shards,
+            dtype=logp.dtype,
+            compressors=codec,
+            config={"write_empty_chunks": True},
+        )
+
+        def write(array=array):
+            for a in range(0, len(logp), shard_size):
+                array[0, a : a + shard_size] = logp[a : a + shard_size]
+
+        t_write = median_seconds(write, max(1, repeat // 2))
+        t_read = median_seconds(lambda array=array: array[0, :], repeat)
+        rows.append(
+            {
+                "layout": name,
+                "write_records_per_s": len(logp) / t_write,
+                "read_records_per_s": len(logp) / t_read,
+                "bytes_per_record": array.nbytes_stored() / len(logp),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'format':>6} {'K':>5} {'codec':>11} {'write rec/s':>12} {'load rec/s':>12} "
+        f"{'load MB/s':>10} {'gather rec/s':>13} {'B/rec disk':>11} {'ratio':>6}"
+    )
+    print(head)
+    for r in rows:
+        print(
+            f"{r['format']:>6} {r['k']:>5} {r['codec']:>11} {r['write_records_per_s']:>12,.0f} "
+            f"{r['load_records_per_s']:>12,.0f} {r['load_mb_per_s']:>10,.0f} "
+            f"{r['gather_records_per_s']:>13,.0f} {r['disk_bytes_per_record']:>11.1f} "
+            f"{r['compression_ratio']:>6.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="records per view")
+    parser.add_argument("--c", type=int, default=1000, help="number of classes")
+    parser.add_argument("--ks", default="10,50,100,full", help="K values and/or 'full'")
+    parser.add_argument("--codecs", default=",".join(storage.COMPRESSORS))
+    parser.add_argument("--shard-size", type=int, default=storage.DEFAULT_SHARD_SIZE)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--gathers", type=int, default=2000, help="batches per gather timing")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    tmp = Path(args.dir or tempfile.mkdtemp(prefix="bench-storage-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    labels = make_labels(args.n, args.c)
+    size = args.shard_size
+    logits = [make_logits(labels[a : a + size], args.c, 0, a) for a in range(0, args.n, size)]
+    rows = []
+    for k_text in args.ks.split(","):
+        fmt, k = ("full", 0) if k_text == "full" else ("topk", int(k_text))
+        manifest = make_manifest(
+            num_samples=args.n,
+            num_classes=args.c,
+            k=k,
+            fmt=fmt,
+            num_views=1,
+            shard_size=size,
+            temperatures=TEMPERATURES,
+        )
+        shards = make_shards(manifest, labels, logits)
+        for codec in args.codecs.split(","):
+            path = tmp / f"{fmt}{k}_{codec}.zarr"
+            rows.append(bench_one(path, manifest, labels, shards, codec, args))
+            print_table(rows[-1:]) if len(rows) > 1 else print_table(rows)
+            shutil.rmtree(path)
+        del shards
+    m100 = make_manifest(
+        num_samples=args.n,
+        num_classes=args.c,
+        k=min(100, args.c),
+        num_views=1,
+        shard_size=size,
+        temperatures=TEMPERATURES,
+    )
+    logp = np.concatenate([r["topk_logp"] for r in make_shards(m100, labels, logits)])
+    layout = bench_layout(tmp, logp.astype(np.float16), size, args.repeat)
+    if args.dir is None:
+        shutil.rmtree(tmp)
+
+    print("\nSummary (medians):")
+    print_table(rows)
+    print("\nLayout of topk_logp (K=100), default codec:")
+    for r in layout:
+        print(
+            f"  {r['layout']:<38} write {r['write_records_per_s']:>12,.0f} rec/s  "
+            f"read {r['read_records_per_s']:>12,.0f} rec/s  {r['bytes_per_record']:.1f} B/rec"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        info = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+            "python": platform.python_version(),
+            "zarr": zarr.__version__,
+            "numpy": np.__version__,
+            "shard_size": size,
+            "batch": args.batch,
+        }
+        Path(args.json).write_text(
+            json.dumps({"info": info, "rows": rows, "layout": layout}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
