@@ -60,7 +60,10 @@ def remove(path: str | os.PathLike) -> None:
 
 def open_group(path: str | os.PathLike, mode: str) -> zarr.Group:
     """Open the zarr v3 group at a local path or fsspec URL."""
-    return zarr.open_group(os.fspath(path), mode=mode, zarr_format=3)
+    fs, root = _fs(path)
+    # file:// URLs go to zarr's LocalStore (atomic writes, creates directories).
+    target = root if "file" in fs.protocol else os.fspath(path)
+    return zarr.open_group(target, mode=mode, zarr_format=3)
 
 
 def list_chunk_files(path: str | os.PathLike, array: str, prefix: str) -> set[str]:
