@@ -164,13 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="10,50,100,full", help="K values and/or 'full'")
     parser.add_argument("--codecs", default=",".join(storage.COMPRESSORS))
     parser.add_argument("--shard-size", type=int, default=storage.DEFAULT_SHARD_SIZE)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--gathers", type=int, default=2000, help="batches per gather timing")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="bench-storage-"))
     tmp.mkdir(parents=True, exist_ok=True)
     labels = make_labels(args.n, args.c)
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for codec in args.codecs.split(","):
             path = tmp / f"{fmt}{k}_{codec}.zarr"
             rows.append(bench_one(path, manifest, labels, shards, codec, args))
-            print_table(rows[-1:]) if len(rows) > 1 else print_table(rows)
+            print_table(rows[-1:])
             shutil.rmtree(path)
         del shards
     m100 = make_manifest(
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             "numpy": np.__version__,
             "shard_size": size,
             "batch": args.batch,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
         }
         Path(args.json).write_text(
             json.dumps({"info": info, "rows": rows, "layout": layout}, indent=2)
