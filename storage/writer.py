@@ -18,7 +18,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from storage import location
+from storage import integrity, location
 from storage.errors import (
     DatasetMismatchError,
     ManifestMismatchError,
@@ -40,7 +40,7 @@ from storage.schema import (
 
 logger = logging.getLogger(__name__)
 # Chunks equal to the fill value must still be written: the reader treats a
-# missing chunk of a done shard as damage (see reader.py).
+# missing chunk of a done shard as damage (see integrity.py).
 WRITE_CONFIG = {"write_empty_chunks": True}
 
 
@@ -103,7 +103,7 @@ class CacheWriter:
 
     def missing(self) -> list[tuple[int, int]]:
         """(view, shard) pairs whose done bit is unset, in order."""
-        done = self._arrays["done"][...]
+        done = integrity.read_done(self.path, self._arrays["done"])
         return [(int(v), int(s)) for v, s in np.argwhere(~done)]
 
     def write_shard(
@@ -198,6 +198,9 @@ def create(
     compressor: str = DEFAULT_COMPRESSOR,
 ) -> CacheWriter:
     """Create a cache (or reopen a compatible one to resume) and return its writer.
+
+    Call it once before starting parallel shard writers (two first-time creates of one
+    path race); the writers then call ``create`` again (it reopens) or ``open_writer``.
 
     Args:
         path: local directory or fsspec URL of the cache group.
