@@ -58,3 +58,15 @@ def tiny_cnn(num_classes: int = 10, width: int = 8) -> nn.Module:
         nn.Flatten(),
         nn.Linear(2 * width * 16, num_classes),
     )
+
+
+def seeded_tiny_cnn(num_classes: int = 10, seed: int = 11) -> nn.Module:
+    """A tiny CNN with the same weights on every call, in any process (tests, smoke runs).
+
+    Seeds a private generator, so building it leaves the global RNG untouched.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tiny_cnn(num_classes, width=4)

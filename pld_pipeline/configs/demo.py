@@ -26,9 +26,15 @@ class DemoConfig(BaseModel):
         300, gt=0, description="validation images per class (None = all 1000)"
     )
     image_size: int = Field(28, gt=7, description="input side for teacher and students")
-    teacher_width: int = Field(32, gt=0, description="channels of the small ResNet teacher")
+    teacher_model: str = Field(
+        "pld_pipeline.small_models:small_resnet",
+        description="teacher factory (module:callable taking num_classes)",
+    )
     teacher_epochs: int = Field(12, gt=0, description="teacher training epochs")
-    student_width: int = Field(4, gt=0, description="channels of the tiny CNN student")
+    student_model: str = Field(
+        "pld_pipeline.small_models:tiny_cnn",
+        description="student factory (module:callable taking num_classes)",
+    )
     student_epochs: int = Field(12, gt=0, description="epochs of every student run")
     num_views: int = Field(12, gt=0, description="cached teacher views per image (replay mode)")
     k: int = Field(5, gt=0, le=10, description="teacher classes cached per view")
@@ -36,10 +42,6 @@ class DemoConfig(BaseModel):
         (1.0, 2.0, 4.0), description="temperatures whose logsumexp is cached"
     )
     losses: tuple[str, ...] = Field(DEMO_LOSSES, description="student losses to compare")
-    loss_temperatures: dict[str, float] = Field(
-        default_factory=lambda: {"kd": 4.0, "dist": 1.0, "dkd": 4.0, "pld": 1.0},
-        description="temperature per loss (the recipes' defaults)",
-    )
     batch_size: int = Field(128, gt=0, description="batch size for teacher and students")
     lr: float = Field(0.05, gt=0, description="peak SGD learning rate (cosine, 1 warmup epoch)")
     seed: int = Field(0, description="seed of data subset, views and runs")
@@ -52,7 +54,6 @@ class DemoConfig(BaseModel):
         return {
             "train_per_class": 60,
             "val_per_class": 30,
-            "teacher_width": 16,
             "teacher_epochs": 2,
             "student_epochs": 2,
             "num_views": 2,

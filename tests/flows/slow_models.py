@@ -1,0 +1,25 @@
+"""A teacher slow enough to be killed mid-pass (imported as `slow_models:slow_tiny_cnn`)."""
+
+from __future__ import annotations
+
+import time
+
+from torch import nn
+
+from pld_pipeline.small_models import seeded_tiny_cnn
+
+
+class Slow(nn.Module):
+    def __init__(self, inner: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seconds = seconds
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        time.sleep(self.seconds)
+        return self.inner(x)
+
+
+def slow_tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """seeded_tiny_cnn that sleeps 0.25 s per forward."""
+    return Slow(seeded_tiny_cnn(num_classes), 0.25)

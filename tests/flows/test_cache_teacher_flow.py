@@ -1,0 +1,157 @@
+"""The cache-teacher flow: identical caches over runners, resume after SIGKILL, artifacts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import storage
+from pld_pipeline.configs.cache import CacheConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
+
+
+def make_config(root: Path, output: Path, **overrides) -> CacheConfig:
+    data = {
+        "dataset_root": str(root),
+        "teacher": {"name": TEACHER, "num_classes": 10, "input_size": 24},
+        "views": {"mode": "replay", "num_views": 2, "seed": 3},
+        "format": "topk",
+        "k": 4,
+        "temperatures": [1.0, 2.0],
+        "shard_size": 4,
+        "output": str(output),
+        "batch_size": 4,
+        "num_workers": 0,
+        "device": "cpu",
+        "replay_check_samples": 4,
+    }
+    data.update(overrides)
+    return CacheConfig.model_validate(data)
+
+
+def arrays_of(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a cache read with plain zarr (an independent reader)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    left, right = arrays_of(a), arrays_of(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference_cache(tiny_imagefolder: Path, tmp_path_factory) -> Path:
+    from flows.cache_teacher import cache_teacher
+
+    out = tmp_path_factory.mktemp("ref") / "cache"
+    report = cache_teacher(make_config(tiny_imagefolder, out, max_workers=1))
+    assert report["replay_check"]["passed"]
+    # Only fp16 storage rounding separates cached and fresh log-probs (half an ulp near 4: 2e-3).
+    assert report["replay_check"]["max_abs_error"] < 4e-3
+    return out
+
+
+def test_reference_cache_is_complete_and_matches_dataset(reference_cache: Path, tiny_imagefolder):
+    from pld_pipeline.datasets import ImageFolderDataset
+
+    reader = storage.open_cache(str(reference_cache))
+    dataset = ImageFolderDataset(tiny_imagefolder)
+    reader.validate(dataset_keys=dataset.keys, dataset_fingerprint=dataset.fingerprint())
+    assert reader.missing() == []
+    assert list(reader.keys) == list(dataset.keys)
+    np.testing.assert_array_equal(reader.labels, dataset.labels)
+
+
+def test_two_threads_give_the_same_cache(reference_cache: Path, tiny_imagefolder, tmp_path):
+    from flows.cache_teacher import cache_teacher
+
+    out = tmp_path / "cache"
+    cache_teacher(make_config(tiny_imagefolder, out, max_workers=2))
+    assert_same_cache(reference_cache, out)
+
+
+def test_local_dask_cluster_gives_the_same_cache(reference_cache: Path, tiny_imagefolder, tmp_path):
+    from flows.cache_teacher import cache_teacher
+
+    out = tmp_path / "cache"
+    cache_teacher(make_config(tiny_imagefolder, out, task_runner="dask", dask_workers=2))
+    assert_same_cache(reference_cache, out)
+
+
+def test_rerun_with_another_manifest_is_refused(reference_cache: Path, tiny_imagefolder):
+    from flows.cache_teacher import cache_teacher
+
+    before = {p: p.stat().st_mtime_ns for p in reference_cache.rglob("*") if p.is_file()}
+    with pytest.raises(storage.ManifestMismatchError, match="views"):
+        cache_teacher(make_config(tiny_imagefolder, reference_cache, views={
+            "mode": "replay", "num_views": 3, "seed": 3}))
+    after = {p: p.stat().st_mtime_ns for p in reference_cache.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_stats_artifact_is_published(reference_cache: Path):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+    keys = {a.key for a in artifact}
+    assert "cache-stats" in keys
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tiny_imagefolder, tmp_path):
+    """Kill the CLI mid-pass (a real SIGKILL of its process group), rerun, compare arrays."""
+    from flows.cache_teacher import cache_teacher
+
+    def config_for(out: Path) -> CacheConfig:
+        return make_config(
+            tiny_imagefolder, out, shard_size=1, replay_check_samples=0,
+            teacher={"name": "slow_models:slow_tiny_cnn", "num_classes": 10, "input_size": 24},
+        )  # fmt: skip
+
+    uninterrupted = tmp_path / "uninterrupted"
+    cache_teacher(config_for(uninterrupted))
+    out = tmp_path / "cache"
+    config_file = tmp_path / "cache.yaml"
+    config_file.write_text(yaml.safe_dump(config_for(out).model_dump(mode="json")))
+    here = str(Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    env.pop("PREFECT_API_URL", None)  # the child runs on its own temporary server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "cache", "--config", str(config_file)],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    total = 2 * 12
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "zarr.json").exists():
+            try:
+                done = total - len(storage.open_cache(str(out)).missing())
+            except storage.CacheError:
+                done = 0  # the group is still being created
+            if done >= 4:
+                break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the pass ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = len(storage.open_cache(str(out)).missing())
+    assert 0 < left < total
+    cache_teacher(config_for(out))
+    assert storage.open_cache(str(out)).missing() == []
+    assert_same_cache(uninterrupted, out)
