@@ -61,10 +61,12 @@ class CacheReader:
                 raise CorruptCacheError(
                     f"{self.path}: array '{name}' is missing; the cache is damaged, rebuild it"
                 ) from exc
-            if tuple(array.shape) != spec.shape or array.chunks != spec.chunks:
+            dtype_ok = spec.dtype is str or array.dtype == np.dtype(spec.dtype)
+            if tuple(array.shape) != spec.shape or array.chunks != spec.chunks or not dtype_ok:
                 raise CorruptCacheError(
                     f"{self.path}: array '{name}' has shape {array.shape} chunks "
-                    f"{array.chunks}, the manifest implies {spec.shape} chunks {spec.chunks}"
+                    f"{array.chunks} dtype {array.dtype}; the manifest implies {spec.shape} "
+                    f"chunks {spec.chunks} dtype {spec.dtype}. The cache is damaged, rebuild it"
                 )
             self._arrays[name] = array
         self._keys: np.ndarray | None = None

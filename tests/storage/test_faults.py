@@ -84,6 +84,12 @@ def make_empty_cache(ctx):
     storage.create(ctx["tmp"] / "n.zarr", M, keys_for(LABELS), LABELS)
 
 
+def delete_array(ctx):
+    import shutil
+
+    shutil.rmtree(ctx["cache"] / "lse")
+
+
 def other_teacher():
     return dataclasses.replace(M, teacher=dataclasses.replace(M.teacher, name="resnet50"))
 
@@ -352,6 +358,13 @@ CASES = [
         lambda c: storage.open_cache(c["cache"]).load_view(0),
         storage.CorruptChunkError,
         "gt_logit/c/0/3 (view 0 shard 3) is missing",
+    ),
+    (
+        "array-missing",
+        delete_array,
+        lambda c: storage.open_cache(c["cache"]),
+        storage.CorruptCacheError,
+        "array 'lse' is missing",
     ),
     (
         "inspect-corrupt",
