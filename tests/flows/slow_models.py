@@ -23,3 +23,12 @@ class Slow(nn.Module):
 def slow_tiny_cnn(num_classes: int = 10) -> nn.Module:
     """seeded_tiny_cnn that sleeps 0.25 s per forward."""
     return Slow(seeded_tiny_cnn(num_classes), 0.25)
+
+
+BUILT: list[int] = []
+
+
+def counted_tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """seeded_tiny_cnn that records each construction in BUILT (proves who builds it)."""
+    BUILT.append(num_classes)
+    return seeded_tiny_cnn(num_classes)

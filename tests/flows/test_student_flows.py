@@ -1,0 +1,88 @@
+"""train-student and sweep flows on a tiny cache: no teacher, metrics, artifacts, skipping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_imagefolder: Path, tmp_path_factory) -> Path:
+    from flows.cache_teacher import cache_teacher
+    from pld_pipeline.configs.cache import CacheConfig
+
+    out = tmp_path_factory.mktemp("student-flows") / "cache"
+    cache_teacher(CacheConfig.model_validate({
+        "dataset_root": str(tiny_imagefolder),
+        "teacher": {"name": "slow_models:counted_tiny_cnn", "num_classes": 10, "input_size": 24},
+        "views": {"mode": "replay", "num_views": 2, "seed": 0},
+        "k": 4, "temperatures": [1.0, 4.0], "shard_size": 8, "output": str(out),
+        "batch_size": 8, "num_workers": 0, "device": "cpu", "replay_check_samples": 0,
+    }))  # fmt: skip
+    return out
+
+
+def train_config(cache: Path, root: Path, run_dir: Path, loss: str = "pld") -> dict:
+    return {
+        "cache": str(cache), "dataset_root": str(root), "val_root": str(root),
+        "student": {"name": "pld_pipeline.small_models:tiny_cnn", "image_size": 24},
+        "loss": {"name": loss}, "optim": {"name": "sgd", "lr": 0.05},
+        "epochs": 2, "batch_size": 4, "run_dir": str(run_dir), "device": "cpu",
+        "num_workers": 0,
+    }  # fmt: skip
+
+
+def artifact_keys() -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {a.key for a in client.read_latest_artifacts()}
+
+
+def test_train_student_never_builds_the_teacher(tiny_cache, tiny_imagefolder, tmp_path):
+    import slow_models
+
+    from flows.train_student import train_student
+    from pld_pipeline import cache_build
+    from pld_pipeline.configs.train import TrainConfig
+
+    cache_build._teacher.cache_clear()  # a fresh process would have no teacher either
+    slow_models.BUILT.clear()
+    run_dir = tmp_path / "run"
+    result = train_student(TrainConfig.model_validate(train_config(tiny_cache, tiny_imagefolder, run_dir)))
+    assert slow_models.BUILT == []
+    assert result["distinct_views"] == 2
+    assert result["mean_dropped_weight"] is not None
+    lines = (run_dir / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert (run_dir / "result.json").is_file()
+    assert "student-result-run" in artifact_keys()
+
+
+def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_imagefolder, tmp_path):
+    from flows.sweep import sweep
+    from pld_pipeline.configs.train import SweepConfig
+
+    config = SweepConfig.model_validate({
+        "base": train_config(tiny_cache, tiny_imagefolder, tmp_path / "unused"),
+        "grid": {"loss.name": ["ce", "kd", "pld"]},
+        "sweep_dir": str(tmp_path / "sweep"), "max_parallel": 2,
+    })  # fmt: skip
+    rows = sweep(config)
+    assert sorted(r["loss"] for r in rows) == ["ce", "kd", "pld"]
+    assert all(r["status"] == "trained" for r in rows)
+    assert all(0.0 <= r["best_top1"] <= 100.0 for r in rows)
+    png = tmp_path / "sweep" / "top1.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"sweep-results", "sweep-plot"} <= artifact_keys()
+    stamps = {r["run"]: (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns
+              for r in rows}
+    again = sweep(config)
+    assert all(r["status"].startswith("skipped") for r in again)
+    assert [r["best_top1"] for r in again] == [r["best_top1"] for r in rows]
+    for r in again:
+        assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[r["run"]]
