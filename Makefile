@@ -13,7 +13,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= pld_pipeline,storage
 
-.PHONY: test demo demo-quick bench lint install clean-venv
+.PHONY: test demo demo-quick bench lint install clean-venv fashion-mnist system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests
 
 # The main job: Fashion-MNIST -> teacher -> cache -> sweep of students, on CPU.
@@ -36,10 +36,15 @@ demo: $(STAMP) fashion-mnist
 demo-quick: $(STAMP) fashion-mnist
 	$(VENV)/bin/pld demo --quick $(DEMO_ARGS)
 
-# Debian ships the real Fashion-MNIST; install it when missing.
+# Debian packages: the real Fashion-MNIST (demo) and Chromium (the UI test); each is
+# installed only when missing, so a set-up machine installs nothing.
+APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+
 fashion-mnist:
-	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || ($(APT_INSTALL) dataset-fashion-mnist)
+
+system-deps: fashion-mnist
+	@command -v chromium >/dev/null 2>&1 || ($(APT_INSTALL) chromium)
 
 bench: $(STAMP)
 	$(PY) bench/losses.py
