@@ -8,6 +8,7 @@ plain functions. The teacher is never built unless `online_teacher` asks for it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from pld_pipeline.train_setup import (
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict[str, Any]], None]
+_INIT_LOCK = threading.Lock()
 SUMMARY_KEYS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "epoch_time_s")
 
 
@@ -90,7 +92,6 @@ def fit(
     place = make_placement(config, ctx)
     run = RunDir(config.run_dir)
     resuming = run.prepare(config, write=ctx.is_main)
-    seed_everything(config.seed, config.deterministic)
 
     # Data: the cache, checked against the images and this config.
     from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.train` light
@@ -107,7 +108,9 @@ def fit(
 
     # Model, criterion, (online teacher), optimizer, schedule.
     memory = torch.channels_last if place.channels_last else torch.contiguous_format
-    model = create_model(config.student.name, num_classes=plan.num_classes)
+    with _INIT_LOCK:  # fits in threads of one process (a sweep) share torch's global RNG
+        seed_everything(config.seed, config.deterministic)
+        model = create_model(config.student.name, num_classes=plan.num_classes)
     model = model.to(place.device, memory_format=memory)
     criterion = make_loss(config.loss.name, **config.loss.make_kwargs())
     teacher = make_online_teacher(config, plan, reader.manifest, criterion.params, place)
