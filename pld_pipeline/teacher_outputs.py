@@ -87,7 +87,8 @@ def logits_to_records(
         out["logits"] = z
         return out
     values, idx = torch.topk(z, k, dim=1, largest=True, sorted=True)
-    lse1 = torch.logsumexp(z, dim=1, keepdim=True)
+    temps = [float(t) for t in temperatures]
+    lse1 = lse[:, temps.index(1.0)][:, None] if 1.0 in temps else torch.logsumexp(z, 1, True)
     out["topk_idx"] = idx
     out["topk_logp"] = values - lse1
     return out

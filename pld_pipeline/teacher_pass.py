@@ -10,7 +10,7 @@ call and are copied back once, so the GPU never waits on a per-batch host sync.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -132,23 +132,55 @@ def compute_views(
         pin_memory=dev.type == "cuda",
         multiprocessing_context=multiprocessing_context if num_workers else None,
     )
+    batches = _batches(loader, start, stop)
+    return run_batches(
+        model, batches, dataset, views, start, stop, fmt, k, temperatures, mean, std, dev, amp
+    )
+
+
+def run_batches(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    dataset: ImageFolderDataset,
+    views: Sequence[int],
+    start: int,
+    stop: int,
+    fmt: str,
+    k: int,
+    temperatures: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> dict[int, dict[str, np.ndarray]]:
+    """The pass after decoding: batches of replayed views -> records (the inner loop of
+    `compute_views`, public so a benchmark can feed it already-decoded batches).
+
+    Args:
+        model: prepared with `teacher_device.prepare_model(model, device)`.
+        batches: collated `ViewImages` items ("image" uint8 [b, nV, 3, S, S], "index" [b],
+            "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering [start, stop).
+        device, amp_dtype: resolved (`resolve_device`, `resolve_amp`).
+        Others: as `compute_views`.
+
+    Returns:
+        As `compute_views`.
+    """
+    views = list(views)
     out = _Collector(dataset, len(views), start, stop)
     with torch.inference_mode():
-        for batch in _batches(loader, start, stop):
+        for batch in batches:
             rows = out.add_views(batch)
             if len(rows) == 0:
                 continue
-            good = (
-                batch["image"]
-                if len(rows) == len(batch["index"])
-                else batch["image"][~batch["bad"]]
-            )
-            logits = teacher_logits(model, good.flatten(0, 1), mean, std, dev, amp)
+            everyone = len(rows) == len(batch["index"])
+            good = batch["image"] if everyone else batch["image"][~batch["bad"]]
+            logits = teacher_logits(model, good.flatten(0, 1), mean, std, device, amp_dtype)
             if out.num_classes is None:
                 out.num_classes = logits.shape[1]
                 check_output_spec(fmt, k, temperatures, out.num_classes)
                 check_labels(out.labels, out.num_classes)
-            labels = out.labels[rows].repeat_interleave(len(views)).to(dev, non_blocking=True)
+            labels = out.labels[rows].repeat_interleave(len(views)).to(device, non_blocking=True)
             records = logits_to_records(logits, labels, fmt, k, temperatures, validate=False)
             out.add_records(rows, records, torch.isfinite(logits).all(dim=1))
     return out.finish(views, fmt, k, temperatures)

@@ -331,3 +331,24 @@ def test_pretrained_efficientnet_lite0_on_real_photos(real_photos: Path) -> None
     assert top1["coffee/coffee.jpg"] in (504, 967, 968)  # coffee mug, espresso, cup
     assert top1["rocket/rocket.jpg"] in (657, 744, 812)  # missile, projectile, space shuttle
     assert np.exp(rec["topk_logp"][:, 0]).min() > 0.1  # confident, not noise
+
+
+@pytest.mark.parametrize("temps", [(2.0,), (1.0, 4.0), (0.5, 1.0)])
+def test_logits_to_records_against_float64(temps: tuple[float, ...]) -> None:
+    from pld_pipeline.teacher_outputs import logits_to_records, placeholder_records
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(6, 50, generator=g) * 4
+    labels = torch.tensor([0, 49, 3, 3, 17, 8])
+    rec = logits_to_records(z, labels, "topk", 7, temps)
+    z64 = z.double()
+    order = torch.argsort(z64, dim=1, descending=True)[:, :7]
+    assert torch.equal(rec["topk_idx"], order)
+    logp = z64 - torch.logsumexp(z64, dim=1, keepdim=True)
+    assert torch.allclose(rec["topk_logp"].double(), logp.gather(1, order), atol=1e-5)
+    for j, t in enumerate(temps):
+        assert torch.allclose(rec["lse"][:, j].double(), torch.logsumexp(z64 / t, 1), atol=1e-5)
+    assert torch.equal(rec["gt_logit"], z[torch.arange(6), labels])
+    filler = placeholder_records(2, 50, "topk", 7, temps)
+    assert torch.allclose(filler["topk_logp"], torch.full((2, 7), -np.log(50.0)))
+    assert torch.allclose(filler["lse"], torch.full((2, len(temps)), float(np.log(50.0))))
