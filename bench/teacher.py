@@ -1,0 +1,260 @@
+"""Benchmark of the teacher pass: images/s against the bare model forward, decoding in and out.
+
+Three figures on the same images, in one run:
+- bare forward: the model alone on already-normalised inputs already on the device
+  (autocast and channels_last as in the pass) - the ceiling;
+- plain loop: an ordinary eval loop on the same decoded uint8 batches (normalise, forward);
+- pass, decoding excluded: `teacher_pass.run_batches` (the pass after decoding: host to
+  device copy of uint8 views, normalisation, forward, records, one copy back) fed the
+  same views already decoded and replayed;
+- pass, decoding included: `teacher_pass.compute_shard` end to end (JPEG decoding, view
+  replay in DataLoader workers, then the above).
+The ratio pass / bare is what caching costs beyond the forward (target >= 0.9 with
+decoding excluded); pass / plain loop isolates the caching itself (records, copies). Images are JPEGs cut from scikit-image's real photos (ImageNet-like
+sizes around 500x375). The same command runs on CPU and CUDA; defaults follow the device:
+
+    .venv/bin/python bench/teacher.py                  # CPU: mobilenet_v3_small, batch 64
+    .venv/bin/python bench/teacher.py --device cuda    # CUDA: resnet50, batch 256, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import sync  # noqa: E402
+
+from pld_pipeline.datasets import ImageFolderDataset  # noqa: E402
+from pld_pipeline.models import create_model  # noqa: E402
+from pld_pipeline.teacher_device import (  # noqa: E402
+    prepare_model,
+    resolve_amp,
+    resolve_device,
+)
+from pld_pipeline.teacher_pass import compute_shard, run_batches  # noqa: E402
+from pld_pipeline.view_images import ViewImages  # noqa: E402
+from pld_pipeline.views import normalize_batch  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VIEWS = SimpleNamespace(
+    mode="replay", num_views=1, seed=0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
+)
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field")
+
+
+def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
+    """n JPEGs (quality 90) cut at random from real photos and resized to about 500x375."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    for name in PHOTOS:
+        try:
+            photos.append(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"))
+        except Exception:  # noqa: BLE001 - a photo that needs a download is simply skipped
+            continue
+    for c in range(classes):
+        (root / f"class_{c:02d}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        out_w, out_h = (500, 375) if rng.random() < 0.7 else (375, 500)
+        img = photo.crop((left, top, left + cw, top + ch)).resize((out_w, out_h), Image.BILINEAR)
+        img.save(root / f"class_{i % classes:02d}" / f"img_{i:06d}.jpg", quality=90)
+    return root
+
+
+def decoded_batches(
+    data: ImageFolderDataset, n: int, size: int, batch: int, workers: int, pin: bool
+) -> list:
+    """Every view decoded and replayed once, collated as the pass's DataLoader does."""
+    loader = torch.utils.data.DataLoader(
+        ViewImages(data, VIEWS, [0], 0, n, size, "bilinear"),
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=pin,
+    )
+    return list(loader)
+
+
+def bench(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    model_name = args.model or ("resnet50" if cuda else "mobilenet_v3_small")
+    batch = args.batch or (256 if cuda else 64)
+    n = args.images or (batch * 16 if cuda else batch * 4)
+    workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
+    amp = resolve_amp(args.amp, device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    tmp = Path(args.dir or tempfile.mkdtemp(prefix="bench-teacher-"))
+    t0 = time.perf_counter()
+    make_folder(tmp / "images", n)
+    data = ImageFolderDataset(tmp / "images")
+    print(f"{n} JPEGs written in {time.perf_counter() - t0:.1f}s to {tmp / 'images'}", flush=True)
+
+    torch.manual_seed(0)
+    model = prepare_model(create_model(model_name), device)
+    batches = decoded_batches(data, n, args.size, batch, workers, pin=cuda)
+    inputs = [
+        normalize_batch(b["image"].flatten(0, 1), MEAN, STD, device, channels_last=cuda)
+        for b in batches
+    ]
+
+    def bare() -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+        ):
+            for x in inputs:
+                model(x)
+
+    def plain_loop() -> None:
+        # What an ordinary eval loop does with the same uint8 batches: normalise, forward.
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+        ):
+            for b in batches:
+                model(normalize_batch(b["image"].flatten(0, 1), MEAN, STD, device, cuda))
+
+    def pass_decoded() -> None:
+        run_batches(
+            model, batches, data, [0], 0, n, args.format, args.k, (1.0, 2.0, 4.0), MEAN, STD,
+            device, amp,
+        )  # fmt: skip
+
+    def pass_full() -> None:
+        compute_shard(
+            model, data, VIEWS, 0, 0, n, args.format, args.k, (1.0, 2.0, 4.0), args.size,
+            MEAN, STD, "bilinear", device, batch, workers, amp,
+        )  # fmt: skip
+
+    def timed(fn) -> tuple[float, float]:  # noqa: ANN001
+        """(wall seconds, this process's CPU seconds) of one call."""
+        sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    # Warm-up: cudnn autotuning, allocator pools, first worker start.
+    for fn in (bare, plain_loop, pass_decoded, pass_full):
+        fn()
+    # Interleave the in-memory figures so changing load on the machine hits them alike.
+    runs: dict[str, list[tuple[float, float]]] = {"bare": [], "plain": [], "pass": []}
+    for _ in range(args.repeat):
+        runs["bare"].append(timed(bare))
+        runs["plain"].append(timed(plain_loop))
+        runs["pass"].append(timed(pass_decoded))
+    full_wall = min(timed(pass_full)[0] for _ in range(max(1, args.repeat // 2)))
+    if args.dir is None:
+        shutil.rmtree(tmp)
+    # Best of the runs: the figure least disturbed by other work on the machine. On the
+    # CPU the process's CPU time is also given: it does not count time lost to other
+    # processes, so its ratios hold on a busy machine (the in-memory figures use no workers).
+    wall = {name: min(w for w, _ in r) for name, r in runs.items()}
+    cpu = {name: min(c for _, c in r) for name, r in runs.items()}
+    bare_s, plain_s, pass_s = wall["bare"], wall["plain"], wall["pass"]
+    cpu_figures = {}
+    if not cuda:
+        cpu_figures = {
+            "cpu_time_bare_forward_images_per_cpu_s": n / cpu["bare"],
+            "cpu_time_plain_loop_images_per_cpu_s": n / cpu["plain"],
+            "cpu_time_pass_decoding_excluded_images_per_cpu_s": n / cpu["pass"],
+            "cpu_time_ratio_decoding_excluded": cpu["bare"] / cpu["pass"],
+            "cpu_time_ratio_decoding_excluded_vs_plain_loop": cpu["plain"] / cpu["pass"],
+        }
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if cuda
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "model": model_name,
+        "batch": batch,
+        "images": n,
+        "size": args.size,
+        "amp": str(amp).replace("torch.", "") if amp else "fp32",
+        "format": args.format,
+        "k": args.k,
+        "workers": workers,
+        "bare_forward_images_per_s": n / bare_s,
+        "plain_loop_images_per_s": n / plain_s,
+        "pass_decoding_excluded_images_per_s": n / pass_s,
+        "pass_decoding_included_images_per_s": n / full_wall,
+        "ratio_decoding_excluded": bare_s / pass_s,
+        "ratio_decoding_included": bare_s / full_wall,
+        "ratio_decoding_excluded_vs_plain_loop": plain_s / pass_s,
+        **cpu_figures,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--model", default=None, help="default: resnet50 (CUDA), mobilenet_v3_small (CPU)"
+    )
+    parser.add_argument("--batch", type=int, default=None, help="default: 256 (CUDA), 64 (CPU)")
+    parser.add_argument("--images", type=int, default=None, help="default: 16 (CUDA) or 4 batches")
+    parser.add_argument("--size", type=int, default=224, help="teacher input side")
+    parser.add_argument("--amp", default="bf16", help="CUDA autocast: bf16, fp16, off, auto")
+    parser.add_argument("--format", default="topk", choices=("topk", "full"))
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (best of)")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    row = bench(args)
+    print(
+        f"\n{row['model']} on {row['device']}, batch {row['batch']}, {row['images']} images "
+        f"at {row['size']}px, {row['amp']}, {row['format']} K={row['k']}, {row['workers']} workers"
+    )
+    print(
+        f"  bare forward (decoded, on device)  {row['bare_forward_images_per_s']:>10,.1f} images/s"
+    )
+    print(f"  plain loop (normalise + forward)   {row['plain_loop_images_per_s']:>10,.1f} images/s")
+    print(
+        f"  teacher pass, decoding excluded    {row['pass_decoding_excluded_images_per_s']:>10,.1f} "
+        f"images/s  ({row['ratio_decoding_excluded']:.3f} of bare, "
+        f"{row['ratio_decoding_excluded_vs_plain_loop']:.3f} of plain loop)"
+    )
+    print(
+        f"  teacher pass, decoding included    {row['pass_decoding_included_images_per_s']:>10,.1f} "
+        f"images/s  ({row['ratio_decoding_included']:.3f} of bare)"
+    )
+    if "cpu_time_ratio_decoding_excluded" in row:
+        print(
+            f"  by CPU time: bare {row['cpu_time_bare_forward_images_per_cpu_s']:,.1f}, plain loop "
+            f"{row['cpu_time_plain_loop_images_per_cpu_s']:,.1f}, pass (decoding excluded) "
+            f"{row['cpu_time_pass_decoding_excluded_images_per_cpu_s']:,.1f} images per CPU-s "
+            f"({row['cpu_time_ratio_decoding_excluded']:.3f} of bare, "
+            f"{row['cpu_time_ratio_decoding_excluded_vs_plain_loop']:.3f} of plain loop)"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        row["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+        row["machine"] = f"{platform.machine()} {os.cpu_count()} cpus"
+        row["torch"] = torch.__version__
+        Path(args.json).write_text(json.dumps(row, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
