@@ -159,7 +159,8 @@ def run_batches(
     Args:
         model: prepared with `teacher_device.prepare_model(model, device)`.
         batches: collated `ViewImages` items ("image" uint8 [b, nV, 3, S, S], "index" [b],
-            "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering [start, stop).
+            "label" [b], "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering
+            [start, stop).
         device, amp_dtype: resolved (`resolve_device`, `resolve_amp`).
         Others: as `compute_views`.
 
@@ -180,7 +181,9 @@ def run_batches(
                 out.num_classes = logits.shape[1]
                 check_output_spec(fmt, k, temperatures, out.num_classes)
                 check_labels(out.labels, out.num_classes)
-            labels = out.labels[rows].repeat_interleave(len(views)).to(device, non_blocking=True)
+            # Labels travel in the (pinned) batch: an asynchronous copy, no per-batch sync.
+            labels = batch["label"] if everyone else batch["label"][~batch["bad"]]
+            labels = labels.repeat_interleave(len(views)).to(device, non_blocking=True)
             records = logits_to_records(logits, labels, fmt, k, temperatures, validate=False)
             out.add_records(rows, records, torch.isfinite(logits).all(dim=1))
     return out.finish(views, fmt, k, temperatures)

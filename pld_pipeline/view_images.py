@@ -31,7 +31,7 @@ BAD_HW = (1, 1)
 class ViewImages(Dataset):
     """Samples [start, stop) decoded once each and replayed for each requested view.
 
-    Item j: "image" uint8 [nV, 3, S, S], "index" (start + j), "crop" int32 [nV, 4]
+    Item j: "image" uint8 [nV, 3, S, S], "index" (start + j), "label" int64, "crop" int32 [nV, 4]
     (top, left, h, w), "flip" bool [nV], "hw" int32 [2], "bad" bool. With
     `skip_bad_images`, an undecodable image gives zeros, filler crop/hw and bad=True.
     """
@@ -66,6 +66,7 @@ class ViewImages(Dataset):
             return {
                 "image": torch.zeros(nv, 3, s, s, dtype=torch.uint8),
                 "index": i,
+                "label": int(self.dataset.labels[i]),
                 "crop": torch.tensor([BAD_CROP] * nv, dtype=torch.int32),
                 "flip": torch.zeros(nv, dtype=torch.bool),
                 "hw": torch.tensor(BAD_HW, dtype=torch.int32),
@@ -84,6 +85,7 @@ class ViewImages(Dataset):
         return {
             "image": torch.stack(images),
             "index": i,
+            "label": int(self.dataset.labels[i]),
             "crop": torch.tensor(crops, dtype=torch.int32),
             "flip": torch.tensor(flips, dtype=torch.bool),
             "hw": torch.tensor((h, w), dtype=torch.int32),

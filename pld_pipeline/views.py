@@ -7,6 +7,7 @@ its own size otherwise.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -190,11 +191,23 @@ def normalize_batch(
         float32 tensor [B, 3, S, S], channels_last memory format when asked.
     """
     x = images.to(device, non_blocking=True) if device is not None else images
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    shift, scale = _affine(tuple(mean), tuple(std), x.device)
     # (x/255 - mean)/std == x * (1/(255 std)) - mean/std: one multiply-add per pixel, read
     # straight from uint8 (type promotion), so no separate float copy of the batch is made.
-    x = torch.addcmul(-mean_t / std_t, x, 1.0 / (255.0 * std_t))
+    x = torch.addcmul(shift, x, scale)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+@functools.lru_cache(maxsize=32)
+def _affine(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them per batch would copy from pageable host memory,
+    # which on CUDA waits for all queued work and so stalls the pipeline every batch.
+    mean_t = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    shift = (-mean_t / std_t).to(device=device, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std_t)).to(device=device, dtype=torch.float32)
+    return shift, scale
