@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -87,19 +89,25 @@ def cases(student, teacher, labels) -> dict[str, Callable[[], object]]:
 
 
 def bench_size(batch: int, classes: int, device: torch.device, budget_s: float) -> list[dict]:
+    """Time every case round-robin (one call each per round), so that load from other
+    processes hits all cases alike, then measure each case's peak memory."""
     student, teacher, labels = make_inputs(batch, classes, device)
+    fns = cases(student, teacher, labels)
+    once = {name: median_time(fn, device, repeats=1, warmup=1) for name, fn in fns.items()}
+    rounds = max(5, min(200, int(budget_s * len(fns) / max(sum(once.values()), 1e-6))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, device, repeats=1, warmup=0))
     rows = []
-    for name, fn in cases(student, teacher, labels).items():
-        once = median_time(fn, device, repeats=1, warmup=1)
-        repeats = max(5, min(100, int(budget_s / max(once, 1e-6))))
-        seconds = median_time(fn, device, repeats=repeats, warmup=2)
+    for name, fn in fns.items():
         rows.append(
             {
                 "name": name,
                 "B": batch,
                 "C": classes,
-                "median_ms": seconds * 1e3,
-                "repeats": repeats,
+                "median_ms": statistics.median(times[name]) * 1e3,
+                "repeats": rounds,
                 "peak_bytes": peak_memory(fn, device),
             }
         )
@@ -159,17 +167,30 @@ def main(argv: list[str] | None = None) -> int:
         help="B x C sizes (default: ImageNet-1k and the ImageNet-21k head)",
     )
     parser.add_argument(
-        "--budget", type=float, default=2.0, help="seconds of timed calls per case (5 to 100 calls)"
+        "--budget",
+        type=float,
+        default=2.0,
+        help="seconds of timed calls per case (5 to 200 rounds)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 is steadier on a loaded machine",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     env = {
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": round(os.getloadavg()[0], 2),
         "machine": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
@@ -199,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for t, met, v in targets:
             print(f"- {'met' if met else 'MISSED'}: {t} ({v})")
+    env["loadavg_at_end"] = round(os.getloadavg()[0], 2)
+    print(f"\n# load average at start {env['loadavg_at_start']}, at end {env['loadavg_at_end']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

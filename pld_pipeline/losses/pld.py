@@ -23,12 +23,11 @@ otherwise K + 1. With K = C - 1 (or C) the loss equals the dense one.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .errors import LossInputError
 from .pld_kernel import ranked_pld
+from .ranking import label_first_order
 from .targets import CachedTargets, Targets, ranked_weights
 from .validation import check_dense_teacher, check_labels, check_student, check_temperature
 
@@ -59,9 +58,7 @@ def _work_dtype(student_logits: torch.Tensor) -> torch.dtype:
 
 def _dense(student_logits, teacher_logits, labels, temperature):
     """Exact PLD: the label, then the teacher's order (stable: ties go to the lower index)."""
-    # The label is moved to the front by the sort itself: no search for it, no masking.
-    forced = teacher_logits.scatter(1, labels[:, None], math.inf)
-    rest = torch.argsort(forced, dim=1, descending=True, stable=True)[:, 1:]
+    rest = label_first_order(teacher_logits, labels)[:, 1:]
     scaled = teacher_logits.to(_work_dtype(student_logits))
     if temperature != 1.0:
         scaled = scaled / temperature

@@ -11,6 +11,7 @@ from loss_reference import (
     ce_reference,
     dropped_weight,
     kept_positions,
+    pld_ranking,
     pld_reference,
     rel_error,
     value_and_grad,
@@ -22,6 +23,7 @@ from pld_pipeline.losses import (
     pld_dropped_weight,
     pld_loss,
 )
+from pld_pipeline.losses.ranking import label_first_order
 
 
 def make_batch(batch, classes, seed, dtype=torch.float64, teacher_scale=2.0):
@@ -230,3 +232,22 @@ def test_many_teacher_ties_in_a_long_row():
     gen = torch.Generator().manual_seed(14)
     teacher = torch.randint(0, 3, (2, 300), generator=gen).double()
     assert_matches(student, teacher, labels, 1.0, teacher=teacher)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_label_first_order_matches_a_plain_sort(dtype):
+    gen = torch.Generator().manual_seed(15)
+    values = torch.tensor([-0.0, 0.0, -1.5, 1.5, 2.0, -2.0, 1e-45, -1e-45, 3e4, -3e4, 1.0])
+    teacher = values[torch.randint(0, len(values), (6, 40), generator=gen)]
+    teacher[0] = torch.randn(40, generator=gen)
+    teacher = teacher.to(dtype)
+    labels = torch.randint(0, 40, (6,), generator=gen)
+    got = label_first_order(teacher, labels)
+    for b in range(6):
+        row = [float(v) for v in teacher[b].double()]
+        assert got[b].tolist() == pld_ranking(row, int(labels[b]))
+    two = label_first_order(torch.tensor([[1.0, 1.0], [0.0, 3.0]], dtype=dtype), labels[:2] % 2)
+    assert two.tolist() == [
+        pld_ranking([1.0, 1.0], int(labels[0] % 2)),
+        pld_ranking([0.0, 3.0], int(labels[1] % 2)),
+    ]
