@@ -55,6 +55,7 @@ def compute_shard(
     num_workers: int = 0,
     amp_dtype: str | torch.dtype | None = None,
     skip_bad_images: bool = False,
+    multiprocessing_context: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Records of samples [start, stop) under view `view`, ready for `CacheWriter.write_shard`.
 
@@ -64,7 +65,7 @@ def compute_shard(
         model, dataset, view_info, [view], start, stop, fmt=fmt, k=k, temperatures=temperatures,
         input_size=input_size, mean=mean, std=std, interpolation=interpolation, device=device,
         batch_size=batch_size, num_workers=num_workers, amp_dtype=amp_dtype,
-        skip_bad_images=skip_bad_images,
+        skip_bad_images=skip_bad_images, multiprocessing_context=multiprocessing_context,
     )[view]  # fmt: skip
 
 
