@@ -8,17 +8,21 @@ pi*_1 is the true label, then the other classes by descending teacher logit, and
 
 T touches only the teacher weights; the student logits are never divided by T.
 
-Dense targets: exact over all C positions. The teacher logits are argsorted once
-(descending, stable: ties go to the lower class index), the label is moved to the front,
-and the ranked kernel runs on the full permutation.
+Dense targets: exact over all C positions. One sort gives pi* (ties go to the lower
+class index; see `ranking`), and the ranked kernel (`pld_kernel`) runs on the whole
+permutation with no unranked remainder.
 
 Compact targets (`CachedTargets`): the ranked positions are the label, then the cached
 top-K classes without the label, in teacher order; their weights are exact. Each
 denominator holds the ranked logits from position k on plus every unranked class. The
 terms of positions past the cache are dropped; their total teacher weight, 1 - sum of the
-ranked weights, is what `pld_dropped_weight` returns. When the label is among the top-K
-the ranking holds K positions (the cache does not know the (K+1)-th teacher class),
-otherwise K + 1. With K = C - 1 (or C) the loss equals the dense one.
+ranked weights, is what `pld_dropped_weight` returns (and `make_loss("pld")` keeps as
+`last_dropped_weight`). When the label is among the top-K the ranking holds K positions
+(the cache does not know the (K+1)-th teacher class), otherwise K + 1. With K = C - 1 the
+one class left out is the teacher's last, found from the index sum and ranked last, so the
+loss equals the dense one (its weight is still reported as dropped, though its term is 0);
+with K = C likewise. Rows of topk_idx must hold distinct classes (not checked: a sort).
+Neither form sorts over C in the compact case nor builds a dense [B, C] teacher.
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ def _compact(student_logits, targets, labels, temperature):
         # (rows of topk_idx are distinct classes). Ranked last, its term is 0 whatever its
         # weight: the loss is the dense one (the dropped weight still reports its weight).
         tail = classes * (classes - 1) // 2 - idx.sum(dim=1)
+        if bool(((tail < 0) | (tail >= classes)).any()):
+            raise LossInputError(
+                f"cached targets with K = C - 1 = {targets.k} must list distinct classes per "
+                "row, but a row of topk_idx repeats one; check the cache."
+            )
     unranked = "rest" if targets.k < classes - 1 else ("tail" if tail is not None else "none")
     loss = ranked_pld(
         student_logits, labels, label_weight, idx, weight, ranked.label_in_top, unranked, tail
@@ -136,9 +145,18 @@ def pld_loss(
 def pld_dropped_weight(
     targets: Targets, labels: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Teacher weight of the positions compact PLD drops: 1 - sum of ranked weights, [B].
+    """Teacher weight of the positions compact PLD drops, [B].
 
-    Zero for dense targets (every position is kept).
+    1 - (teacher probability at T of the label and of the cached classes), in float64 then
+    float32. Zero for dense targets (every position is kept).
+
+    Args:
+        targets: dense teacher logits [B, C] or `CachedTargets`.
+        labels: [B] integer class indices.
+        temperature: T of the weights; compact targets must be cached at T and at 1.
+
+    Returns:
+        [B] float32 in [0, 1].
 
     Raises:
         LossInputError, TemperatureNotCachedError: as `pld_loss`.
@@ -146,15 +164,18 @@ def pld_dropped_weight(
     temperature = check_temperature(temperature)
     if isinstance(targets, torch.Tensor):
         if targets.dim() != 2:
-            check_student(targets)
-        labels = check_labels(labels, targets.shape[0], targets.shape[1])
+            raise LossInputError(
+                f"dense teacher logits must have shape [B, C], got {tuple(targets.shape)}."
+            )
+        check_labels(labels, targets.shape[0], targets.shape[1])
         return torch.zeros(targets.shape[0], device=targets.device)
     if not isinstance(targets, CachedTargets):
         raise LossInputError(
             f"targets must be dense teacher logits [B, C] or CachedTargets, got "
             f"{type(targets).__name__}."
         )
-    labels = check_labels(labels, targets.batch_size, 2**62)
+    # C is unknown here: labels are checked for shape and sign only.
+    labels = check_labels(labels, targets.batch_size, num_classes=2**62)
     ranked = ranked_weights(targets, labels, temperature)
     mass = ranked.label_log_weight.exp() + ranked.top_log_weight.exp().sum(dim=1)
     return (1.0 - mass).clamp(0.0, 1.0).float()

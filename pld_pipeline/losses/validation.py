@@ -60,6 +60,8 @@ def check_labels(labels: torch.Tensor, batch_size: int, num_classes: int) -> tor
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise LossInputError(f"labels must be an integer tensor, got {labels.dtype}.")
+    if labels.numel() == 0:
+        return labels.long()
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi

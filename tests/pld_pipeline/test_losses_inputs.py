@@ -214,3 +214,12 @@ def test_make_loss(batch):
 def test_make_loss_errors(name, params, fragment):
     with pytest.raises(LossInputError, match=re.escape(fragment)):
         make_loss(name, **params)
+
+
+def test_repeated_class_in_a_full_cache(batch):
+    # K = C - 1 finds the one missing class from the index sum; repeats break that.
+    student, teacher, labels = batch
+    targets = cached_from_dense(teacher, labels, C - 1)
+    bad = dataclasses.replace(targets, topk_idx=torch.full_like(targets.topk_idx, C - 1))
+    with pytest.raises(LossInputError, match="must list distinct classes"):
+        pld_loss(student.double(), bad, labels)
