@@ -84,6 +84,10 @@ def make_empty_cache(ctx):
     storage.create(ctx["tmp"] / "n.zarr", M, keys_for(LABELS), LABELS)
 
 
+def delete_small_chunk(ctx):
+    (ctx["cache"] / "flip" / "c" / "1" / "5").unlink()
+
+
 def delete_array(ctx):
     import shutil
 
@@ -358,6 +362,13 @@ CASES = [
         lambda c: storage.open_cache(c["cache"]).load_view(0),
         storage.CorruptChunkError,
         "gt_logit/c/0/3 (view 0 shard 3) is missing",
+    ),
+    (
+        "missing-chunk-in-short-range",
+        delete_small_chunk,
+        lambda c: storage.open_cache(c["cache"]).load_view(1, start=80, stop=N),
+        storage.CorruptChunkError,
+        "flip/c/1/5 (view 1 shard 5) is missing",
     ),
     (
         "array-missing",
