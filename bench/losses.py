@@ -89,16 +89,17 @@ def cases(student, teacher, labels) -> dict[str, Callable[[], object]]:
 
 
 def bench_size(batch: int, classes: int, device: torch.device, budget_s: float) -> list[dict]:
-    """Time every case round-robin (one call each per round), so that load from other
-    processes hits all cases alike, then measure each case's peak memory."""
+    """Time every case round-robin, so that load from other processes hits all cases
+    alike: each round runs each case once to warm up (allocator state left by the case
+    before) and then three times, keeping the median. Then measure peak memory."""
     student, teacher, labels = make_inputs(batch, classes, device)
     fns = cases(student, teacher, labels)
     once = {name: median_time(fn, device, repeats=1, warmup=1) for name, fn in fns.items()}
-    rounds = max(5, min(200, int(budget_s * len(fns) / max(sum(once.values()), 1e-6))))
+    rounds = max(3, min(100, int(budget_s * len(fns) / max(4 * sum(once.values()), 1e-6))))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(median_time(fn, device, repeats=1, warmup=0))
+            times[name].append(median_time(fn, device, repeats=3, warmup=1))
     rows = []
     for name, fn in fns.items():
         rows.append(

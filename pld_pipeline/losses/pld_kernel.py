@@ -72,7 +72,8 @@ class _RankedPLD(torch.autograd.Function):
         batch = s.shape[0]
         x_label = s.gather(1, label[:, None])[:, 0]
         x = s.gather(1, idx)
-        shift = torch.maximum(x.amax(dim=1), x_label)
+        # amax and amin, not aminmax: the fused one is many times slower on CPU.
+        low, shift = x.amin(dim=1), torch.maximum(x.amax(dim=1), x_label)
         p_unranked = None
         if unranked == "rest":
             p_unranked, lse_u = _rest_logsumexp(s, label, idx)
@@ -80,25 +81,27 @@ class _RankedPLD(torch.autograd.Function):
         elif unranked == "tail":
             lse_u = s.gather(1, tail[:, None])[:, 0].masked_fill(tail == label, -math.inf)
             shift = torch.maximum(shift, lse_u)
-        x = x.sub_(shift[:, None])
-        x_label = x_label.sub_(shift)
-        spread = -_MAX_SPREAD[work]
-        flag = torch.tensor(bool(x.min() >= spread) and bool(x_label.min() >= spread))
+        lowest = (torch.minimum(low, x_label) - shift).min()
+        flag = torch.tensor(bool(lowest >= -_MAX_SPREAD[work]))
         ctx.mark_non_differentiable(flag)
         if not flag:
             return x.new_zeros(()), flag
+        x = x.sub_(shift[:, None])
+        x_label = x_label - shift
         e = x.exp()
         if invalid is not None:
             e = e.masked_fill_(invalid, 0.0)
-        suffix = e.flip(1).cumsum(1).flip(1)
+        reverse = e.flip(1)  # a copy: U joins every suffix sum through its first column
         rest = None
         if unranked != "none":
             rest = (lse_u - shift).exp()  # U (0 where -inf)
-            suffix = suffix.add_(rest[:, None])
+            reverse[:, 0] += rest
+        suffix = reverse.cumsum_(1).flip(1)
+        if invalid is not None:
+            # Only a trailing invalid slot, with U = 0, can have an empty (zero) suffix.
+            suffix[:, -1].clamp_min_(_TINY[work])
         e_label = x_label.exp()
         suffix_0 = e_label + suffix[:, 0]
-        if invalid is not None:
-            suffix = suffix.clamp_min_(_TINY[work])  # only a trailing invalid slot can be 0
         flat_w = weight.reshape(-1)
         loss = torch.dot(flat_w, suffix.log().reshape(-1)) - torch.dot(flat_w, x.reshape(-1))
         loss = (loss + torch.dot(label_weight, suffix_0.log() - x_label)) / batch
@@ -117,8 +120,11 @@ class _RankedPLD(torch.autograd.Function):
         )
         scale = grad_loss.to(e.dtype) / shape[0]
         w_label = label_weight / suffix_0
-        cum_w = (weight / suffix).cumsum(1).add_(w_label[:, None])  # W_j
-        g_ranked = (e * cum_w).sub_(weight).mul_(scale)  # saved tensors stay untouched
+        ratio = weight / suffix
+        ratio[:, 0] += w_label  # the label's a_y / S_0 joins every W_j
+        cum_w = ratio.cumsum_(1)  # W_j
+        # (e * W - a) * scale, leaving the saved tensors untouched.
+        g_ranked = torch.addcmul(weight, e, cum_w, value=-1.0).mul_(-scale)
         g_label = (e_label * w_label - label_weight) * scale
         if ctx.unranked == "rest":
             # Unranked class i: e_i W_M = softmax_u(s)_i * U * W_M; softmax_u is 0 at
