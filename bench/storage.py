@@ -142,6 +142,31 @@ def bench_layout(tmp: Path, logp: np.ndarray, shard_size: int, repeat: int) -> l
     return rows
 
 
+def bench_shard_sizes(tmp: Path, manifest, labels, shards, sizes, args) -> list[dict]:
+    """Write and load_view throughput of the default codec for other shard (chunk) sizes."""
+    whole = {k: np.concatenate([r[k] for r in shards]) for k in shards[0]}
+    rows = []
+    for size in sizes:
+        m = make_manifest(
+            num_samples=manifest.num_samples,
+            num_classes=manifest.num_classes,
+            k=manifest.k,
+            fmt=manifest.format,
+            num_views=1,
+            shard_size=size,
+            temperatures=manifest.temperatures,
+        )
+        split = [
+            {k: v[a : a + size] for k, v in whole.items()} for a in range(0, m.num_samples, size)
+        ]
+        row = bench_one(
+            tmp / f"shard{size}.zarr", m, labels, split, storage.DEFAULT_COMPRESSOR, args
+        )
+        shutil.rmtree(tmp / f"shard{size}.zarr")
+        rows.append({"shard_size": size, **row})
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     """One line per (format, K, codec); B/rec view counts the per-view arrays only."""
     print(
@@ -166,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codecs", default=",".join(storage.COMPRESSORS))
     parser.add_argument("--shard-size", type=int, default=storage.DEFAULT_SHARD_SIZE)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--shard-sizes",
+        default="2048,8192,32768",
+        help="shard sizes tried for K=100 with the default codec ('' to skip)",
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--gathers", type=int, default=2000, help="batches per gather timing")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
@@ -178,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = make_labels(args.n, args.c)
     size = args.shard_size
     logits = [make_logits(labels[a : a + size], args.c, 0, a) for a in range(0, args.n, size)]
-    rows = []
+    rows, shard_rows = [], []
     for k_text in args.ks.split(","):
         fmt, k = ("full", 0) if k_text == "full" else ("topk", int(k_text))
         manifest = make_manifest(
@@ -196,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_one(path, manifest, labels, shards, codec, args))
             print_table(rows[-1:])
             shutil.rmtree(path)
+        if k == 100 and args.shard_sizes:
+            sizes = [int(x) for x in args.shard_sizes.split(",")]
+            shard_rows = bench_shard_sizes(tmp, manifest, labels, shards, sizes, args)
         del shards
     m100 = make_manifest(
         num_samples=args.n,
@@ -218,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             f"  {r['layout']:<38} write {r['write_records_per_s']:>12,.0f} rec/s  "
             f"read {r['read_records_per_s']:>12,.0f} rec/s  {r['bytes_per_record']:.1f} B/rec"
         )
+    if shard_rows:
+        print("\nShard size (chunk along N), K=100, default codec:")
+        for r in shard_rows:
+            print(
+                f"  shard_size {r['shard_size']:>6}: write {r['write_records_per_s']:>10,.0f} "
+                f"rec/s  load {r['load_records_per_s']:>11,.0f} rec/s  "
+                f"{r['view_bytes_per_record']:.1f} B/rec"
+            )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         info = {
@@ -232,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": os.getloadavg(),
         }
         Path(args.json).write_text(
-            json.dumps({"info": info, "rows": rows, "layout": layout}, indent=2)
+            json.dumps(
+                {"info": info, "rows": rows, "layout": layout, "shard_sizes": shard_rows}, indent=2
+            )
         )
     return 0
 
