@@ -200,25 +200,8 @@ def train_one_epoch(
     t_epoch = t_data = time.perf_counter()
     for batch in batches:
         data_time += time.perf_counter() - t_data
-        labels = batch[1].to(dev, non_blocking=True)
-        t_target = time.perf_counter()
-        if step.teacher is None:
-            targets = gather_targets(slab, batch[2].numpy(), step.form, dev)
-        else:
-            targets = step.teacher.targets(batch[3], labels)
-        target_time += time.perf_counter() - t_target
-        x = step.placement.inputs(batch[0])
-        with step.placement.autocast():
-            logits = step.model(x)
-        loss = step.criterion(logits.float(), targets, labels)
-        step.optimizer.zero_grad(set_to_none=True)
-        step.scaler.scale(loss).backward()
-        if step.clip_grad_norm is not None:
-            step.scaler.unscale_(step.optimizer)
-            nn.utils.clip_grad_norm_(step.model.parameters(), step.clip_grad_norm)
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-        step.scheduler.step()
+        loss, logits, labels, seconds = train_step(step, batch, slab)
+        target_time += seconds
         with torch.no_grad():  # accumulate on the device: no host sync per step
             finite = torch.isfinite(loss)
             loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
@@ -259,6 +242,43 @@ def train_one_epoch(
         "dropped_weight": drop_sum / drop_n if drop_n else None,
         "nonfinite_steps": int(nonfinite),
     }
+
+
+def train_step(
+    step: Step, batch: tuple, slab: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One optimisation step on one batch.
+
+    Args:
+        step: model, loss, optimizer and friends.
+        batch: (uint8 images [B, 3, S, S], labels [B], indices [B][, teacher images]).
+        slab: the epoch's storage.ViewSlab (targets are gathered from it by index), or
+            unused in online mode (the teacher computes them from the teacher images).
+
+    Returns:
+        (loss [], logits [B, C], labels [B] on the device, seconds spent getting the targets).
+    """
+    dev = step.placement.device
+    labels = batch[1].to(dev, non_blocking=True)
+    started = time.perf_counter()
+    if step.teacher is None:
+        targets = gather_targets(slab, batch[2].numpy(), step.form, dev)
+    else:
+        targets = step.teacher.targets(batch[3], labels)
+    target_seconds = time.perf_counter() - started
+    x = step.placement.inputs(batch[0])
+    with step.placement.autocast():
+        logits = step.model(x)
+    loss = step.criterion(logits.float(), targets, labels)
+    step.optimizer.zero_grad(set_to_none=True)
+    step.scaler.scale(loss).backward()
+    if step.clip_grad_norm is not None:
+        step.scaler.unscale_(step.optimizer)
+        nn.utils.clip_grad_norm_(step.model.parameters(), step.clip_grad_norm)
+    step.scaler.step(step.optimizer)
+    step.scaler.update()
+    step.scheduler.step()
+    return loss, logits, labels, target_seconds
 
 
 @torch.no_grad()
