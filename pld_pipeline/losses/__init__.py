@@ -1,7 +1,16 @@
 """Distillation losses with one signature: loss(student_logits [B, C], targets, labels [B]).
 
-`targets` is a batch's teacher signal: dense teacher logits [B, C] or `CachedTargets`.
-`make_loss(name, **params)` builds a configured loss for configs and sweeps.
+`targets` is a batch's teacher signal: dense teacher logits [B, C] or `CachedTargets` (the
+compact top-K form of a cache). Every loss returns the batch mean, computes in float32
+(float64 for float64 logits) and checks its inputs (`LossInputError`). `make_loss(name,
+**params)` builds a configured loss for configs and sweeps.
+
+- pld (`pld.py`, kernel in `pld_kernel.py`): exact from dense logits; from compact targets
+  the label and the top-K are ranked with exact weights and the rest is dropped
+  (`pld_dropped_weight`).
+- kd, dist, dkd: from compact targets the teacher distribution over C spreads the mass
+  outside the label and the top-K evenly over those classes (`teacher.py`).
+- ce: the labels only.
 """
 
 from __future__ import annotations
@@ -102,7 +111,7 @@ def make_loss(name: str, **params: Any) -> LossFn:
         LossFn, callable as ``(student_logits, targets, labels) -> scalar``.
 
     Raises:
-        LossInputError: unknown name or parameter.
+        LossInputError: unknown name or parameter, or a parameter value out of range.
     """
     if name not in _FUNCTIONS:
         raise LossInputError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}.")

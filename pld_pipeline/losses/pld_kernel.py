@@ -22,10 +22,11 @@ W_j = a_y / S_0 + sum_{k <= j} a_k / S_k (S_0 = e_y + S_1), the gradient is
 
     dL/ds_y = e_y a_y / S_0 - a_y,   dL/ds[idx_j] = e_j W_j - a_j,   dL/ds_i = e_i W_M (unranked),
 
-which sums to 0 per row. The work is done in float32 (float64 for float64 logits). float32
-holds exp(x) as a normal number down to x = -87: if a ranked logit lies more than 80 below
-the row's shift, the batch is redone in float64 (good to 700), and past that (never seen
-with real networks) in the log domain with logcumsumexp and plain autograd.
+which sums to 0 per row. The work is done in float32 (float64 for float64 logits). When a
+row's last suffix sum (the smallest) comes near float32's underflow (the student's logits
+for the last ranked classes some 64 or more below its top ones), the batch is redone in
+float64, and past float64's range (never seen with real networks) in the log domain with
+logcumsumexp and plain autograd.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ __all__ = ["ranked_pld", "UNRANKED_MODES"]
 logger = logging.getLogger(__name__)
 
 UNRANKED_MODES = ("none", "tail", "rest")
-# Largest distance below the shift at which exp() is still a normal number, with margin.
-_MAX_SPREAD = {torch.float32: 80.0, torch.float64: 700.0}
+# Smallest last suffix sum (shifted) trusted in each dtype, far enough above the smallest
+# normal number that the mass lost to underflow (under C * 1.2e-38 in float32) is
+# negligible next to it: below 3e-6 relative for C = 21843.
+_MIN_LAST_SUFFIX = {torch.float32: 1.0e-28, torch.float64: 1.0e-290}
 # Floor for a suffix sum over invalid (weight 0) slots only, so that log() stays finite.
 _TINY = {torch.float32: 1.0e-37, torch.float64: 1.0e-300}
 
@@ -72,8 +75,7 @@ class _RankedPLD(torch.autograd.Function):
         batch = s.shape[0]
         x_label = s.gather(1, label[:, None])[:, 0]
         x = s.gather(1, idx)
-        # amax and amin, not aminmax: the fused one is many times slower on CPU.
-        low, shift = x.amin(dim=1), torch.maximum(x.amax(dim=1), x_label)
+        shift = torch.maximum(x.amax(dim=1), x_label)
         p_unranked = None
         if unranked == "rest":
             p_unranked, lse_u = _rest_logsumexp(s, label, idx)
@@ -81,11 +83,6 @@ class _RankedPLD(torch.autograd.Function):
         elif unranked == "tail":
             lse_u = s.gather(1, tail[:, None])[:, 0].masked_fill(tail == label, -math.inf)
             shift = torch.maximum(shift, lse_u)
-        lowest = (torch.minimum(low, x_label) - shift).min()
-        flag = torch.tensor(bool(lowest >= -_MAX_SPREAD[work]))
-        ctx.mark_non_differentiable(flag)
-        if not flag:
-            return x.new_zeros(()), flag
         x = x.sub_(shift[:, None])
         x_label = x_label - shift
         e = x.exp()
@@ -97,9 +94,19 @@ class _RankedPLD(torch.autograd.Function):
             rest = (lse_u - shift).exp()  # U (0 where -inf)
             reverse[:, 0] += rest
         suffix = reverse.cumsum_(1).flip(1)
+        # The smallest suffix sum, the last valid one, bounds the error of every term:
+        # exp() of the logits that underflowed is below the smallest normal number, and
+        # their sum must be negligible next to it. That also keeps every log finite. (An
+        # invalid last slot with nothing after it holds 0 and weighs 0: it is floored.)
+        last = suffix[:, -1]
         if invalid is not None:
-            # Only a trailing invalid slot, with U = 0, can have an empty (zero) suffix.
-            suffix[:, -1].clamp_min_(_TINY[work])
+            last.clamp_min_(_TINY[work])
+            before = suffix[:, -2] if suffix.shape[1] > 1 else torch.ones_like(last)
+            last = torch.where(invalid[:, -1], before, last)
+        flag = torch.tensor(bool(last.min() >= _MIN_LAST_SUFFIX[work]))
+        ctx.mark_non_differentiable(flag)
+        if not flag:
+            return x.new_zeros(()), flag
         e_label = x_label.exp()
         suffix_0 = e_label + suffix[:, 0]
         flat_w = weight.reshape(-1)
@@ -211,7 +218,7 @@ def ranked_pld(
         )
         if bool(spread_ok):
             return loss.to(work)
-        logger.debug("student logits span more than %s: PLD redone wider", _MAX_SPREAD[dtype])
+        logger.debug("PLD suffix sums underflow %s: redone wider", dtype)
     return _log_domain_pld(
         student_logits, label, label_weight, idx, weight, invalid, unranked, tail
     ).to(work)

@@ -25,8 +25,8 @@ def _order_keys(teacher: torch.Tensor, labels: torch.Tensor, bits: int) -> torch
     # Sign-magnitude to two's complement: negative floats get their magnitude bits flipped.
     monotone = raw ^ ((raw >> 31) & 0x7FFFFFFF)
     # key = (-monotone) << bits | class: descending logit, then ascending class.
-    index = torch.arange(classes, device=teacher.device).expand(teacher.shape[0], -1)
-    keys = index.add(monotone.long(), alpha=-(1 << bits))
+    index = torch.arange(classes, device=teacher.device)
+    keys = monotone.long().mul_(-(1 << bits)).add_(index)  # one int64 [B, C] buffer
     bottom = labels - (1 << (31 + bits))  # below every logit's key
     return keys.scatter_(1, labels[:, None], bottom[:, None])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -180,9 +181,9 @@ def test_gradcheck_dense_and_compact():
     )
 
 
-@pytest.mark.parametrize("spread", [150.0, 1500.0])  # past float32's range; past float64's
+@pytest.mark.parametrize("spread", [40.0, 150.0, 1500.0])  # fine; past float32; past float64
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_extreme_student_logit_spread(spread, dtype):
+def test_extreme_student_logit_spread(spread, dtype, caplog):
     student, teacher, labels = make_batch(3, 9, seed=11)
     student[:, ::2] -= spread
     student = student.to(dtype)
@@ -191,10 +192,36 @@ def test_extreme_student_logit_spread(spread, dtype):
         (teacher.to(dtype), None),
         (cached_from_dense(teacher, labels, 4), kept_positions(teacher, labels, 4)),
     ):
-        loss, grad = loss_and_grad(student, targets, labels)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="pld_pipeline.losses.pld_kernel"):
+            loss, grad = loss_and_grad(student, targets, labels)
+        if keep is None:
+            # Dense: the last suffix is the far class itself, so the batch is redone in
+            # float64 past float32's range and in the log domain past float64's.
+            redone = " ".join(r.getMessage() for r in caplog.records)
+            want = {40.0: "", 150.0: "float32", 1500.0: "float32 float64"}[spread]
+            if dtype == torch.float64:
+                want = want.replace("float32", "").strip()
+            assert [w for w in want.split() if w not in redone] == []
+            assert len(caplog.records) == len(want.split())
         ref_loss, ref_grad = pld_reference(student, teacher, labels, 1.0, keep)
         assert rel_error(loss.item(), ref_loss) <= tol
         assert rel_error(grad, ref_grad) <= tol
+
+
+def test_label_last_in_a_full_cache_with_a_far_tail():
+    # K = C and the label is the teacher's last class: the list's last slot repeats the
+    # label and weighs 0; the student's logits for the classes before it are far below.
+    student, teacher, labels = make_batch(2, 6, seed=16, dtype=torch.float32)
+    labels[:] = teacher.argmin(dim=1)
+    order = [[c for c in sorted(range(6), key=lambda c: -float(teacher[b, c]))] for b in (0, 1)]
+    for b in (0, 1):
+        student[b, order[b][-3:-1]] -= 100.0  # exp() underflows in float32
+    cached = cached_from_dense(teacher, labels, 6)
+    loss, grad = loss_and_grad(student, cached, labels)
+    ref_loss, ref_grad = pld_reference(student, teacher, labels)
+    assert rel_error(loss.item(), ref_loss) <= 1e-4
+    assert rel_error(grad, ref_grad) <= 1e-4
 
 
 def test_dropped_weight():
