@@ -57,11 +57,18 @@ def teacher_logits(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Float32 logits [B, C] of uint8 images [B, 3, S, S] (normalised on `device`).
+    """Float32 logits [B, C] of images [B, 3, S, S]: uint8 pixels (normalised on `device`)
+    or float inputs already normalised (by `view_images.NormalizeCollate` in CPU workers).
 
     Call under torch.inference_mode with a model prepared by `prepare_model`.
     """
-    x = normalize_batch(images, mean, std, device, channels_last=device.type == "cuda")
+    channels_last = device.type == "cuda"
+    if images.dtype == torch.uint8:
+        x = normalize_batch(images, mean, std, device, channels_last=channels_last)
+    else:
+        x = images.to(device, dtype=torch.float32, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(
         device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
     ):

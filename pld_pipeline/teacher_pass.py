@@ -27,7 +27,7 @@ from pld_pipeline.teacher_outputs import (
     logits_to_records,
     placeholder_records,
 )
-from pld_pipeline.view_images import ViewImages
+from pld_pipeline.view_images import make_loader
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset
@@ -123,16 +123,10 @@ def compute_views(
     dev = resolve_device(device)
     amp = resolve_amp(amp_dtype, dev)
     prepare_model(model, dev)
-    images = ViewImages(
-        dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images
-    )
-    loader = DataLoader(
-        images,
-        batch_size=max(1, batch_size // len(views)),
-        num_workers=num_workers,
-        pin_memory=dev.type == "cuda",
-        multiprocessing_context=multiprocessing_context if num_workers else None,
-    )
+    loader = make_loader(
+        dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images,
+        batch_size, num_workers, dev, mean, std, multiprocessing_context,
+    )  # fmt: skip
     batches = _batches(loader, start, stop)
     return run_batches(
         model, batches, dataset, views, start, stop, fmt, k, temperatures, mean, std, dev, amp
@@ -159,7 +153,7 @@ def run_batches(
 
     Args:
         model: prepared with `teacher_device.prepare_model(model, device)`.
-        batches: collated `ViewImages` items ("image" uint8 [b, nV, 3, S, S], "index" [b],
+        batches: `make_loader` batches ("image" uint8 or normalised float [b, nV, 3, S, S], "index" [b],
             "label" [b], "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering
             [start, stop).
         device, amp_dtype: resolved (`resolve_device`, `resolve_amp`).
