@@ -117,14 +117,15 @@ def test_full_logits_and_eval_view(teacher: nn.Module, tiny_imagefolder: Path) -
     assert not rec["flip"].any()
 
 
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the CPU workers normalise
 def test_student_replay_gives_the_teacher_pixels(
-    teacher: nn.Module, tiny_imagefolder: Path
+    teacher: nn.Module, tiny_imagefolder: Path, workers: int
 ) -> None:
     data = ImageFolderDataset(tiny_imagefolder)
     seen = []
     hook = teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     try:
-        rec = _run(teacher, data, batch_size=5)
+        rec = _run(teacher, data, batch_size=5, num_workers=workers)
     finally:
         hook.remove()
     teacher_inputs = torch.cat(seen)
