@@ -65,6 +65,11 @@ def cache_of(teacher: torch.Tensor, labels: torch.Tensor, k: int, temps=(1.0, 4.
     )
 
 
+def compact_ks(classes: int) -> list[int]:
+    """The cache sizes timed: K = 10, 50, 100 (those below C - 1) and the full K = C - 1."""
+    return sorted({k for k in (10, 50, 100) if k < classes - 1} | {classes - 1})
+
+
 def cases(student, teacher, labels) -> dict[str, Callable[[], object]]:
     classes = teacher.shape[1]
 
@@ -82,7 +87,7 @@ def cases(student, teacher, labels) -> dict[str, Callable[[], object]]:
         "argsort (teacher, fwd only)": lambda: torch.argsort(teacher, dim=1, descending=True),
         "pld dense": step(pld_loss, teacher),
     }
-    for k in (10, 50, 100, classes - 1):
+    for k in compact_ks(classes):
         out[f"pld compact K={k}"] = step(pld_loss, cache_of(teacher, labels, k))
     out["pld naive (sort + logcumsumexp)"] = step(naive_pld, teacher)
     return out
@@ -129,7 +134,7 @@ def check_targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     argsort = by["argsort (teacher, fwd only)"]
     classes = kd["C"]
     out = []
-    for k in (10, 50, 100, classes - 1):
+    for k in compact_ks(classes):
         r = by[f"pld compact K={k}"]
         limit = 2.0 if k == classes - 1 else 1.2
         out.append(
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 "C": classes,
                 "rows": rows,
                 "targets": [{"target": t, "met": met, "value": v} for t, met, v in targets],
+                "targets_apply": device.type == "cpu" and (batch, classes) == (256, 1000),
             }
         )
         print(f"\n## B={batch}, C={classes} (fwd+bwd medians)\n")
@@ -220,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['peak_bytes'] / 2**20:.1f} | {r['peak_above_kd_bc_fp32']:+.2f} |"
             )
         print()
+        # The issue sets its targets on CPU at B=256, C=1000; elsewhere they are shown as
+        # figures to compare, not judged.
+        judged = device.type == "cpu" and (batch, classes) == (256, 1000)
         for t, met, v in targets:
-            print(f"- {'met' if met else 'MISSED'}: {t} ({v})")
+            verdict = ("met" if met else "MISSED") if judged else "for reference"
+            print(f"- {verdict}: {t} ({v})")
     env["loadavg_at_end"] = round(os.getloadavg()[0], 2)
     print(f"\n# load average at start {env['loadavg_at_start']}, at end {env['loadavg_at_end']}")
     if args.json:
