@@ -278,3 +278,15 @@ def test_label_first_order_matches_a_plain_sort(dtype):
         pld_ranking([1.0, 1.0], int(labels[0] % 2)),
         pld_ranking([0.0, 3.0], int(labels[1] % 2)),
     ]
+
+
+@pytest.mark.parametrize("label", [0, 1])
+@pytest.mark.parametrize("k", [1, 2])
+def test_compact_two_classes_one_example(label, k):
+    student = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    teacher = torch.tensor([[2.0, -0.5]], dtype=torch.float64)  # top-1 is class 0
+    labels = torch.tensor([label])
+    cached = cached_from_dense(teacher, labels, k, temperatures=(1.0, 2.0))
+    # Every K here covers the whole ranking (K = C - 1 or C): compact equals dense.
+    assert_matches(student, cached, labels, 2.0, teacher=teacher)
+    assert_matches(student, teacher, labels, 2.0, teacher=teacher)
