@@ -132,3 +132,18 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
         views_match=views_match,
         manifest_hash=manifest_hash(m),
     )
+
+
+def supervised_plan(images: ImageFolderDataset, config: TrainConfig) -> TargetPlan:
+    """The plan of a run without a cache (`cache: null`, loss ce): no targets, the
+    student's own random crops every epoch, classes from the config or the dataset."""
+    num_classes = config.student.num_classes or len(images.classes)
+    if len(images.labels) and int(images.labels.max()) >= num_classes:
+        raise ConfigError(
+            f"student.num_classes={num_classes} but {config.dataset_root!r} has labels up to "
+            f"{int(images.labels.max())}; raise num_classes or leave it null."
+        )
+    return TargetPlan(
+        num_classes=num_classes, cache_format="none", form="compact", load_k=None, k=0,
+        num_views=1, replay_cache=False, views_match=False, manifest_hash="none",
+    )  # fmt: skip

@@ -213,6 +213,19 @@ class ViewSlabs:
         self._pending = (v, self.reader.prefetch(v, k=self.k))
 
 
+class NoSlabs:
+    """The slabs of a run without a cache: there are no targets to load."""
+
+    def view_of(self, epoch: int) -> int:
+        return 0
+
+    def get(self, epoch: int) -> None:
+        return None
+
+    def prefetch(self, epoch: int) -> None:
+        return None
+
+
 def gather_targets(
     slab,  # noqa: ANN001 - storage.ViewSlab
     index: torch.Tensor | np.ndarray,

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pld_pipeline.cache_check import check_cache
-from pld_pipeline.cached_dataset import ViewSlabs, gather_targets, good_indices
+from pld_pipeline.cache_check import check_cache, supervised_plan
+from pld_pipeline.cached_dataset import NoSlabs, ViewSlabs, gather_targets, good_indices
 from pld_pipeline.checkpoint import load_checkpoint
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
@@ -96,14 +97,18 @@ def fit(
     # Data: the cache, checked against the images and this config.
     from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.train` light
 
-    reader = open_cache(config.cache)
     train_images = ImageFolderDataset(config.dataset_root, split=config.dataset_split)
-    plan = check_cache(reader, train_images, config)
+    if config.cache is None:  # plain supervised training (loss ce), e.g. of a teacher
+        reader, plan = None, supervised_plan(train_images, config)
+        slabs, train_index = NoSlabs(), np.arange(len(train_images))
+    else:
+        reader = open_cache(config.cache)
+        plan = check_cache(reader, train_images, config)
+        slabs = ViewSlabs(reader, plan.num_views, plan.load_k)
+        train_index = good_indices(reader.bad_mask(), reader.num_samples)
     val_images = None
     if config.val_root:
         val_images = ImageFolderDataset(config.val_root, config.val_split, train_images.classes)
-    slabs = ViewSlabs(reader, plan.num_views, plan.load_k)
-    train_index = good_indices(reader.bad_mask(), reader.num_samples)
     batch, steps_per_epoch = split_batch(config.batch_size, len(train_index), ctx.world_size)
 
     # Model, criterion, (online teacher), optimizer, schedule.
@@ -113,10 +118,11 @@ def fit(
         model = create_model(config.student.name, num_classes=plan.num_classes)
     model = model.to(place.device, memory_format=memory)
     criterion = make_loss(config.loss.name, **config.loss.make_kwargs())
-    teacher = make_online_teacher(config, plan, reader.manifest, criterion.params, place)
+    manifest = reader.manifest if reader is not None else None
+    teacher = make_online_teacher(config, plan, manifest, criterion.params, place)
     state = load_checkpoint(run.checkpoint, place.device) if resuming else None
     start_epoch = int(state["epoch"]) + 1 if state is not None else 0
-    if teacher is None:
+    if teacher is None and reader is not None:
         preflight(criterion, slabs.get(start_epoch), train_index, plan, place.device)
     optimizer = make_optimizer(model, config.optim)
     scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
@@ -261,7 +267,9 @@ def train_step(
     dev = step.placement.device
     labels = batch[1].to(dev, non_blocking=True)
     started = time.perf_counter()
-    if step.teacher is None:
+    if slab is None:  # no cache: plain supervised training
+        targets = None
+    elif step.teacher is None:
         targets = gather_targets(slab, batch[2].numpy(), step.form, dev)
     else:
         targets = step.teacher.targets(batch[3], labels)

@@ -138,7 +138,10 @@ class LossConfig(_Strict):
 class TrainConfig(_Strict):
     """One student run: the cache and images it reads, the student, loss, optimizer and schedule."""
 
-    cache: str = Field(description="path or fsspec URL of the teacher logit cache")
+    cache: str | None = Field(
+        description="path or fsspec URL of the teacher logit cache; null = plain supervised "
+        "training with loss 'ce' and the student's own random crops (e.g. to train a teacher)"
+    )
     dataset_root: str = Field(
         description="training images (ImageNet layout) the cache was made from"
     )
@@ -195,6 +198,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.cache is None and (self.loss.name != "ce" or self.online_teacher is not None):
+            raise ValueError(
+                f"cache=null trains without a teacher, so loss must be 'ce' (got "
+                f"{self.loss.name!r}) and online_teacher unset; give a cache for distillation"
+            )
         if self.target_form == "dense" and self.k is not None:
             raise ValueError(
                 f"k={self.k} applies to compact targets; set target_form='compact' or k=null"
