@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "distributed", "urllib3"):  # per-request chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from pld_pipeline.errors import PLDError
     from storage import CacheError
 

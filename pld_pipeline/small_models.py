@@ -31,7 +31,7 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-def small_resnet(num_classes: int = 10, width: int = 32) -> nn.Module:
+def small_resnet(num_classes: int = 10, width: int = 16) -> nn.Module:
     """A 3-stage ResNet for 28-32 px images (the demo teacher)."""
     return nn.Sequential(
         nn.Conv2d(3, width, 3, 1, 1, bias=False),
@@ -46,7 +46,7 @@ def small_resnet(num_classes: int = 10, width: int = 32) -> nn.Module:
     )
 
 
-def tiny_cnn(num_classes: int = 10, width: int = 8) -> nn.Module:
+def tiny_cnn(num_classes: int = 10, width: int = 4) -> nn.Module:
     """Two conv layers and a linear head (the demo student; deliberately small)."""
     return nn.Sequential(
         nn.Conv2d(3, width, 3, 1, 1),
