@@ -133,6 +133,10 @@ class CacheReader:
         done = integrity.read_done(self.path, self._arrays["done"])
         return [(int(v), int(s)) for v, s in np.argwhere(~done)]
 
+    def bad_samples(self) -> list[str]:
+        """Keys listed as undecodable when the pass finished (empty before that)."""
+        return list(self._group.attrs.get("bad_samples", []))
+
     def bad_mask(self) -> np.ndarray:
         """[V, N] bool: True where the image could not be decoded (False where unwritten)."""
         return np.stack(

@@ -106,6 +106,14 @@ class CacheWriter:
         done = integrity.read_done(self.path, self._arrays["done"])
         return [(int(v), int(s)) for v, s in np.argwhere(~done)]
 
+    def record_bad_samples(self, keys: Sequence[str]) -> None:
+        """List the keys of undecodable samples in the group attribute ``bad_samples``.
+
+        Called once by the finishing step, after every shard is written (the per-shard
+        truth is the ``bad`` array); outside the manifest, so it never changes identity.
+        """
+        self._group.attrs["bad_samples"] = sorted(str(k) for k in keys)
+
     def write_shard(
         self, view: int, shard: int, records: Mapping[str, np.ndarray], strict: bool = False
     ) -> bool:

@@ -155,3 +155,28 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_imagefolder, tmp_path):
     cache_teacher(config_for(out))
     assert storage.open_cache(str(out)).missing() == []
     assert_same_cache(uninterrupted, out)
+
+
+def test_corrupt_image_stops_the_pass_naming_it(tiny_imagefolder_corrupt: Path, tmp_path):
+    from flows.cache_teacher import cache_teacher
+    from pld_pipeline.errors import BadImageError
+
+    with pytest.raises(BadImageError, match="zz_corrupt.jpg"):
+        cache_teacher(make_config(tiny_imagefolder_corrupt, tmp_path / "cache"))
+
+
+def test_skip_bad_images_records_them_and_training_excludes_them(
+    tiny_imagefolder_corrupt: Path, tmp_path
+):
+    from flows.cache_teacher import cache_teacher
+    from pld_pipeline.cached_dataset import good_indices
+
+    out = tmp_path / "cache"
+    report = cache_teacher(make_config(tiny_imagefolder_corrupt, out, skip_bad_images=True))
+    assert report["bad_keys"] == ["cup/zz_corrupt.jpg"]
+    reader = storage.open_cache(str(out))
+    assert reader.bad_samples() == ["cup/zz_corrupt.jpg"]
+    bad_index = list(reader.keys).index("cup/zz_corrupt.jpg")
+    assert reader.bad_mask()[:, bad_index].all()
+    kept = good_indices(reader.bad_mask(), reader.num_samples)
+    assert bad_index not in kept and len(kept) == reader.num_samples - 1
