@@ -9,7 +9,10 @@ replay cache once; then two measurements:
    from the teacher run on the same crop (online), the order alternating per batch. Each
    step is timed alone (CUDA synchronised), so slow drifts of a shared machine hit both
    modes alike. Epoch time per mode = the sum of its step times (data loading, identical for
-   both, is excluded and reported apart); also the process CPU time of each mode.
+   both, is excluded and reported apart); also the process CPU time of each mode. The
+   speed-up judged against the target is the median over batches of the paired ratio
+   online step / cached step: a stall from another process hits one step of one mode and
+   moves a sum, not that median. The ratio of the sums is reported too.
 2. End to end: `pld_pipeline.train.fit` epochs in each mode (`--fit-rounds`, alternating),
    including data loading; a check of 1. where the machine is quiet.
 
@@ -194,6 +197,7 @@ def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Pa
         "target_ms_per_step_cached": 1000 * statistics.median(gather),
         "target_share_of_step_cached": sum(gather) / sum(wall["cached"]),
         "data_wait_s_per_epoch": data_wait * steps_per_epoch / n,
+        "step_s": {mode: [round(t, 5) for t in times] for mode, times in wall.items()},
     }
 
 
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fit": ended,
         "targets": {"speedup_min": 1.5, "target_share_max": 0.05},
         "met": {
-            "speedup": paired["speedup"] >= 1.5,
+            "speedup": paired["speedup_median_of_steps"] >= 1.5,
             "target_share": paired["target_share_of_step_cached"] <= 0.05,
         },
     }  # fmt: skip
@@ -288,8 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"paired steps ({paired['steps_counted']} batches, data loading excluded):\n"
         f"  epoch, cached targets : {paired['epoch_s_cached']:.2f} s\n"
         f"  epoch, online teacher : {paired['epoch_s_online']:.2f} s\n"
-        f"  online / cached       : {paired['speedup']:.2f}x wall (median of steps "
-        f"{paired['speedup_median_of_steps']:.2f}x, CPU time {paired['cpu_speedup']:.2f}x; target >= 1.5)\n"
+        f"  online / cached       : {paired['speedup_median_of_steps']:.2f}x (median of paired "
+        f"steps; target >= 1.5); ratio of sums {paired['speedup']:.2f}x wall, "
+        f"{paired['cpu_speedup']:.2f}x CPU time\n"
         f"  target gather per step: {paired['target_ms_per_step_cached']:.3f} ms = "
         f"{100 * paired['target_share_of_step_cached']:.3f}% of the cached step (target <= 5%)"
     )  # fmt: skip
