@@ -19,7 +19,7 @@ from pld_pipeline.configs.train import (
 MEAN = (0.286, 0.286, 0.286)
 STD = (0.353, 0.353, 0.353)
 # Views: milder crops than ImageNet's (0.08, 1): a 28-pixel garment has little to spare.
-VIEW_SCALE = (0.5, 1.0)
+VIEW_SCALE = (0.6, 1.0)
 SUMMARY_COLUMNS = ("model", "loss", "best_top1", "final_top5", "time_s", "note")
 
 

@@ -20,23 +20,23 @@ class DemoConfig(BaseModel):
         description="folder with the Fashion-MNIST gzip IDX files (Debian dataset-fashion-mnist)",
     )
     train_per_class: int | None = Field(
-        600, gt=0, description="training images per class (None = all 6000)"
+        1000, gt=0, description="training images per class (None = all 6000)"
     )
     val_per_class: int | None = Field(
-        200, gt=0, description="validation images per class (None = all 1000)"
+        300, gt=0, description="validation images per class (None = all 1000)"
     )
     image_size: int = Field(28, gt=7, description="input side for teacher and students")
     teacher_model: str = Field(
-        "pld_pipeline.small_models:small_resnet",
+        "pld_pipeline.small_models:demo_teacher",
         description="teacher factory (module:callable taking num_classes)",
     )
-    teacher_epochs: int = Field(8, gt=0, description="teacher training epochs")
+    teacher_epochs: int = Field(15, gt=0, description="teacher training epochs")
     student_model: str = Field(
         "pld_pipeline.small_models:tiny_cnn",
         description="student factory (module:callable taking num_classes)",
     )
-    student_epochs: int = Field(8, gt=0, description="epochs of every student run")
-    num_views: int = Field(8, gt=0, description="cached teacher views per image (replay mode)")
+    student_epochs: int = Field(15, gt=0, description="epochs of every student run")
+    num_views: int = Field(10, gt=0, description="cached teacher views per image (replay mode)")
     k: int = Field(5, gt=0, le=10, description="teacher classes cached per view")
     temperatures: tuple[float, ...] = Field(
         (1.0, 2.0, 4.0), description="temperatures whose logsumexp is cached"

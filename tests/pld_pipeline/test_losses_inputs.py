@@ -192,9 +192,9 @@ def test_make_loss(batch):
         "ce_weight": 0.1,
     }
     assert make_loss("dkd").params == {
-        "temperature": 4.0,
-        "alpha": 1.0,
-        "beta": 8.0,
+        "temperature": 1.0,
+        "alpha": 0.5,
+        "beta": 0.5,
         "ce_weight": 1.0,
     }
 
