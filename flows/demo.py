@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -50,9 +49,9 @@ def demo(config: DemoConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     teacher_run = demo_plan.teacher_train_config(config, data_root)
-    if RunDir(teacher_run.run_dir).is_finished():
+    teacher = RunDir(teacher_run.run_dir).finished_result(teacher_run)
+    if teacher is not None:
         logger.info("Teacher already trained in %s; reusing it.", teacher_run.run_dir)
-        teacher = json.loads((Path(teacher_run.run_dir) / "result.json").read_text())
     else:
         teacher = train_run(teacher_run, "teacher")
     times["teacher"] = time.perf_counter() - started

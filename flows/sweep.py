@@ -48,9 +48,9 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
     sweep_dir = Path(config.sweep_dir)
     finished, todo = {}, []
     for name, run in points:
-        run_dir = RunDir(run.run_dir)
-        if run_dir.is_finished():
-            finished[name] = json.loads((Path(run.run_dir) / "result.json").read_text())
+        result = RunDir(run.run_dir).finished_result(run)
+        if result is not None:
+            finished[name] = result
         else:
             todo.append((name, run))
     logger.info("Sweep %s: %d runs, %d finished before, %d to train (max %d at once)",

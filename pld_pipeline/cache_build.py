@@ -120,7 +120,18 @@ def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
         num_samples=len(dataset),
         shard_size=config.shard_size,
         producer=producer,
+        library_versions=_producer_versions(),
     )
+
+
+def _producer_versions() -> dict[str, str]:
+    """torch and torchvision versions (storage adds its own: numpy, zarr, ...)."""
+    import torchvision
+
+    from pld_pipeline import __version__
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
+            "pld-pipeline": __version__}  # fmt: skip
 
 
 def prepare_cache(config: CacheConfig, producer: str = "") -> CachePlan:

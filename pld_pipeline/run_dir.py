@@ -52,6 +52,25 @@ class RunDir:
         """True when result.json exists."""
         return self.result.is_file()
 
+    def finished_result(self, config: TrainConfig) -> dict[str, Any] | None:
+        """result.json of a run finished with this config, or None when not finished.
+
+        Raises:
+            CheckpointError: the folder holds a finished run of another config (a sweep
+                rerun with a changed base must not silently reuse the old results).
+        """
+        if not self.is_finished():
+            return None
+        if self.config.exists():
+            stored = json.loads(self.config.read_text())
+            diffs = _config_diff(stored, config.model_dump(mode="json"))
+            if diffs:
+                raise CheckpointError(
+                    f"{str(self.path)!r} holds a finished run of another config ({diffs}); "
+                    "pick another run_dir or sweep_dir, or delete the old run to redo it."
+                )
+        return json.loads(self.result.read_text())
+
     def prepare(self, config: TrainConfig, write: bool = True) -> bool:
         """Check the folder, create it and write config.json; say whether to resume.
 

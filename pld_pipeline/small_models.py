@@ -51,6 +51,11 @@ def demo_teacher(num_classes: int = 10) -> nn.Module:
     return small_resnet(num_classes, width=32)
 
 
+def demo_student(num_classes: int = 10) -> nn.Module:
+    """The demo's student: tiny_cnn at width 8 (about 4 k parameters)."""
+    return tiny_cnn(num_classes, width=8)
+
+
 def tiny_cnn(num_classes: int = 10, width: int = 4) -> nn.Module:
     """Two conv layers and a linear head (the demo student; deliberately small)."""
     return nn.Sequential(

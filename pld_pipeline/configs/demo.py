@@ -32,10 +32,10 @@ class DemoConfig(BaseModel):
     )
     teacher_epochs: int = Field(15, gt=0, description="teacher training epochs")
     student_model: str = Field(
-        "pld_pipeline.small_models:tiny_cnn",
+        "pld_pipeline.small_models:demo_student",
         description="student factory (module:callable taking num_classes)",
     )
-    student_epochs: int = Field(15, gt=0, description="epochs of every student run")
+    student_epochs: int = Field(20, gt=0, description="epochs of every student run")
     num_views: int = Field(10, gt=0, description="cached teacher views per image (replay mode)")
     k: int = Field(5, gt=0, le=10, description="teacher classes cached per view")
     temperatures: tuple[float, ...] = Field(

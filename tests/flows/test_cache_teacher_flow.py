@@ -76,6 +76,11 @@ def test_reference_cache_is_complete_and_matches_dataset(reference_cache: Path, 
     assert reader.missing() == []
     assert list(reader.keys) == list(dataset.keys)
     np.testing.assert_array_equal(reader.labels, dataset.labels)
+    import torch
+
+    versions = reader.manifest.library_versions
+    assert versions["torch"] == torch.__version__ and "zarr" in versions
+    assert reader.manifest.producer.startswith("prefect flow run ")
 
 
 def test_two_threads_give_the_same_cache(reference_cache: Path, tiny_imagefolder, tmp_path):

@@ -86,3 +86,11 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_i
     assert [r["best_top1"] for r in again] == [r["best_top1"] for r in rows]
     for r in again:
         assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[r["run"]]
+    # The same sweep_dir with another base config: refused, old results untouched.
+    from pld_pipeline.checkpoint import CheckpointError
+
+    changed = config.model_copy(update={"base": config.base.model_copy(update={"epochs": 3})})
+    with pytest.raises(CheckpointError, match="finished run of another config"):
+        sweep(changed)
+    for r in again:
+        assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[r["run"]]
