@@ -45,7 +45,9 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", PREFECT_UI_ENABLED="true")
+               DO_NOT_TRACK="1", PREFECT_UI_ENABLED="true",
+               # The UI's own API address defaults to port 4200; point it at this port.
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
@@ -85,10 +87,12 @@ def demo_run(server, tmp_path_factory):
 
 
 def test_demo_prints_results_table(demo_run):
-    out = demo_run["stdout"]
-    for loss in ("ce", "kd", "dist", "dkd", "pld"):
-        assert f"student  {loss}" in out
-    assert "teacher" in out
+    rows = [line.split() for line in demo_run["stdout"].splitlines()]
+    students = {row[1]: float(row[2]) for row in rows if len(row) > 3 and row[0] == "student"}
+    assert sorted(students) == ["ce", "dist", "dkd", "kd", "pld"]
+    assert all(0.0 <= top1 <= 100.0 for top1 in students.values())
+    assert any(row[:2] == ["teacher", "ce"] for row in rows)
+    assert any(row[0] == "stage:cache" and "views" in row for row in rows)
 
 
 def test_rest_api_shows_flow_runs_task_runs_and_artifacts(server, demo_run):

@@ -162,7 +162,7 @@ MISMATCHES = [
     ),
     (
         "default temperature not cached",
-        {"loss": {"name": "dkd"}},
+        {"loss": {"name": "kd"}},
         TemperatureNotCachedError,
         "not cached",
     ),
@@ -190,7 +190,7 @@ def test_mismatches_fail_before_the_first_step(
         cache = make_cache(tmp_path / "half.zarr", color_folder, views_done=1)
     if override.pop("dataset", None) == "val":
         root = color_val_folder
-    if case == "default temperature not cached":  # dkd defaults to T=4: a cache without it
+    if case == "default temperature not cached":  # kd defaults to T=4: a cache without it
         cache = make_cache(tmp_path / "t12.zarr", color_folder, temperatures=(1.0, 2.0))
     run_dir = tmp_path / "run"
     with pytest.raises(error, match=fragment):
