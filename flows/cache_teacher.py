@@ -9,7 +9,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from flows.artifacts import Progress, artifact_key, publish_table
-from flows.runners import make_task_runner
+from flows.runners import gpu_restriction, make_task_runner
 from pld_pipeline import cache_build
 from pld_pipeline.configs.cache import CacheConfig
 
@@ -69,7 +69,8 @@ def run_shards(config: CacheConfig, tasks: list[tuple[int, list[int]]]) -> list[
         total=len(tasks),
         description=f"Teacher pass shards written to {config.output}",
     )
-    futures = [cache_shard.submit(config, shard, views) for shard, views in tasks]
+    with gpu_restriction(config.task_runner, config.gpus_per_task):
+        futures = [cache_shard.submit(config, shard, views) for shard, views in tasks]
     results = []
     for future in as_completed(futures):
         outcome = future.result()
@@ -98,7 +99,8 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     plan = plan_shards(config, producer)
     if plan.todo:
         runner = make_task_runner(
-            config.task_runner, config.max_workers, config.dask_workers, config.dask_address
+            config.task_runner, config.max_workers, config.dask_workers, config.dask_address,
+            gpus_per_worker=1 if config.gpus_per_task else 0,
         )
         run_shards.with_options(task_runner=runner)(config, plan.shard_tasks())
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -18,6 +20,7 @@ def make_task_runner(
     max_workers: int = 1,
     dask_workers: int = 2,
     dask_address: str | None = None,
+    gpus_per_worker: int = 0,
 ) -> TaskRunner:
     """Build the runner for shard tasks.
 
@@ -27,6 +30,8 @@ def make_task_runner(
         dask_workers: size of a local Dask cluster (one process per worker, one thread each,
             so with GPUs, one worker owns one GPU).
         dask_address: an existing scheduler (tcp://host:8786); wins over dask_workers.
+        gpus_per_worker: 'GPU' resources each local-cluster worker advertises (tasks that
+            ask for them run only there; see `gpu_restriction`).
     """
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=max(1, max_workers))
@@ -37,14 +42,28 @@ def make_task_runner(
     share_api_url_with_workers()
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": max(1, dask_workers),
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-        }
-    )
+    cluster_kwargs = {
+        "n_workers": max(1, dask_workers),
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
+    if gpus_per_worker:
+        cluster_kwargs["resources"] = {"GPU": gpus_per_worker}
+    return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+
+
+@contextmanager
+def gpu_restriction(kind: RunnerKind, gpus_per_task: int) -> Iterator[None]:
+    """Inside: Dask tasks submitted need `gpus_per_task` 'GPU' resources (dask.annotate),
+    so the scheduler sends each shard to a worker with a free GPU. A no-op otherwise."""
+    if kind != "dask" or gpus_per_task <= 0:
+        yield
+        return
+    import dask
+
+    with dask.annotate(resources={"GPU": gpus_per_task}):
+        yield
 
 
 def share_api_url_with_workers() -> None:

@@ -170,6 +170,13 @@ class CacheConfig(BaseModel):
         description="Existing Dask scheduler, e.g. tcp://host:8786 (implies task_runner=dask).",
     )
     max_workers: int = Field(1, ge=1, description="Concurrent shard tasks with the thread runner.")
+    gpus_per_task: int = Field(
+        0,
+        ge=0,
+        description="Dask only: each shard task needs this many 'GPU' worker resources, so it "
+        "runs where a GPU is free (start workers with --resources GPU=1; a local cluster "
+        "gives each worker 1). 0: no restriction.",
+    )
 
     @field_validator("temperatures")
     @classmethod

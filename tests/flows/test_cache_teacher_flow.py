@@ -95,7 +95,10 @@ def test_local_dask_cluster_gives_the_same_cache(reference_cache: Path, tiny_ima
     from flows.cache_teacher import cache_teacher
 
     out = tmp_path / "cache"
-    cache_teacher(make_config(tiny_imagefolder, out, task_runner="dask", dask_workers=2))
+    # gpus_per_task: each task needs a 'GPU' resource, which each local worker advertises
+    # (only a label on CPU: a task with an unmet restriction would never run).
+    cache_teacher(make_config(tiny_imagefolder, out, task_runner="dask", dask_workers=2,
+                              gpus_per_task=1))
     assert_same_cache(reference_cache, out)
 
 

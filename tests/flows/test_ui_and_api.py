@@ -140,3 +140,23 @@ def test_ui_renders_the_demo_run(server, demo_run, tmp_path):
     assert "Completed" in dom
     assert "demo" in dom
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_second_demo_reuses_teacher_cache_and_runs(server, demo_run):
+    """Runs last: a rerun of the same workdir skips the finished teacher, cache and runs."""
+    workdir = demo_run["workdir"]
+    run_files = {"result.json", "config.json", "checkpoint.pt", "best.pt", "metrics.jsonl"}
+    stamps = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name in run_files}
+    assert len(stamps) >= 6 * 4  # teacher + 5 students
+    env = dict(os.environ, PREFECT_API_URL=server["url"], PREFECT_HOME=str(server["home"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "demo", "--quick", "--workdir", str(workdir)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "Teacher already trained" in out
+    assert "Every shard is already done" in out
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [row[5] for row in rows if row[:1] == ["student"]] == ["skipped"] * 5
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
