@@ -100,7 +100,7 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     if plan.todo:
         runner = make_task_runner(
             config.task_runner, config.max_workers, config.dask_workers, config.dask_address,
-            gpus_per_worker=1 if config.gpus_per_task else 0,
+            gpus_per_worker=config.gpus_per_task,
         )
         run_shards.with_options(task_runner=runner)(config, plan.shard_tasks())
     else:

@@ -89,7 +89,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.dask_address:
             overrides += ["task_runner=dask", f"dask_address={args.dask_address}"]
-        elif args.dask_workers:
+        elif args.dask_workers is not None:
             overrides += ["task_runner=dask", f"dask_workers={args.dask_workers}"]
         if args.overwrite:
             overrides.append("overwrite=true")
@@ -106,7 +106,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pld_pipeline.configs.train import SweepConfig
 
         overrides = list(args.overrides)
-        if args.max_parallel:
+        if args.max_parallel is not None:
             overrides.append(f"max_parallel={args.max_parallel}")
         sweep(load_config(SweepConfig, args.config, overrides))
         return 0

@@ -44,7 +44,8 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
     temperature (sweep_dir/top1.png), and results.json.
     """
     logger = get_run_logger()
-    points = expand_grid(config)
+    # Every point resumes from its checkpoint if it has one: that is how a sweep resumes.
+    points = [(name, run.model_copy(update={"resume": True})) for name, run in expand_grid(config)]
     sweep_dir = Path(config.sweep_dir)
     finished, todo = {}, []
     for name, run in points:

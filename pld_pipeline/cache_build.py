@@ -178,8 +178,9 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
         teacher.model, dataset, manifest.views, todo, start, stop,
         fmt=manifest.format, k=manifest.k, temperatures=manifest.temperatures,
         input_size=pre.input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-        device=config.device, batch_size=config.batch_size, num_workers=config.num_workers,
-        amp_dtype=config.amp, skip_bad_images=config.skip_bad_images,
+        device=worker_device(config.device), batch_size=config.batch_size,
+        num_workers=config.num_workers, amp_dtype=config.amp,
+        skip_bad_images=config.skip_bad_images,
     )  # fmt: skip
     for view in todo:
         if writer.write_shard(view, shard, records[view]):
@@ -192,6 +193,25 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
         logger.warning("Shard %d: %d undecodable images recorded as bad: %s",
                        shard, len(outcome.bad_keys), outcome.bad_keys[:5])
     return outcome
+
+
+def worker_device(device: str) -> str:
+    """The GPU of this process: in a local Dask cluster, worker i takes cuda:(i mod count).
+
+    Workers started by hand (`CUDA_VISIBLE_DEVICES=i dask worker ...`) see one GPU and keep
+    "cuda"; an explicit "cuda:N" or "cpu" is never changed.
+    """
+    if device not in ("cuda", "auto") or not torch.cuda.is_available():
+        return device
+    try:
+        from distributed import get_worker  # noqa: PLC0415 - only under Dask
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not in a Dask worker
+        return device
+    if isinstance(name, int) and torch.cuda.device_count() > 1:
+        return f"cuda:{name % torch.cuda.device_count()}"
+    return device
 
 
 @dataclass

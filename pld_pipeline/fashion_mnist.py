@@ -74,7 +74,14 @@ def write_image_folder(
     """
     out = Path(root) / split
     marker = out / ".complete"
+    settings = f"per_class={per_class} seed={seed}"
     if marker.is_file():
+        written = marker.read_text().splitlines()[0]
+        if written != settings:
+            raise ConfigError(
+                f"{out} was written with {written}, not {settings}; use another workdir or "
+                "delete that folder (and what was trained from it) to rewrite it."
+            )
         return out
     images, labels = load_split(split, source)
     picked = balanced_subset(labels, per_class, seed)
@@ -87,6 +94,6 @@ def write_image_folder(
         tmp = path.with_suffix(".tmp")
         Image.fromarray(images[index], mode="L").save(tmp, format="PNG")
         tmp.replace(path)
-    marker.write_text(f"{len(picked)} images\n")
+    marker.write_text(f"{settings}\n{len(picked)} images\n")
     logger.info("Wrote %d %s images to %s", len(picked), split, out)
     return out

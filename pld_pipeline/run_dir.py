@@ -37,6 +37,16 @@ RESUMABLE_CHANGES = (
 )
 
 
+def current_manifest_hash(cache: str | None) -> str:
+    """The manifest hash a run on `cache` records ("none" without a cache)."""
+    if cache is None:
+        return "none"
+    from pld_pipeline.cache_check import manifest_hash  # noqa: PLC0415
+    from storage import open_cache  # noqa: PLC0415 - only when a finished run is checked
+
+    return manifest_hash(open_cache(cache).manifest)
+
+
 class RunDir:
     """Paths of one run's files and the rules for (re)starting in that folder."""
 
@@ -69,7 +79,15 @@ class RunDir:
                     f"{str(self.path)!r} holds a finished run of another config ({diffs}); "
                     "pick another run_dir or sweep_dir, or delete the old run to redo it."
                 )
-        return json.loads(self.result.read_text())
+        result = json.loads(self.result.read_text())
+        current = current_manifest_hash(config.cache)
+        if result.get("manifest_hash") != current:
+            raise CheckpointError(
+                f"{str(self.path)!r} holds a finished run trained on another cache (manifest "
+                f"{str(result.get('manifest_hash'))[:12]} != {current[:12]} of "
+                f"{config.cache!r}); pick another run_dir or sweep_dir for this cache."
+            )
+        return result
 
     def prepare(self, config: TrainConfig, write: bool = True) -> bool:
         """Check the folder, create it and write config.json; say whether to resume.

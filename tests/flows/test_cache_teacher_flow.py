@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,11 +116,22 @@ def test_rerun_with_another_manifest_is_refused(reference_cache: Path, tiny_imag
 
 def test_stats_artifact_is_published(reference_cache: Path):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts()
-    keys = {a.key for a in artifact}
-    assert "cache-stats" in keys
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cache-stats"]))
+        )
+    mine = [a for a in artifacts if str(reference_cache) in (a.description or "")]
+    assert len(mine) == 1
+    rows = mine[0].data if isinstance(mine[0].data, list) else json.loads(mine[0].data)
+    assert [r["view"] for r in rows] == [0, 1, "all"]
+    assert rows[-1]["replay_check"] == "passed"
+    reader = storage.open_cache(str(reference_cache))
+    for view in (0, 1):  # teacher top-1 recomputed from the cached arrays with plain numpy
+        slab = reader.load_view(view)
+        top1 = 100.0 * np.mean(slab.topk_idx[:, 0] == slab.label)
+        assert rows[view]["teacher_top1_pct"] == pytest.approx(top1, abs=1e-3)
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tiny_imagefolder, tmp_path):
@@ -188,3 +200,25 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     assert reader.bad_mask()[:, bad_index].all()
     kept = good_indices(reader.bad_mask(), reader.num_samples)
     assert bad_index not in kept and len(kept) == reader.num_samples - 1
+
+
+def test_replay_check_fails_when_cached_outputs_were_altered(reference_cache: Path, tiny_imagefolder, tmp_path):
+    """Shift every cached log-prob of view 0 by -0.5 nats (still a valid cache): the check,
+    recomputing the teacher, must notice and name the error."""
+    import shutil
+
+    import zarr
+
+    from pld_pipeline import cache_build
+    from pld_pipeline.errors import ReplayCheckError
+
+    altered = tmp_path / "altered"
+    shutil.copytree(reference_cache, altered)
+    logp = zarr.open_group(str(altered), mode="r+")["topk_logp"]
+    logp[0] = logp[0] - np.float16(0.5)
+    config = make_config(tiny_imagefolder, altered, replay_check_samples=12)
+    with pytest.raises(ReplayCheckError, match=r"differ by up to 0\.5"):
+        cache_build.replay_check(config, seed=0)
+    # The untouched cache passes the same check.
+    assert cache_build.replay_check(make_config(tiny_imagefolder, reference_cache,
+                                                replay_check_samples=12)).passed

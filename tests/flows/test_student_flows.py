@@ -94,3 +94,31 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_i
         sweep(changed)
     for r in again:
         assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[r["run"]]
+
+
+def test_sweep_refuses_results_of_another_cache(tiny_cache, tiny_imagefolder, tmp_path):
+    """A finished run in sweep_dir trained on another cache is an error, not a skip."""
+    import shutil
+
+    from flows.sweep import sweep
+    from pld_pipeline.checkpoint import CheckpointError
+    from pld_pipeline.configs.train import SweepConfig
+
+    def sweep_on(cache: Path) -> SweepConfig:
+        return SweepConfig.model_validate({
+            "base": train_config(cache, tiny_imagefolder, tmp_path / "unused"),
+            "grid": {"loss.name": ["pld"]}, "sweep_dir": str(tmp_path / "sweep"),
+        })  # fmt: skip
+
+    sweep(sweep_on(tiny_cache))
+    other = tmp_path / "other-cache"
+    shutil.copytree(tiny_cache, other)
+    import zarr
+
+    group = zarr.open_group(str(other), mode="r+")
+    manifest = dict(group.attrs["pld_cache"])
+    manifest["producer"] = "another teacher pass"
+    manifest["views"] = dict(manifest["views"], seed=99)  # another view spec: another cache
+    group.attrs["pld_cache"] = manifest
+    with pytest.raises(CheckpointError, match="trained on another cache"):
+        sweep(sweep_on(other))
