@@ -29,41 +29,20 @@ from __future__ import annotations
 
 import torch
 
+from .common import check_inputs, compute_dtype
 from .errors import LossInputError
 from .pld_kernel import ranked_pld
 from .ranking import label_first_order
 from .targets import CachedTargets, Targets, ranked_weights
-from .validation import check_dense_teacher, check_labels, check_student, check_temperature
+from .validation import check_labels, check_temperature
 
 __all__ = ["pld_loss", "pld_dropped_weight", "pld_loss_and_dropped_weight"]
-
-
-def _check(
-    student_logits: torch.Tensor, targets: Targets, labels: torch.Tensor, temperature: float
-) -> tuple[Targets, torch.Tensor, float]:
-    batch, classes = check_student(student_logits)
-    labels = check_labels(labels, batch, classes)
-    temperature = check_temperature(temperature)
-    if isinstance(targets, CachedTargets):
-        targets.check(batch, classes)
-    elif isinstance(targets, torch.Tensor):
-        check_dense_teacher(targets, batch, classes)
-    else:
-        raise LossInputError(
-            f"targets must be dense teacher logits [B, C] or CachedTargets, got "
-            f"{type(targets).__name__}."
-        )
-    return targets, labels, temperature
-
-
-def _work_dtype(student_logits: torch.Tensor) -> torch.dtype:
-    return torch.float64 if student_logits.dtype == torch.float64 else torch.float32
 
 
 def _dense(student_logits, teacher_logits, labels, temperature):
     """Exact PLD: the label, then the teacher's order (stable: ties go to the lower index)."""
     rest = label_first_order(teacher_logits, labels)[:, 1:]
-    scaled = teacher_logits.to(_work_dtype(student_logits))
+    scaled = teacher_logits.to(compute_dtype(student_logits))
     if temperature != 1.0:
         scaled = scaled / temperature
     prob = torch.softmax(scaled, dim=1)
@@ -76,7 +55,7 @@ def _dense(student_logits, teacher_logits, labels, temperature):
 def _compact(student_logits, targets, labels, temperature):
     """PLD over the label and the cached classes; returns (loss, dropped weight [B])."""
     classes = student_logits.shape[1]
-    ranked = ranked_weights(targets, labels, temperature, _work_dtype(student_logits))
+    ranked = ranked_weights(targets, labels, temperature, compute_dtype(student_logits))
     label_weight = ranked.label_log_weight.exp()
     weight = ranked.top_log_weight.exp()
     idx = targets.topk_idx.long()
@@ -109,7 +88,7 @@ def pld_loss_and_dropped_weight(
 
     Same arguments, returns and errors as `pld_loss`.
     """
-    targets, labels, temperature = _check(student_logits, targets, labels, temperature)
+    labels, temperature = check_inputs(student_logits, targets, labels, temperature)
     if isinstance(targets, CachedTargets):
         return _compact(student_logits, targets, labels, temperature)
     return _dense(student_logits, targets, labels, temperature), None
