@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pld_pipeline.errors import PLDError
+
 __all__ = ["LossInputError", "TemperatureNotCachedError"]
 
 
-class LossInputError(ValueError):
+class LossInputError(PLDError, ValueError):
     """Student logits, teacher targets, labels or loss parameters are unusable.
 
     The message names what is wrong, the value seen and the fix.
