@@ -54,13 +54,12 @@ class Progress:
         )
 
     def advance(self, count: int = 1, note: str | None = None) -> None:
-        self.done += count
-        percent = min(100.0, 100.0 * self.done / self.total)
-        update_progress_artifact(self.artifact_id, percent, description=note or self.description)
+        self.set(self.done + count, note)
 
     def set(self, done: int, note: str | None = None) -> None:
-        self.done = 0
-        self.advance(done, note)
+        self.done = done
+        percent = min(100.0, 100.0 * done / self.total)
+        update_progress_artifact(self.artifact_id, percent, description=note or self.description)
 
 
 def _readable(value: Any) -> Any:

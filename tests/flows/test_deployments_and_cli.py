@@ -68,15 +68,3 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert main(["train", "--config", str(config), "oops"]) == 2
     assert "not of the form key=value" in capsys.readouterr().err
 
-
-def test_every_library_error_is_a_clean_cli_error():
-    """The CLI turns PLDError and CacheError into one message line and exit code 2."""
-    import storage
-    from pld_pipeline import errors
-    from pld_pipeline.checkpoint import CheckpointError
-    from pld_pipeline.losses import LossInputError, TemperatureNotCachedError
-
-    for cls in (LossInputError, TemperatureNotCachedError, CheckpointError,
-                errors.ConfigError, errors.BadImageError, errors.ReplayCheckError):
-        assert issubclass(cls, errors.PLDError), cls
-    assert issubclass(storage.ManifestMismatchError, storage.CacheError)

@@ -122,3 +122,17 @@ def test_sweep_refuses_results_of_another_cache(tiny_cache, tiny_imagefolder, tm
     group.attrs["pld_cache"] = manifest
     with pytest.raises(CheckpointError, match="trained on another cache"):
         sweep(sweep_on(other))
+
+
+def test_cli_reports_a_loss_error_in_one_line(tiny_cache, tiny_imagefolder, tmp_path, capsys):
+    """A loss error raised inside the flow reaches the user as one line and exit code 2."""
+    import yaml
+
+    from flows.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(train_config(tiny_cache, tiny_imagefolder, tmp_path / "r")))
+    assert main(["train", "--config", str(config), "loss.temperature=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("pld train: error: loss temperature 3 is not cached")
+    assert "(cached: 1, 4)" in err
