@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from flows.artifacts import Progress, artifact_key, publish_table
-from flows.runners import gpu_restriction, make_task_runner
+from flows.dask_watch import ClusterWatch
+from flows.runners import gpu_restriction, shard_task_runner
+from flows.shard_waiting import (
+    POLL_SECONDS,
+    mark_unfinished_crashed,
+    report_lost_worker,
+    shard_result,
+    wait_each,
+    wait_for_workers,
+)
 from pld_pipeline import cache_build
 from pld_pipeline.configs.cache import CacheConfig
 
@@ -61,26 +69,55 @@ def replay_check(config: CacheConfig) -> dict[str, Any]:
 
 
 @flow(name="cache-shards")
-def run_shards(config: CacheConfig, tasks: list[tuple[int, list[int]]]) -> list[dict[str, Any]]:
-    """Map the shard tasks over the configured task runner, with a progress artifact."""
+def run_shards(
+    config: CacheConfig, tasks: list[tuple[int, list[int]]], dask_address: str | None = None
+) -> list[dict[str, Any]]:
+    """Map the shard tasks over the configured task runner, with a progress artifact.
+
+    On Dask, a watch checks every worker's imports before it gets work, logs the shards
+    of a worker that died (Dask reruns them elsewhere), and fails the pass when no usable
+    worker is left for `lost_workers_timeout` seconds instead of waiting forever.
+    """
     logger = get_run_logger()
     progress = Progress(
         artifact_key("cache-progress", config.output.rstrip("/").rsplit("/", 1)[-1]),
         total=len(tasks),
         description=f"Teacher pass shards written to {config.output}",
     )
-    with gpu_restriction(config.task_runner, config.gpus_per_task):
-        futures = [cache_shard.submit(config, shard, views) for shard, views in tasks]
-    results = []
-    for future in as_completed(futures):
-        outcome = future.result()
-        results.append(outcome)
-        progress.advance(note=f"{len(results)}/{len(tasks)} shards")
-        logger.info(
-            "shard %d views %s: %d records in %.1fs (%d/%d shards)",
-            outcome["shard"], outcome["written"], outcome["records"], outcome["seconds"],
-            len(results), len(tasks),
-        )
+    watch = None
+    if dask_address:
+        watch = ClusterWatch(dask_address, config.lost_workers_timeout, config.gpus_per_task)
+        watch.connect()
+    try:
+        if watch is not None:
+            ready = wait_for_workers(watch)
+            logger.info("%d Dask worker(s) ready at %s; their imports are checked", ready, dask_address)
+        with gpu_restriction(config.task_runner, config.gpus_per_task):
+            futures = {cache_shard.submit(config, shard, views): shard for shard, views in tasks}
+        results: list[dict[str, Any]] = []
+
+        def record(future) -> None:  # noqa: ANN001 - a PrefectFuture
+            outcome = shard_result(future, futures[future], watch)
+            results.append(outcome)
+            progress.advance(note=f"{len(results)}/{len(tasks)} shards")
+            logger.info(
+                "shard %d views %s: %d records in %.1fs (%d/%d shards)",
+                outcome["shard"], outcome["written"], outcome["records"], outcome["seconds"],
+                len(results), len(tasks),
+            )  # fmt: skip
+
+        def health() -> None:
+            if watch is not None:
+                watch.check(on_lost=lambda a, n, keys: report_lost_worker(a, n, keys, futures))
+
+        try:
+            wait_each(list(futures), record, health, poll_seconds=POLL_SECONDS)
+        except BaseException as exc:
+            mark_unfinished_crashed(futures, f"the teacher pass stopped: {exc}")
+            raise
+    finally:
+        if watch is not None:
+            watch.close()
     return results
 
 
@@ -98,11 +135,8 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     producer = f"prefect flow run {flow_run.get_id()} ({flow_run.get_name()})"
     plan = plan_shards(config, producer)
     if plan.todo:
-        runner = make_task_runner(
-            config.task_runner, config.max_workers, config.dask_workers, config.dask_address,
-            gpus_per_worker=config.gpus_per_task,
-        )
-        run_shards.with_options(task_runner=runner)(config, plan.shard_tasks())
+        with shard_task_runner(config) as (runner, address):
+            run_shards.with_options(task_runner=runner)(config, plan.shard_tasks(), address)
     else:
         logger.info("Every shard is already done; nothing to compute.")
     report = finalize(config)

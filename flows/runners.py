@@ -10,47 +10,34 @@ from typing import Literal
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from pld_pipeline.configs.cache import CacheConfig
+
 logger = logging.getLogger(__name__)
 
 RunnerKind = Literal["threads", "dask"]
 
 
-def make_task_runner(
-    kind: RunnerKind = "threads",
-    max_workers: int = 1,
-    dask_workers: int = 2,
-    dask_address: str | None = None,
-    gpus_per_worker: int = 0,
-) -> TaskRunner:
-    """Build the runner for shard tasks.
+@contextmanager
+def shard_task_runner(config: CacheConfig) -> Iterator[tuple[TaskRunner, str | None]]:
+    """The runner for a pass's shard tasks, and the Dask scheduler address (None: threads).
 
-    Args:
-        kind: "threads" (one process) or "dask".
-        max_workers: threads for the thread runner.
-        dask_workers: size of a local Dask cluster (one process per worker, one thread each,
-            so with GPUs, one worker owns one GPU).
-        dask_address: an existing scheduler (tcp://host:8786); wins over dask_workers.
-        gpus_per_worker: 'GPU' resources each local-cluster worker advertises (tasks that
-            ask for them run only there; see `gpu_restriction`).
+    Threads run in this process. Dask runs on an existing scheduler (`dask_address`) or
+    on a local cluster started here (one single-threaded worker process per
+    `dask_workers`) and closed afterwards.
     """
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=max(1, max_workers))
-    if kind != "dask":
-        raise ValueError(f"Unknown task runner {kind!r}; use 'threads' or 'dask'.")
+    if config.task_runner == "threads":
+        yield ThreadPoolTaskRunner(max_workers=max(1, config.max_workers)), None
+        return
     from prefect_dask import DaskTaskRunner
 
     share_api_url_with_workers()
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
-    cluster_kwargs = {
-        "n_workers": max(1, dask_workers),
-        "threads_per_worker": 1,
-        "processes": True,
-        "dashboard_address": None,
-    }
-    if gpus_per_worker:
-        cluster_kwargs["resources"] = {"GPU": gpus_per_worker}
-    return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+    if config.dask_address:
+        yield DaskTaskRunner(address=config.dask_address), config.dask_address
+        return
+    from flows.dask_watch import local_cluster
+
+    with local_cluster(config.dask_workers, gpus_per_worker=config.gpus_per_task) as address:
+        yield DaskTaskRunner(address=address), address
 
 
 @contextmanager

@@ -145,7 +145,7 @@ def prepare_cache(config: CacheConfig, producer: str = "") -> CachePlan:
     dataset = dataset_of(config)
     manifest = make_manifest(config, producer)
     writer = storage.create(
-        config.output, manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
+        config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
     )
     return CachePlan(
         path=config.output,
@@ -163,7 +163,7 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
     already done (another worker, an earlier run) are skipped.
     """
     started = time.perf_counter()
-    writer = storage.open_writer(config.output)
+    writer = storage.open_writer(config.location())
     manifest = writer.manifest
     wanted = range(manifest.views.num_views) if views is None else views
     todo = [v for v in wanted if not writer.is_done(v, shard)]
@@ -242,13 +242,13 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
     Raises:
         storage.IncompleteCacheError: some (view, shard) is missing (listed).
     """
-    reader = storage.open_cache(config.output)
+    reader = storage.open_cache(config.location())
     reader.validate()
     bad = reader.bad_mask().any(axis=0)
     bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
     if bad_keys:
-        storage.open_writer(config.output).record_bad_samples(bad_keys)
-    summary = storage.summarize(config.output)
+        storage.open_writer(config.location()).record_bad_samples(bad_keys)
+    summary = storage.summarize(config.location())
     return CacheReport(
         path=config.output,
         num_samples=summary.num_samples,
@@ -290,7 +290,7 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
     count = config.replay_check_samples
     if count == 0:
         return ReplayCheck(0, 0.0, config.replay_check_tolerance, True)
-    reader = storage.open_cache(config.output)
+    reader = storage.open_cache(config.location())
     manifest = reader.manifest
     rng = np.random.default_rng(seed)
     good = np.flatnonzero(~reader.bad_mask().any(axis=0))

@@ -37,7 +37,7 @@ RESUMABLE_CHANGES = (
 )
 
 
-def current_manifest_hash(cache: str | None) -> str:
+def current_manifest_hash(cache) -> str:  # noqa: ANN001 - storage.Location | str | None
     """The manifest hash a run on `cache` records ("none" without a cache)."""
     if cache is None:
         return "none"
@@ -80,7 +80,7 @@ class RunDir:
                     "pick another run_dir or sweep_dir, or delete the old run to redo it."
                 )
         result = json.loads(self.result.read_text())
-        current = current_manifest_hash(config.cache)
+        current = current_manifest_hash(config.cache_location())
         if result.get("manifest_hash") != current:
             raise CheckpointError(
                 f"{str(self.path)!r} holds a finished run trained on another cache (manifest "

@@ -102,7 +102,7 @@ def fit(
         reader, plan = None, supervised_plan(train_images, config)
         slabs, train_index = NoSlabs(), np.arange(len(train_images))
     else:
-        reader = open_cache(config.cache)
+        reader = open_cache(config.cache_location())
         plan = check_cache(reader, train_images, config)
         slabs = ViewSlabs(reader, plan.num_views, plan.load_k)
         train_index = good_indices(reader.bad_mask(), reader.num_samples)

@@ -8,6 +8,7 @@ Public API (see storage/README.md for the on-disk format):
 
 from storage.errors import (
     CacheError,
+    CacheLocationError,
     CorruptCacheError,
     CorruptChunkError,
     DatasetMismatchError,
@@ -20,6 +21,7 @@ from storage.errors import (
     SchemaVersionError,
     ShardAlreadyWrittenError,
 )
+from storage.location import Location
 from storage.manifest import SCHEMA_VERSION, Manifest, TeacherInfo, ViewInfo, fingerprint
 from storage.reader import CacheReader, open_cache
 from storage.schema import COMPRESSORS, DEFAULT_COMPRESSOR, DEFAULT_SHARD_SIZE
@@ -33,6 +35,7 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "SCHEMA_VERSION",
     "CacheError",
+    "CacheLocationError",
     "CacheReader",
     "CacheSummary",
     "CacheWriter",
@@ -41,6 +44,7 @@ __all__ = [
     "DatasetMismatchError",
     "IncompleteCacheError",
     "InvalidManifestError",
+    "Location",
     "Manifest",
     "ManifestMismatchError",
     "NotACacheError",

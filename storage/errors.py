@@ -16,6 +16,11 @@ class NotACacheError(CacheError, FileNotFoundError):
     """The path does not exist, or is not a logit cache (no manifest in its group)."""
 
 
+class CacheLocationError(CacheError, OSError):
+    """The cache's location cannot be reached: no fsspec backend for its URL, a wrong
+    endpoint, missing or refused credentials."""
+
+
 class SchemaVersionError(CacheError, ValueError):
     """The cache was written with a schema version this code does not read."""
 

@@ -8,7 +8,6 @@ about two slabs. A view larger than memory is read as shard ranges (``iter_view`
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -30,15 +29,22 @@ from storage.slab import ViewSlab, topk_from_logits
 logger = logging.getLogger(__name__)
 
 
-def open_cache(path: str | os.PathLike) -> CacheReader:
+def open_cache(
+    path: location.PathOrLocation, storage_options: dict[str, Any] | None = None
+) -> CacheReader:
     """Open a cache for reading.
+
+    Args:
+        path: a local directory, an fsspec URL (``s3://bucket/cache``) or a ``Location``.
+        storage_options: fsspec options for the URL's filesystem (endpoint, credentials).
 
     Raises:
         NotACacheError: nothing at ``path``, or not a cache.
         SchemaVersionError: written with another schema version.
         CorruptCacheError: an array is missing or has the wrong shape or dtype.
+        CacheLocationError: the URL's store cannot be reached (backend, endpoint, keys).
     """
-    return CacheReader(path)
+    return CacheReader(path, storage_options)
 
 
 def _missing_text(missing: Sequence[tuple[int, int]], limit: int = 20) -> str:
@@ -50,9 +56,12 @@ def _missing_text(missing: Sequence[tuple[int, int]], limit: int = 20) -> str:
 class CacheReader:
     """A cache opened for reading. Cheap to open; data is read by ``load_view``."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
-        self.manifest, self._group = location.read_manifest(path, mode="r")
+    def __init__(
+        self, path: location.PathOrLocation, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.location = location.resolve(path, storage_options)
+        self.path = self.location.url
+        self.manifest, self._group = location.read_manifest(self.location, mode="r")
         self._arrays: dict[str, Any] = {}
         for name, spec in array_specs(self.manifest).items():
             try:
@@ -74,7 +83,7 @@ class CacheReader:
         self._pool: ThreadPoolExecutor | None = None
 
     def __reduce__(self):
-        return (open_cache, (self.path,))
+        return (open_cache, (self.location,))
 
     def __enter__(self) -> CacheReader:
         return self
@@ -100,9 +109,9 @@ class CacheReader:
 
     def _read_static(self, name: str) -> np.ndarray:
         shards = range(self.num_shards)
-        integrity.check_chunks_exist(self.path, name, self._arrays[name], None, shards)
+        integrity.check_chunks_exist(self.location, name, self._arrays[name], None, shards)
         return integrity.read_checked(
-            self.path, name, self._arrays[name], None, 0, self.num_samples, self.shard_size
+            self.location, name, self._arrays[name], None, 0, self.num_samples, self.shard_size
         )
 
     @property
@@ -130,7 +139,7 @@ class CacheReader:
 
     def missing(self) -> list[tuple[int, int]]:
         """(view, shard) pairs not completely written, in order."""
-        done = integrity.read_done(self.path, self._arrays["done"])
+        done = integrity.read_done(self.location, self._arrays["done"])
         return [(int(v), int(s)) for v, s in np.argwhere(~done)]
 
     def bad_samples(self) -> list[str]:
@@ -142,7 +151,13 @@ class CacheReader:
         return np.stack(
             [
                 integrity.read_checked(
-                    self.path, "bad", self._arrays["bad"], v, 0, self.num_samples, self.shard_size
+                    self.location,
+                    "bad",
+                    self._arrays["bad"],
+                    v,
+                    0,
+                    self.num_samples,
+                    self.shard_size,
                 )
                 for v in range(self.num_views)
             ]
@@ -244,7 +259,7 @@ class CacheReader:
             )
         size = self.shard_size
         shards = list(range(start // size, -(-stop // size)))
-        done = integrity.read_done(self.path, self._arrays["done"], view, shards)
+        done = integrity.read_done(self.location, self._arrays["done"], view, shards)
         missing = [(view, s) for s, ok in zip(shards, done, strict=True) if not ok]
         if missing:
             raise IncompleteCacheError(
@@ -255,8 +270,8 @@ class CacheReader:
         data = {}
         for name in per_view_arrays(self.manifest):
             array = self._arrays[name]
-            integrity.check_chunks_exist(self.path, name, array, view, shards)
-            data[name] = integrity.read_checked(self.path, name, array, view, start, stop, size)
+            integrity.check_chunks_exist(self.location, name, array, view, shards)
+            data[name] = integrity.read_checked(self.location, name, array, view, start, stop, size)
         slab = ViewSlab(
             view=view,
             start=start,

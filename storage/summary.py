@@ -7,7 +7,6 @@ partial or very large cache can be inspected too.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,13 +97,13 @@ def _done_ranges(reader: CacheReader, view: int, missing: set) -> list[tuple[int
     return ranges
 
 
-def summarize(path: str | os.PathLike) -> CacheSummary:
-    """Compute a ``CacheSummary`` of the cache at ``path``.
+def summarize(path: location.PathOrLocation, storage_options: dict | None = None) -> CacheSummary:
+    """Compute a ``CacheSummary`` of the cache at ``path`` (a path, URL or ``Location``).
 
     Raises:
         NotACacheError, SchemaVersionError, CorruptChunkError: see ``open_cache``.
     """
-    reader = CacheReader(path)
+    reader = CacheReader(path, storage_options)
     missing = reader.missing()
     missing_set = set(missing)
     specs = array_specs(reader.manifest)
@@ -130,7 +129,7 @@ def summarize(path: str | os.PathLike) -> CacheSummary:
         num_shards=reader.num_shards,
         done_shards=reader.num_views * reader.num_shards - len(missing),
         missing=missing,
-        disk_bytes=location.disk_bytes(path),
+        disk_bytes=location.disk_bytes(reader.location),
         view_bytes=view_bytes,
         uncompressed_view_bytes=written * record_bytes,
         records_written=written,
@@ -155,10 +154,10 @@ def summarize(path: str | os.PathLike) -> CacheSummary:
     return summary
 
 
-def inspect(path: str | os.PathLike) -> str:
+def inspect(path: location.PathOrLocation, storage_options: dict | None = None) -> str:
     """A human summary of a cache: manifest, N, V, K, C, completeness, bytes, statistics.
 
     Raises:
         NotACacheError, SchemaVersionError, CorruptChunkError: see ``open_cache``.
     """
-    return str(summarize(path))
+    return str(summarize(path, storage_options))

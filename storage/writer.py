@@ -13,6 +13,7 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -63,8 +64,11 @@ def _put(array: zarr.Array, selection: tuple, data: np.ndarray) -> None:
 class CacheWriter:
     """Writes (view, shard) blocks of an existing cache. Get one from ``create``."""
 
-    def __init__(self, path: str | os.PathLike, group: zarr.Group, manifest: Manifest) -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self, path: location.PathOrLocation, group: zarr.Group, manifest: Manifest
+    ) -> None:
+        self.location = location.resolve(path)
+        self.path = self.location.url
         self.manifest = manifest
         self._group = group
         self._arrays = {
@@ -73,7 +77,7 @@ class CacheWriter:
 
     def __reduce__(self):
         # Pickles as "reopen this path" so Dask/multiprocessing workers get a live writer.
-        return (open_writer, (self.path, self.manifest))
+        return (open_writer, (self.location, self.manifest))
 
     @property
     def num_shards(self) -> int:
@@ -103,7 +107,7 @@ class CacheWriter:
 
     def missing(self) -> list[tuple[int, int]]:
         """(view, shard) pairs whose done bit is unset, in order."""
-        done = integrity.read_done(self.path, self._arrays["done"])
+        done = integrity.read_done(self.location, self._arrays["done"])
         return [(int(v), int(s)) for v, s in np.argwhere(~done)]
 
     def record_bad_samples(self, keys: Sequence[str]) -> None:
@@ -198,12 +202,13 @@ def _check_dataset(manifest: Manifest, keys: Sequence[str], labels: np.ndarray) 
 
 
 def create(
-    path: str | os.PathLike,
+    path: location.PathOrLocation,
     manifest: Manifest,
     keys: Sequence[str],
     labels: np.ndarray,
     overwrite: bool = False,
     compressor: str = DEFAULT_COMPRESSOR,
+    storage_options: dict[str, Any] | None = None,
 ) -> CacheWriter:
     """Create a cache (or reopen a compatible one to resume) and return its writer.
 
@@ -218,6 +223,7 @@ def create(
         labels: true classes [N] int in [0, C).
         overwrite: replace an existing cache (or an interrupted create) at ``path``.
         compressor: one of ``COMPRESSORS`` (default ``"blosc-lz4"``, see README).
+        storage_options: fsspec options for a URL's filesystem (endpoint, credentials).
 
     Returns:
         A ``CacheWriter``; on resume, done shards stay done.
@@ -237,6 +243,7 @@ def create(
             f"unknown compressor {compressor!r}; choose one of {sorted(COMPRESSORS)}"
         )
     keys_arr, labels_arr = _check_dataset(manifest, keys, labels)
+    path = location.resolve(path, storage_options)
     kind, _ = location.probe(path)
     if kind == "other":
         raise NotACacheError(
@@ -298,17 +305,23 @@ def _create_new(path, manifest: Manifest, keys, labels, compressor: str) -> Cach
     return CacheWriter(path, group, filled)
 
 
-def open_writer(path: str | os.PathLike, manifest: Manifest | None = None) -> CacheWriter:
+def open_writer(
+    path: location.PathOrLocation,
+    manifest: Manifest | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> CacheWriter:
     """Reopen an existing cache for writing (e.g. in a shard task on another worker).
 
     Args:
-        path: the cache's path or URL.
+        path: the cache's path, URL or ``Location``.
         manifest: when given, the stored manifest must be compatible with it.
+        storage_options: fsspec options for a URL's filesystem.
 
     Raises:
         NotACacheError, SchemaVersionError: see ``open_cache``.
         ManifestMismatchError: ``manifest`` differs from the stored one (listed).
     """
+    path = location.resolve(path, storage_options)
     stored, group = location.read_manifest(path, mode="r+")
     if manifest is not None and not stored.compatible_with(manifest):
         raise ManifestMismatchError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -140,7 +140,15 @@ class CacheConfig(BaseModel):
         description="Samples per shard (one task, one chunk along N); 8192 keeps whole-view "
         "reads above 1 M records/s (bench/storage.py).",
     )
-    output: str = Field(description="Cache location: a local path or an fsspec URL.")
+    output: str = Field(
+        description="Cache location: a local path or an fsspec URL (s3://bucket/caches/r152 "
+        "with the [s3] extra; endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)."
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="Options for output's fsspec filesystem, passed through as given, e.g. "
+        "{endpoint_url: 'http://minio:9000', anon: false}; default: the backend's environment.",
+    )
     batch_size: int = Field(64, ge=1, description="Images per teacher forward.")
     num_workers: int = Field(4, ge=0, description="DataLoader processes decoding images per task.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
@@ -170,6 +178,12 @@ class CacheConfig(BaseModel):
         description="Existing Dask scheduler, e.g. tcp://host:8786 (implies task_runner=dask).",
     )
     max_workers: int = Field(1, ge=1, description="Concurrent shard tasks with the thread runner.")
+    lost_workers_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Dask only: seconds the pass waits with no usable worker (all lost, none "
+        "joined, or the scheduler gone) before it fails; written shards are kept for a rerun.",
+    )
     gpus_per_task: int = Field(
         0,
         ge=0,
@@ -206,6 +220,12 @@ class CacheConfig(BaseModel):
         if self.dask_address and self.task_runner != "dask":
             raise ValueError("dask_address needs task_runner='dask'")
         return self
+
+    def location(self):  # noqa: ANN201 (storage.Location, imported lazily)
+        """Where the cache lives: `output` and its fsspec `storage_options`."""
+        from storage import Location
+
+        return Location(self.output, dict(self.storage_options or {}))
 
     def view_info(self, crop_pct: float):  # noqa: ANN201 (storage.ViewInfo, imported lazily)
         """The manifest's view entry (crop_pct: the teacher's resolved eval crop fraction)."""

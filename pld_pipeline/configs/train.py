@@ -142,6 +142,11 @@ class TrainConfig(_Strict):
         description="path or fsspec URL of the teacher logit cache; null = plain supervised "
         "training with loss 'ce' and the student's own random crops (e.g. to train a teacher)"
     )
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="options for the cache URL's fsspec filesystem, passed through as given "
+        "(e.g. {endpoint_url: ...}); default: the backend's environment (AWS_ENDPOINT_URL, ...)",
+    )
     dataset_root: str = Field(
         description="training images (ImageNet layout) the cache was made from"
     )
@@ -208,6 +213,14 @@ class TrainConfig(_Strict):
                 f"k={self.k} applies to compact targets; set target_form='compact' or k=null"
             )
         return self
+
+    def cache_location(self):  # noqa: ANN201 (storage.Location | None, imported lazily)
+        """Where the cache lives (`cache` and its fsspec `storage_options`); None without one."""
+        if self.cache is None:
+            return None
+        from storage import Location
+
+        return Location(self.cache, dict(self.storage_options or {}))
 
     def resolved_device(self) -> str:
         """The device string with 'auto' resolved (imports torch)."""

@@ -1,0 +1,197 @@
+"""The teacher pass on Dask as installed: `.venv/bin/pld` from a folder outside the repo,
+against real Dask schedulers and workers (and a real Prefect server), as the README says.
+
+These are the tests that would have caught the hang: pytest's own sys.path is not
+inherited by anything here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster_testlib import (
+    Cluster,
+    arrays_of,
+    assert_same_arrays,
+    cache_config,
+    done_count,
+    run_pld,
+    start_pld,
+    start_prefect_server,
+    user_env,
+    wait_until,
+    write_user_teacher,
+    write_yaml,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+SLOW_TEACHER = "user_teacher:slow_tiny_cnn"
+
+
+def api(url: str, path: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body or {}).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("installed-dask")
+
+
+@pytest.fixture(scope="module")
+def reference(work: Path, tiny_imagefolder: Path) -> dict:
+    """The thread runner's cache, made by the installed CLI: what every Dask pass must equal."""
+    out = work / "reference.zarr"
+    config = write_yaml(work / "reference.yaml", cache_config(tiny_imagefolder, str(out)))
+    result = run_pld(["cache", "--config", str(config)], work, user_env(work))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return arrays_of(str(out))
+
+
+@pytest.fixture(scope="module")
+def prefect_server(work: Path):
+    proc, url = start_prefect_server(work, user_env(work))
+    yield url
+    proc.kill_group()
+
+
+def test_local_dask_cluster_from_the_cli_equals_threads(work, tiny_imagefolder, reference):
+    out = work / "local-dask.zarr"
+    config = write_yaml(work / "local.yaml", cache_config(tiny_imagefolder, str(out)))
+    result = run_pld(["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_same_arrays(arrays_of(str(out)), reference)
+
+
+def test_readme_multi_machine_recipe(work, tiny_imagefolder, reference, prefect_server):
+    """Scheduler + two `dask worker --resources GPU=1` from their own folders, PREFECT_API_URL
+    set, then `pld cache --dask-address ... gpus_per_task=1`."""
+    env = user_env(work, PREFECT_API_URL=prefect_server)
+    cluster = Cluster(work / "recipe", env)
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker("gpu0")
+        cluster.start_worker("gpu1")
+        cluster.wait_for_workers(2)
+        out = work / "recipe.zarr"
+        config = write_yaml(work / "recipe.yaml", cache_config(tiny_imagefolder, str(out)))
+        result = run_pld(
+            ["cache", "--config", str(config), "--dask-address", cluster.address,
+             "gpus_per_task=1"], work, env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-4000:]
+    finally:
+        cluster.stop()
+    assert_same_arrays(arrays_of(str(out)), reference)
+    runs = api(prefect_server, "/task_runs/filter", {"task_runs": {"name": {"like_": "shard-"}}})
+    shards = {r["name"] for r in runs if r["state_type"] == "COMPLETED"}
+    assert len(shards) == 6, sorted(r["name"] for r in runs)
+
+
+def test_a_killed_worker_s_shard_is_retried_elsewhere(work, tiny_imagefolder, reference, prefect_server):
+    """SIGKILL one worker's process group mid-pass: the pass finishes, identical cache, and the
+    retry shows in the flow run's logs (what the UI shows)."""
+    teacher_dir = write_user_teacher(work / "user-code")
+    env = user_env(work, PREFECT_API_URL=prefect_server, PYTHONPATH=str(teacher_dir),
+                   USER_TEACHER_SECONDS="1.5")  # fmt: skip
+    cluster = Cluster(work / "kill-one", env)
+    out = work / "kill-one.zarr"
+    data = cache_config(tiny_imagefolder, str(out), **{"teacher.name": SLOW_TEACHER})
+    config = write_yaml(work / "kill-one.yaml", data)
+    try:
+        cluster.start_scheduler()
+        doomed = cluster.start_worker("doomed")
+        cluster.start_worker("survivor")
+        cluster.wait_for_workers(2)
+        pld = start_pld(["cache", "--config", str(config), "--dask-address", cluster.address,
+                         "gpus_per_task=1"], work / "kill-one-cli", env)  # fmt: skip
+        wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
+        time.sleep(1.0)  # both workers are mid-shard now
+        doomed.kill_group()
+        pld.popen.wait(timeout=400)
+        assert pld.popen.returncode == 0, pld.output()[-4000:]
+    finally:
+        cluster.stop()
+    assert_same_arrays(arrays_of(str(out)), reference)
+    logs = api(prefect_server, "/logs/filter", {"logs": {"level": {"ge_": 30}}, "limit": 200})
+    messages = [entry["message"] for entry in logs]
+    assert any("doomed" in m and "lost mid-shard; retrying" in m for m in messages), messages
+
+
+def test_losing_every_worker_fails_within_the_bound_then_resumes(work, tiny_imagefolder, reference):
+    teacher_dir = write_user_teacher(work / "user-code")
+    env = user_env(work, PYTHONPATH=str(teacher_dir), USER_TEACHER_SECONDS="1.5")
+    cluster = Cluster(work / "kill-all", env)
+    out = work / "kill-all.zarr"
+    bound = 15
+    data = cache_config(tiny_imagefolder, str(out), **{"teacher.name": SLOW_TEACHER,
+                                                      "lost_workers_timeout": bound})  # fmt: skip
+    config = write_yaml(work / "kill-all.yaml", data)
+    args = ["cache", "--config", str(config), "--dask-address", cluster.address]
+    try:
+        cluster.start_scheduler()
+        workers = [cluster.start_worker("a"), cluster.start_worker("b")]
+        cluster.wait_for_workers(2)
+        pld = start_pld(args, work / "kill-all-cli", env)
+        wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
+        for worker in workers:
+            worker.kill_group()
+        killed = time.monotonic()
+        written = done_count(str(out))
+        pld.popen.wait(timeout=bound + 120)  # a hang fails here
+        waited = time.monotonic() - killed
+        output = pld.output()
+        assert pld.popen.returncode == 2, output[-4000:]
+        errors = [line for line in output.splitlines() if line.startswith("pld cache: error:")]
+        assert len(errors) == 1, output[-4000:]
+        assert "all 2 Dask workers were lost" in errors[0] and "rerun the same command" in errors[0]
+        assert bound <= waited < bound + 120
+        assert written < 12, "the pass finished before the kill; nothing was tested"
+        assert done_count(str(out)) >= written  # done bits already written stay
+        cluster.start_worker("c")
+        cluster.start_worker("d")
+        cluster.wait_for_workers(2)
+        result = run_pld(args, work / "kill-all-cli", env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert "to compute" in result.stderr + result.stdout
+    finally:
+        cluster.stop()
+    assert_same_arrays(arrays_of(str(out)), reference)
+
+
+def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefolder):
+    """A worker whose `storage` is another package (here a regular package earlier on its
+    path) is refused at the first check, with the reason and the fix, instead of dying on
+    every task while the pass waits."""
+    shadow = work / "shadow" / "storage"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('"""Some other project\'s storage package."""\n')
+    env = user_env(work)
+    cluster = Cluster(work / "shadowed", dict(env, PYTHONPATH=str(shadow.parent)))
+    out = work / "shadowed.zarr"
+    config = write_yaml(work / "shadowed.yaml", cache_config(tiny_imagefolder, str(out)))
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker("shadowed")
+        cluster.wait_for_workers(1)
+        started = time.monotonic()
+        result = run_pld(["cache", "--config", str(config), "--dask-address", cluster.address],
+                         work, env, timeout=300)  # fmt: skip
+    finally:
+        cluster.stop()
+    assert result.returncode == 2, result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pld cache: error:")]
+    assert len(errors) == 1, result.stderr[-4000:]
+    assert "cannot import this project" in errors[0] and str(shadow) in errors[0]
+    assert "install pld-pipeline" in errors[0]
+    assert time.monotonic() - started < 200
+    assert done_count(str(out)) == 0
