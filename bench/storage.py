@@ -8,6 +8,12 @@ student reading its views epoch after epoch.
 
     .venv/bin/python bench/storage.py                  # N = 100,000, C = 1000
     .venv/bin/python bench/storage.py --n 20000 --json bench/results/storage.json
+    .venv/bin/python bench/storage.py --moto --url s3://pld-bench/top100   # S3 vs local disk
+
+With --url, only top-100 with the default codec is measured, at the URL and on local disk
+in alternating rounds of one run, and the ratio of medians is printed. --moto starts a
+loopback S3 server (moto) and points the AWS variables at it: that figure is moto's and
+this machine's, not AWS's (see README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -167,6 +173,65 @@ def bench_shard_sizes(tmp: Path, manifest, labels, shards, sizes, args) -> list[
     return rows
 
 
+def start_moto(url: str) -> object:
+    """A loopback S3 server (moto) with fake keys and the URL's bucket; returns the server."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return server
+
+
+def bench_url(url: str, tmp: Path, labels, logits, args) -> list[dict]:
+    """Write and load_view records/s of top-100 at `url` and on local disk, side by side.
+
+    Rounds alternate local and remote so both see the same machine load; medians over
+    --repeat rounds.
+    """
+    k = min(100, args.c)
+    manifest = make_manifest(num_samples=args.n, num_classes=args.c, k=k, num_views=1,
+                             shard_size=args.shard_size, temperatures=TEMPERATURES)  # fmt: skip
+    shards = make_shards(manifest, labels, logits)
+    keys = [f"class{label:04d}/img{i:07d}.JPEG" for i, label in enumerate(labels)]
+    places = {"local disk": str(tmp / "local.zarr"), url: url}
+    times: dict[str, dict[str, list[float]]] = {p: {"write": [], "load": []} for p in places}
+    for _ in range(args.repeat + 1):  # the first round warms both up and is dropped
+        for name, path in places.items():
+            writer = storage.create(path, manifest, keys, labels, overwrite=True)
+            start = time.perf_counter()
+            for s, records in enumerate(shards):
+                writer.write_shard(0, s, records)
+            times[name]["write"].append(time.perf_counter() - start)
+            reader = storage.open_cache(path)
+            start = time.perf_counter()
+            reader.load_view(0)
+            times[name]["load"].append(time.perf_counter() - start)
+    rows = []
+    for name in places:
+        write = statistics.median(times[name]["write"][1:])
+        load = statistics.median(times[name]["load"][1:])
+        rows.append({"where": name, "k": k, "n": args.n, "write_records_per_s": args.n / write,
+                     "load_records_per_s": args.n / load})  # fmt: skip
+    local, remote = rows
+    print(f"\ntop-{k}, N={args.n:,}, shard {args.shard_size}, medians of {args.repeat} rounds:")
+    for r in rows:
+        print(f"  {r['where']:<32} write {r['write_records_per_s']:>12,.0f} rec/s   "
+              f"load_view {r['load_records_per_s']:>12,.0f} rec/s")  # fmt: skip
+    print(f"  {'ratio (url / local disk)':<32} write {remote['write_records_per_s'] / local['write_records_per_s']:>12.2f}"
+          f"         load_view {remote['load_records_per_s'] / local['load_records_per_s']:>12.2f}")  # fmt: skip
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     """One line per (format, K, codec); B/rec view counts the per-view arrays only."""
     print(
@@ -200,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gathers", type=int, default=2000, help="batches per gather timing")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument("--url", default=None,
+                        help="also measure top-100 at this fsspec URL (e.g. s3://bucket/prefix), "
+                        "side by side with local disk; skips the codec and layout sweeps")  # fmt: skip
+    parser.add_argument("--moto", action="store_true",
+                        help="start a loopback S3 server (moto, fake keys) for --url s3://...")
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
@@ -208,6 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     labels = make_labels(args.n, args.c)
     size = args.shard_size
     logits = [make_logits(labels[a : a + size], args.c, 0, a) for a in range(0, args.n, size)]
+    if args.url:
+        server = start_moto(args.url) if args.moto else None
+        url_rows = bench_url(args.url, tmp, labels, logits, args)
+        if server is not None:
+            server.stop()
+        if args.dir is None:
+            shutil.rmtree(tmp)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"url": args.url, "moto": args.moto,
+                                                   "rows": url_rows}, indent=2))  # fmt: skip
+        return 0
     rows, shard_rows = [], []
     for k_text in args.ks.split(","):
         fmt, k = ("full", 0) if k_text == "full" else ("topk", int(k_text))

@@ -59,7 +59,10 @@ class Progress:
     def set(self, done: int, note: str | None = None) -> None:
         self.done = done
         percent = min(100.0, 100.0 * done / self.total)
-        update_progress_artifact(self.artifact_id, percent, description=note or self.description)
+        try:
+            update_progress_artifact(self.artifact_id, percent, description=note or self.description)
+        except Exception as exc:  # noqa: BLE001 - progress must never stop the work it reports
+            logger.warning("progress artifact not updated (Prefect API unreachable?): %s", exc)
 
 
 def _readable(value: Any) -> Any:

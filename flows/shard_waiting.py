@@ -102,8 +102,9 @@ def report_lost_worker(
         return
     for future, shard in lost:
         message = (
-            f"shard {shard}: Dask worker {name} ({address}) was lost mid-shard; retrying on "
-            "another worker (views already marked done are kept)"
+            f"shard {shard}: Dask worker {name} ({address}) was lost with this shard assigned "
+            "(running or queued there); retrying on another worker (views already marked "
+            "done are kept)"
         )
         run_logger.warning(message)
         _set_state(future, AwaitingRetry(message=message))

@@ -55,7 +55,8 @@ def check_chunks_exist(
     if not shards:
         return
     head = "c" if view is None else f"c/{view}"
-    if len(shards) <= PER_SHARD_LISTING_MAX:
+    # Object stores answer a listing per request: one prefix listing beats one per shard.
+    if len(shards) <= PER_SHARD_LISTING_MAX and not location.is_remote(path):
         found: set[str] = set()
         for shard in shards:
             found |= location.list_chunk_files(path, name, f"{head}/{shard}")

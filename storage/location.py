@@ -73,6 +73,10 @@ def _fs(path: PathOrLocation) -> tuple[Any, str]:
             f"{where.url}: no fsspec backend for {protocol}:// is installed ({exc}); install it, "
             'e.g. pip install "pld-pipeline[s3]" for s3://'
         ) from exc
+    except ValueError as exc:  # fsspec: "Protocol not known"
+        raise CacheLocationError(
+            f"{where.url}: {exc}; use a local path or a URL fsspec knows (s3://, gs://, file://)"
+        ) from exc
     # Object-store listings are cached per filesystem instance; a cache is written by
     # other processes, so every question here must see the store as it is now.
     fs.invalidate_cache()

@@ -209,9 +209,15 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_prefect_server(root: Path, env: dict[str, str]) -> tuple[Proc, str]:
-    """`prefect server start --host 127.0.0.1 --port P`; returns (process, API URL)."""
-    port = free_port()
+def start_prefect_server(
+    root: Path, env: dict[str, str], port: int | None = None
+) -> tuple[Proc, str]:
+    """`prefect server start --host 127.0.0.1 --port P`; returns (process, API URL).
+
+    Its database lives under `root`, so starting it again with the same root and port is
+    a restart that keeps every run.
+    """
+    port = port or free_port()
     server_env = dict(env, PREFECT_HOME=str(root / "prefect-server-home"))
     server_env.pop("PREFECT_API_URL", None)
     proc = start(

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from cluster_testlib import (
     Cluster,
     arrays_of,
@@ -124,7 +123,7 @@ def test_a_killed_worker_s_shard_is_retried_elsewhere(work, tiny_imagefolder, re
     assert_same_arrays(arrays_of(str(out)), reference)
     logs = api(prefect_server, "/logs/filter", {"logs": {"level": {"ge_": 30}}, "limit": 200})
     messages = [entry["message"] for entry in logs]
-    assert any("doomed" in m and "lost mid-shard; retrying" in m for m in messages), messages
+    assert any("doomed" in m and "was lost with this shard assigned" in m and "retrying" in m for m in messages), messages
 
 
 def test_losing_every_worker_fails_within_the_bound_then_resumes(work, tiny_imagefolder, reference):
@@ -195,3 +194,38 @@ def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefo
     assert "install pld-pipeline" in errors[0]
     assert time.monotonic() - started < 200
     assert done_count(str(out)) == 0
+
+
+def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, reference):
+    """The Prefect server goes down mid-pass and comes back on the same port and database:
+    the shard tasks on Dask never needed it, the pass finishes with an identical cache, and
+    its flow run ends Completed in the restarted server (README, Troubleshooting)."""
+    import re
+
+    root = work / "restart"
+    server, url = start_prefect_server(root, user_env(work))
+    port = int(re.search(r":(\d+)/api", url).group(1))
+    teacher_dir = write_user_teacher(work / "user-code")
+    env = user_env(work, PREFECT_API_URL=url, PYTHONPATH=str(teacher_dir),
+                   USER_TEACHER_SECONDS="1.5")  # fmt: skip
+    cluster = Cluster(root, env)
+    out = work / "restart.zarr"
+    data = cache_config(tiny_imagefolder, str(out), **{"teacher.name": SLOW_TEACHER})
+    config = write_yaml(root / "restart.yaml", data)
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker("a")
+        cluster.start_worker("b")
+        cluster.wait_for_workers(2)
+        pld = start_pld(["cache", "--config", str(config), "--dask-address", cluster.address],
+                        root / "cli", env)  # fmt: skip
+        wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
+        server.kill_group()
+        time.sleep(3)
+        server, url = start_prefect_server(root, user_env(work), port=port)
+        pld.popen.wait(timeout=600)
+        assert pld.popen.returncode == 0, pld.output()[-4000:]
+    finally:
+        cluster.stop()
+        server.kill_group()
+    assert_same_arrays(arrays_of(str(out)), reference)

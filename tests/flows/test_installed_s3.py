@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from cluster_testlib import (
     arrays_of,
     assert_same_arrays,

@@ -1,0 +1,99 @@
+"""ClusterWatch on in-process Dask clusters: the bound on a cluster with no usable worker,
+the import probe, and what a lost worker reports. (Real processes: test_installed_dask.py.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import distributed
+import pytest
+
+from flows import worker_probe
+from flows.dask_watch import ClusterWatch
+from pld_pipeline.errors import SchedulerUnreachableError, WorkerEnvironmentError, WorkersLostError
+
+
+@pytest.fixture
+def empty_cluster():
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        yield cluster
+
+
+def test_no_worker_fails_after_the_bound_not_before(empty_cluster):
+    with ClusterWatch(empty_cluster.scheduler_address, lost_workers_timeout=1.5) as watch:
+        started = time.monotonic()
+        assert watch.check() == 0  # within the bound: keep waiting
+        with pytest.raises(WorkersLostError, match="no Dask worker joined.*rerun the same command"):
+            while True:
+                watch.check()
+                time.sleep(0.2)
+        assert time.monotonic() - started >= 1.5
+
+
+def test_workers_without_the_gpu_resource_do_not_count():
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with ClusterWatch(cluster.scheduler_address, 0.5, gpus_per_task=1) as watch:
+            time.sleep(0.6)
+            with pytest.raises(WorkersLostError, match="1 free 'GPU' resource"):
+                watch.check()
+                time.sleep(0.6)
+                watch.check()
+
+
+def test_lost_worker_is_reported_then_the_bound_applies():
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with ClusterWatch(cluster.scheduler_address, lost_workers_timeout=1.0) as watch:
+            assert watch.check() == 1
+            lost = []
+            cluster.scale(0)
+            deadline = time.monotonic() + 30
+            while not lost and time.monotonic() < deadline:
+                watch.check(on_lost=lambda address, name, keys: lost.append((address, keys)))
+                time.sleep(0.2)
+            assert len(lost) == 1
+            time.sleep(1.1)
+            with pytest.raises(WorkersLostError, match="all 1 Dask workers were lost"):
+                watch.check()
+
+
+def test_unreachable_scheduler_is_one_error():
+    with pytest.raises(SchedulerUnreachableError, match="cannot reach the Dask scheduler"):
+        ClusterWatch("tcp://127.0.0.1:9", lost_workers_timeout=1).connect()
+
+
+def test_probe_reports_a_shadowing_package(tmp_path):
+    """In a fresh interpreter whose path starts with another `storage` package."""
+    shadow = tmp_path / "storage"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    code = ("import json, sys; sys.path.insert(0, %r); from flows import worker_probe; "
+            "print(json.dumps(worker_probe.probe_project_imports()))") % str(tmp_path)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    import json
+
+    found = json.loads(out.stdout)
+    assert "another package of that name" in found["storage"]["error"]
+    assert found["pld_pipeline"]["error"] is None and found["flows"]["error"] is None
+    assert worker_probe.probe_project_imports()["storage"]["error"] is None  # this process
+
+
+def test_a_worker_that_imports_the_project_passes_the_probe():
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with ClusterWatch(cluster.scheduler_address, lost_workers_timeout=5) as watch:
+            assert watch.check() == 1
+
+
+def test_a_shadowed_worker_is_refused(monkeypatch):
+    """The probe's answer for a worker that resolves `storage` elsewhere becomes the error."""
+    def fake_probe():
+        return {"storage": {"file": None, "error": "'storage' resolves to a namespace folder (/w/storage), not this project"},
+                "pld_pipeline": {"file": "x", "error": None}, "flows": {"file": "y", "error": None},
+                "python": {"file": "/usr/bin/python3", "error": None}}  # fmt: skip
+
+    monkeypatch.setattr(worker_probe, "probe_project_imports", fake_probe)
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with ClusterWatch(cluster.scheduler_address, lost_workers_timeout=5) as watch:
+            with pytest.raises(WorkerEnvironmentError, match=r"cannot import this project: 'storage' resolves to a namespace folder \(/w/storage\).*install pld-pipeline"):
+                watch.check()
