@@ -50,3 +50,11 @@ class NonFiniteTeacherError(PLDError, FloatingPointError):
 
 class ReplayCheckError(PLDError, RuntimeError):
     """Cached teacher outputs differ from a fresh teacher forward on the same views."""
+
+
+class ShardTimeoutError(PLDError, TimeoutError):
+    """A teacher-pass shard task ran past `shard_timeout_s`; resuming the pass is safe."""
+
+
+class RunTimeoutError(PLDError, TimeoutError):
+    """A student run ran past `timeout_s`; resuming from its last checkpoint is safe."""

@@ -178,6 +178,20 @@ class CacheConfig(BaseModel):
         "gives each worker 1). 0: no restriction.",
     )
 
+    shard_timeout_s: float | None = Field(
+        21600.0,
+        gt=0,
+        description="Seconds one shard task may compute (after it has its GPU slot) before it "
+        "fails as timed out; generous by default (6 h) so only a stalled task hits it. "
+        "None: no limit. Shards already written stay done, so a rerun resumes.",
+    )
+    gpu_limit: str | None = Field(
+        "gpu",
+        description="Prefect global concurrency limit whose slot every shard task and the "
+        "replay check hold while they use CUDA (CPU work takes none); `pld serve` creates "
+        "it. None: take no slot.",
+    )
+
     @field_validator("temperatures")
     @classmethod
     def _temperatures(cls, value: tuple[float, ...]) -> tuple[float, ...]:
