@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from prefect_server import api, chromium, prefect_server
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+CUDA = torch.cuda.is_available()
 TEACHER = {"name": "pld_pipeline.small_models:seeded_tiny_cnn", "num_classes": 10, "input_size": 24}
 
 
@@ -243,9 +245,15 @@ def test_gpu_runs_take_turns_on_a_one_slot_limit_and_cpu_runs_take_none(
     cache = str(weekly_cache["path"])
     procs = {}
     for name in ("gpu-a", "gpu-b", "cpu-c"):
+        gpu = name.startswith("gpu")
+        # On a machine with CUDA the GPU runs really use it; elsewhere the test switch makes
+        # two CPU runs ask for the limit as CUDA runs would.
+        device = "cuda" if gpu and CUDA else "cpu"
+        switch = {"PLD_TAKE_GPU_LIMIT_ON_CPU": "1"} if gpu and not CUDA else {}
         config = workdir / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(train_config(tiny_imagefolder, cache, str(workdir / name))))
-        switch = {"PLD_TAKE_GPU_LIMIT_ON_CPU": "1"} if name.startswith("gpu") else {}
+        config.write_text(yaml.safe_dump(
+            train_config(tiny_imagefolder, cache, str(workdir / name), device=device)
+        ))  # fmt: skip
         procs[name] = pld(env, "train", "--config", str(config), extra_env=switch)
     for name, proc in procs.items():
         code, out = finish(proc)
