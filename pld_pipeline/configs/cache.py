@@ -140,7 +140,10 @@ class CacheConfig(BaseModel):
         description="Samples per shard (one task, one chunk along N); 8192 keeps whole-view "
         "reads above 1 M records/s (bench/storage.py).",
     )
-    output: str = Field(description="Cache location: a local path or an fsspec URL.")
+    output: str = Field(
+        description="Cache location: a local path or an fsspec URL. In the flow, '{date}' "
+        "becomes the run's scheduled date (YYYY-MM-DD, UTC): one new cache per scheduled pass."
+    )
     batch_size: int = Field(64, ge=1, description="Images per teacher forward.")
     num_workers: int = Field(4, ge=0, description="DataLoader processes decoding images per task.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
