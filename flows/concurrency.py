@@ -30,6 +30,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.logs import run_logger_or
+from pld_pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ LEASE_SECONDS = 300.0
 # Limits this thread of work already holds: a student run holds its slot in the flow
 # around the training task, and the task must not ask for a second one.
 _held: ContextVar[frozenset[str]] = ContextVar("pld_gpu_limits_held", default=frozenset())
+# Missing limits already reported by this process (once is enough, not once per shard).
+_reported_missing: set[str] = set()
 
 
 def uses_cuda(device: str) -> bool:
@@ -66,20 +69,32 @@ def gpu_slot(limit: str | None, device: str, holder: str, slots: int = 1) -> Ite
     `device` is CUDA. Yields whether slots are held.
 
     No slot is taken for CPU work, with `limit=None`, when this context already holds the
-    limit, or when the server has no such limit (logged once per use: `pld serve` creates
-    it). Waiting for a slot is logged, naming `holder`.
+    limit, or when the server has no such limit (logged once per process: `pld serve`
+    creates it). Waiting for a slot is logged, naming `holder`.
+
+    Raises:
+        ConfigError: the limit has fewer slots than `slots` (the wait would never end).
     """
     if limit is None or limit in _held.get() or not uses_cuda(device):
         yield False
         return
     current = _read_limit(limit)
     if current is None:
-        run_logger_or(logger).info(
-            "No Prefect concurrency limit %r on this server: %s does not wait for a GPU slot "
-            "(`pld serve` creates it; or `prefect gcl create %s --limit N`).", limit, holder, limit,
-        )  # fmt: skip
+        if limit not in _reported_missing:
+            _reported_missing.add(limit)
+            run_logger_or(logger).info(
+                "No Prefect concurrency limit %r on this server: %s does not wait for a GPU "
+                "slot (`pld serve` creates it; or `prefect gcl create %s --limit N`).",
+                limit, holder, limit,
+            )  # fmt: skip
         yield False
         return
+    if current.active and slots > current.limit:
+        raise ConfigError(
+            f"{holder} needs {slots} slot(s) of the {limit!r} concurrency limit, which has "
+            f"{current.limit}, so it would wait forever; give the limit more slots (`pld serve "
+            f"--gpu-slots {slots}` or the UI's Concurrency page) or lower gpus_per_task."
+        )
     if current.active_slots + slots > current.limit:
         run_logger_or(logger).info(
             "%s waits for a slot of the %r limit (%d of %d in use).",
