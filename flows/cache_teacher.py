@@ -8,7 +8,10 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.artifacts import Progress, artifact_key, publish_table
+from flows.concurrency import gpu_slot
 from flows.dask_watch import ClusterWatch
+from flows.events import cache_failed_hook, emit_cache_finalized
+from flows.placeholders import resolve_output
 from flows.runners import gpu_restriction, shard_task_runner
 from flows.shard_waiting import (
     POLL_SECONDS,
@@ -18,6 +21,7 @@ from flows.shard_waiting import (
     wait_each,
     wait_for_workers,
 )
+from flows.timeouts import shard_time_limit
 from pld_pipeline import cache_build
 from pld_pipeline.configs.cache import CacheConfig
 
@@ -52,8 +56,14 @@ def plan_shards(config: CacheConfig, producer: str) -> cache_build.CachePlan:
     retry_condition_fn=_retry_transient,
 )
 def cache_shard(config: CacheConfig, shard: int, views: list[int]) -> dict[str, Any]:
-    """Teacher outputs of one shard for its missing views, each written with its done bit last."""
-    return cache_build.build_shard(config, shard, views).as_dict()
+    """Teacher outputs of one shard for its missing views, each written with its done bit last.
+
+    On CUDA it first takes its GPU slot(s) of `gpu_limit`; then `shard_timeout_s` runs.
+    """
+    slots = max(1, config.gpus_per_task)
+    with gpu_slot(config.gpu_limit, config.device, f"Shard {shard}", slots=slots):
+        with shard_time_limit(config.shard_timeout_s, shard, views, config.output):
+            return cache_build.build_shard(config, shard, views).as_dict()
 
 
 @task(name="finalize-cache")
@@ -65,7 +75,8 @@ def finalize(config: CacheConfig) -> dict[str, Any]:
 @task(name="replay-check")
 def replay_check(config: CacheConfig) -> dict[str, Any]:
     """Recompute the teacher on random cached records and compare log-probs."""
-    return cache_build.replay_check(config).as_dict()
+    with gpu_slot(config.gpu_limit, config.device, "The replay check"):
+        return cache_build.replay_check(config).as_dict()
 
 
 @flow(name="cache-shards")
@@ -121,7 +132,7 @@ def run_shards(
     return results
 
 
-@flow(name="cache-teacher")
+@flow(name="cache-teacher", on_failure=[cache_failed_hook], on_crashed=[cache_failed_hook])
 def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     """Run the teacher once over an image folder and cache its outputs for every view.
 
@@ -129,9 +140,14 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     logsumexp at every temperature, the true-class logit, and each view's crop and flip,
     so students can replay the exact views later without the teacher. Shards already
     marked done are skipped, so rerunning after a crash resumes. Ends with a completeness
-    check, teacher statistics and a replay check against a fresh teacher forward.
+    check, teacher statistics and a replay check against a fresh teacher forward, then
+    emits a `pld.cache.finalized` event (a failed pass emits `pld.cache.failed`). `{date}`
+    in `output` becomes the run's scheduled date: one new cache per scheduled pass.
     """
     logger = get_run_logger()
+    config = config.model_copy(
+        update={"output": resolve_output(config.output, flow_run.get_scheduled_start_time())}
+    )
     producer = f"prefect flow run {flow_run.get_id()} ({flow_run.get_name()})"
     plan = plan_shards(config, producer)
     if plan.todo:
@@ -147,4 +163,5 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
         cache_build.stats_rows(report),
         description=f"Teacher cache {config.output}: per-view statistics and replay check",
     )
+    emit_cache_finalized(config, report)
     return report

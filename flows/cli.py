@@ -55,7 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted DemoConfig overrides")
 
     serve = sub.add_parser("serve", help="serve the flows as deployments (UI forms, schedules)")
-    serve.add_argument("--schedules", help="YAML mapping deployment name -> {cron, parameters}")
+    serve.add_argument(
+        "--schedules", help="YAML mapping deployment name -> {cron, parameters, paused, tags, trigger}"
+    )
+    serve.add_argument(
+        "--gpu-limit", default="gpu",
+        help="global concurrency limit CUDA work holds a slot of (created when missing)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--gpu-slots", type=int,
+        help="slots of that limit (default: this machine's GPUs, at least 1; an existing "
+        "limit keeps its slots unless this is given)",
+    )  # fmt: skip
     return parser
 
 
@@ -122,7 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from flows.deployments import serve_all
 
-        serve_all(args.schedules)
+        serve_all(args.schedules, gpu_limit=args.gpu_limit, gpu_slots=args.gpu_slots)
         return 0
     raise AssertionError(f"unhandled command {args.command}")
 

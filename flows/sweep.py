@@ -11,6 +11,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import Progress, artifact_key, png_markdown, publish_markdown, publish_table
+from flows.events import emit_sweep_finished
 from flows.train_student import result_row, train_run
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
 from pld_pipeline.run_dir import RunDir
@@ -41,7 +42,8 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
     Every run reads the same teacher cache, so a sweep never pays for the teacher. Runs
     go to sweep_dir/<run name>; finished runs (result.json present) are skipped, so an
     interrupted sweep resumes. Ends with a results table, a plot of top-1 per loss and
-    temperature (sweep_dir/top1.png), and results.json.
+    temperature (sweep_dir/top1.png), and results.json, and emits `pld.sweep.finished`.
+    On CUDA each run holds a slot of the `gpu` concurrency limit while it trains.
     """
     logger = get_run_logger()
     # Every point resumes from its checkpoint if it has one: that is how a sweep resumes.
@@ -73,6 +75,7 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
         description=f"Sweep {sweep_dir}",
     )  # fmt: skip
     logger.info("Sweep results:\n%s", format_table(rows, TABLE_COLUMNS))
+    emit_sweep_finished(config, rows)
     return rows
 
 

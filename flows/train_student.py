@@ -8,6 +8,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import Progress, artifact_key, publish_table
+from flows.concurrency import gpu_slot
+from flows.events import emit_run_finished
+from flows.timeouts import run_time_limit
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.train import fit
 
@@ -32,7 +35,11 @@ def result_row(name: str, result: dict[str, Any], skipped: bool = False) -> dict
 
 @task(name="train-student-run", task_run_name="{name}")
 def train_run(config: TrainConfig, name: str) -> dict[str, Any]:
-    """Train one student; per-epoch metrics go to the log and a progress artifact."""
+    """Train one student; per-epoch metrics go to the log and a progress artifact.
+
+    On CUDA the run holds a slot of `gpu_limit` while it trains (unless its flow already
+    holds one for it); `timeout_s` counts from then. Emits `pld.run.finished` at the end.
+    """
     logger = get_run_logger()
     progress = Progress(
         artifact_key("train-progress", name), total=config.epochs,
@@ -48,7 +55,11 @@ def train_run(config: TrainConfig, name: str) -> dict[str, Any]:
             record.get("val_top1"), record.get("val_top5"),
         )  # fmt: skip
 
-    return fit(config, progress_callback=on_epoch).to_dict()
+    with gpu_slot(config.gpu_limit, config.device, f"Student run {name!r}"):
+        with run_time_limit(config.timeout_s, name, config.run_dir):
+            result = fit(config, progress_callback=on_epoch).to_dict()
+    emit_run_finished(config, name, result)
+    return result
 
 
 @flow(name="train-student")
@@ -62,7 +73,10 @@ def train_student(config: TrainConfig) -> dict[str, Any]:
     checkpoint. The teacher is never loaded (unless online_teacher asks for it).
     """
     name = Path(config.run_dir).name or "run"
-    result = train_run(config, name)
+    # The slot is taken around the task, so a run waiting for a GPU has not started its
+    # task yet and the task's start and end times are the time it held the GPU.
+    with gpu_slot(config.gpu_limit, config.device, f"Student run {name!r}"):
+        result = train_run(config, name)
     publish_table(
         artifact_key("student-result", name),
         [result_row(name, result)],

@@ -70,3 +70,11 @@ class WorkerEnvironmentError(ClusterError, ImportError):
 
 class ShardTaskError(ClusterError):
     """A shard task kept killing its workers, or failed in a way a retry cannot fix."""
+
+
+class ShardTimeoutError(PLDError, TimeoutError):
+    """A teacher-pass shard task ran past `shard_timeout_s`; resuming the pass is safe."""
+
+
+class RunTimeoutError(PLDError, TimeoutError):
+    """A student run ran past `timeout_s`; resuming from its last checkpoint is safe."""

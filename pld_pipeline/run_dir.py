@@ -34,6 +34,8 @@ RESUMABLE_CHANGES = (
     "dataset_root",
     "val_root",
     "run_dir",
+    "timeout_s",
+    "gpu_limit",
 )
 
 

@@ -142,7 +142,9 @@ class CacheConfig(BaseModel):
     )
     output: str = Field(
         description="Cache location: a local path or an fsspec URL (s3://bucket/caches/r152 "
-        "with the [s3] extra; endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)."
+        "with the [s3] extra; endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). "
+        "In the flow, '{date}' becomes the run's scheduled date (YYYY-MM-DD, UTC): one new "
+        "cache per scheduled pass."
     )
     storage_options: dict[str, Any] | None = Field(
         None,
@@ -190,6 +192,20 @@ class CacheConfig(BaseModel):
         description="Dask only: each shard task needs this many 'GPU' worker resources, so it "
         "runs where a GPU is free (start workers with --resources GPU=1; a local cluster "
         "gives each worker 1). 0: no restriction.",
+    )
+
+    shard_timeout_s: float | None = Field(
+        21600.0,
+        gt=0,
+        description="Seconds one shard task may compute (after it has its GPU slot) before it "
+        "fails as timed out; generous by default (6 h) so only a stalled task hits it. "
+        "None: no limit. Shards already written stay done, so a rerun resumes.",
+    )
+    gpu_limit: str | None = Field(
+        "gpu",
+        description="Prefect global concurrency limit whose slot every shard task and the "
+        "replay check hold while they use CUDA (CPU work takes none); `pld serve` creates "
+        "it. None: take no slot.",
     )
 
     @field_validator("temperatures")

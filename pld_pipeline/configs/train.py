@@ -200,6 +200,18 @@ class TrainConfig(_Strict):
         1, gt=0, description="evaluate every this many epochs (and after the last)"
     )
     log_every: int = Field(50, gt=0, description="log training progress every this many steps")
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Prefect flows: seconds the run may train (after it has its GPU slot) "
+        "before it fails as timed out; None = no limit. Rerunning with resume=true continues "
+        "from the last checkpoint",
+    )
+    gpu_limit: str | None = Field(
+        "gpu",
+        description="Prefect flows: global concurrency limit whose slot the run holds while "
+        "it trains on CUDA (CPU runs take none); `pld serve` creates it. None = take no slot",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

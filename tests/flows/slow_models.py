@@ -32,3 +32,10 @@ def counted_tiny_cnn(num_classes: int = 10) -> nn.Module:
     """seeded_tiny_cnn that records each construction in BUILT (proves who builds it)."""
     BUILT.append(num_classes)
     return seeded_tiny_cnn(num_classes)
+
+
+def slow_tiny_student(num_classes: int = 10) -> nn.Module:
+    """tiny_cnn that sleeps 0.2 s per forward (a student run long enough to time out)."""
+    from pld_pipeline.small_models import tiny_cnn
+
+    return Slow(tiny_cnn(num_classes), 0.2)

@@ -136,3 +136,40 @@ def test_cli_reports_a_loss_error_in_one_line(tiny_cache, tiny_imagefolder, tmp_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("pld train: error: loss temperature 3 is not cached")
     assert "(cached: 1, 4)" in err
+
+
+def test_student_run_timeout_fails_naming_the_run_and_resume_finishes(
+    tiny_cache, tiny_imagefolder, tmp_path
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.train_student import train_student
+    from pld_pipeline.configs.train import TrainConfig
+    from pld_pipeline.errors import RunTimeoutError
+
+    run_dir = tmp_path / "slow-run"
+    data = train_config(tiny_cache, tiny_imagefolder, run_dir) | {
+        "student": {"name": "slow_models:slow_tiny_student", "image_size": 24},
+        "epochs": 4, "timeout_s": 1.5,
+    }  # fmt: skip
+    state = train_student(TrainConfig.model_validate(data), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RunTimeoutError) as info:
+        state.result()
+    assert str(info.value).startswith(
+        f"Student run 'slow-run' ({run_dir}) timed out after timeout_s=1.5 s. Resuming is safe"
+    )
+    with get_client(sync_client=True) as client:
+        flow_run_id = state.state_details.flow_run_id
+        (task_run,) = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    assert task_run.state.name == "TimedOut"
+    assert "timed out after timeout_s=1.5 s" in task_run.state.message
+    assert not (run_dir / "result.json").exists()
+    # Resuming is safe: the same run without the limit, resume=true, trains to the end.
+    result = train_student(TrainConfig.model_validate(data | {"timeout_s": None, "resume": True}))
+    assert result["epochs"] == 4
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3]

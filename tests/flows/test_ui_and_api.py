@@ -9,67 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from prefect_server import api, chromium, prefect_server
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def api(url: str, path: str, body: dict | None = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url + path, data=data, method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real Prefect server (API + UI) on 127.0.0.1:<free port>, stopped after the module."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", PREFECT_UI_ENABLED="true",
-               # The UI's own API address defaults to port 4200; point it at this port.
-               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            api(url, "/health")
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("Prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
-            time.sleep(1)
-    yield {"url": url, "ui": f"http://127.0.0.1:{port}", "home": home}
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-    log.close()
+    with prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -116,26 +71,12 @@ def test_rest_api_shows_flow_runs_task_runs_and_artifacts(server, demo_run):
     assert table[-1]["replay_check"] == "passed"
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_ui_renders_the_demo_run(server, demo_run, tmp_path):
-    assert CHROMIUM, "Debian's chromium is missing: `make test` installs it (make system-deps)"
     runs = api(server["url"], "/flow_runs/filter",
                {"flows": {"name": {"any_": ["demo"]}}, "limit": 1})
     run = runs[0]
-    page = f"{server['ui']}/runs/flow-run/{run['id']}"
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-        f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,900",
-        "--virtual-time-budget=20000",
-    ]  # fmt: skip
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page],
-                         capture_output=True, text=True, timeout=180).stdout
     shot = tmp_path / "run.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page],
-                   capture_output=True, text=True, timeout=180)
+    dom = chromium(f"{server['ui']}/runs/flow-run/{run['id']}", tmp_path / "chrome", shot)
     assert run["name"] in dom, dom[-2000:]
     assert "Completed" in dom
     assert "demo" in dom

@@ -1,0 +1,90 @@
+"""A real `prefect server start` on a free loopback port, and a tiny REST client for it.
+
+Used by the integration tests that look at what a user would see (test_ui_and_api.py,
+test_operations.py). Each test module starts its own server, so one module's runs never
+show up in another's counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api(url: str, path: str, body: dict | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url + path, data=data, method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[dict]:
+    """Start the server (API + UI) with PREFECT_HOME=home; yield its urls; stop it after."""
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1", PREFECT_UI_ENABLED="true",
+               # The UI's own API address defaults to port 4200; point it at this port.
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            api(url, "/health")
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("Prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+            time.sleep(1)
+    try:
+        yield {"url": url, "ui": f"http://127.0.0.1:{port}", "home": home}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def chromium(page: str, profile: Path, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran (headless Debian Chromium); optionally a PNG of it."""
+    assert CHROMIUM, "Debian's chromium is missing: `make test` installs it (make system-deps)"
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+        f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=20000",
+    ]  # fmt: skip
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page],
+                         capture_output=True, text=True, timeout=180).stdout  # fmt: skip
+    if screenshot is not None:
+        subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", page],
+                       capture_output=True, text=True, timeout=180)  # fmt: skip
+    return dom
