@@ -34,6 +34,8 @@ RESUMABLE_CHANGES = (
     "dataset_root",
     "val_root",
     "run_dir",
+    # Only lets a run start from a flagged cache; absent from configs written before it.
+    "allow_label_mismatch",
 )
 
 
