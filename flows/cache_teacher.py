@@ -92,7 +92,9 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     logsumexp at every temperature, the true-class logit, and each view's crop and flip,
     so students can replay the exact views later without the teacher. Shards already
     marked done are skipped, so rerunning after a crash resumes. Ends with a completeness
-    check, teacher statistics and a replay check against a fresh teacher forward.
+    check, teacher statistics and a replay check against a fresh teacher forward. Labels are
+    the positions of the class folders in `classes` (the teacher's class list); when the
+    teacher's top-1 rarely matches them the cache is kept but flagged, and the run fails.
     """
     logger = get_run_logger()
     producer = f"prefect flow run {flow_run.get_id()} ({flow_run.get_name()})"
@@ -109,8 +111,7 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     check = replay_check(config)
     report["replay_check"] = check
     publish_table(
-        "cache-stats",
-        cache_build.stats_rows(report),
-        description=f"Teacher cache {config.output}: per-view statistics and replay check",
+        "cache-stats", cache_build.stats_rows(report), cache_build.stats_description(report)
     )
+    cache_build.require_label_agreement(report)  # a flagged cache is kept, the run fails
     return report
