@@ -141,8 +141,10 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     so students can replay the exact views later without the teacher. Shards already
     marked done are skipped, so rerunning after a crash resumes. Ends with a completeness
     check, teacher statistics and a replay check against a fresh teacher forward, then
-    emits a `pld.cache.finalized` event (a failed pass emits `pld.cache.failed`). `{date}`
-    in `output` becomes the run's scheduled date: one new cache per scheduled pass.
+    emits a `pld.cache.finalized` event (a failed pass emits `pld.cache.failed`). Labels are
+    the positions of the class folders in `classes` (the teacher's class list); when the
+    teacher's top-1 rarely matches them the cache is kept but flagged, and the run fails.
+    `{date}` in `output` becomes the run's scheduled date: one new cache per scheduled pass.
     """
     logger = get_run_logger()
     config = config.model_copy(
@@ -159,9 +161,8 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     check = replay_check(config)
     report["replay_check"] = check
     publish_table(
-        "cache-stats",
-        cache_build.stats_rows(report),
-        description=f"Teacher cache {config.output}: per-view statistics and replay check",
+        "cache-stats", cache_build.stats_rows(report), cache_build.stats_description(report)
     )
+    cache_build.require_label_agreement(report)  # a flagged cache is kept, the run fails
     emit_cache_finalized(config, report)
     return report

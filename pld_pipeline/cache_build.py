@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import storage
-from pld_pipeline import errors
+from pld_pipeline import errors, label_order
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.models import LoadedTeacher, load_teacher
@@ -75,8 +75,12 @@ class ShardOutcome:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(root: str, split: str | None) -> ImageFolderDataset:
-    return ImageFolderDataset(root, split=split)
+def _dataset(
+    root: str, split: str | None, classes: str | tuple[str, ...] | None
+) -> ImageFolderDataset:
+    # Hashable arguments for the cache: a class list travels as a tuple.
+    spec = list(classes) if isinstance(classes, tuple) else classes
+    return label_order.load_dataset(root, split, spec)
 
 
 @functools.lru_cache(maxsize=2)
@@ -87,8 +91,11 @@ def _teacher(teacher_json: str) -> LoadedTeacher:
 
 
 def dataset_of(config: CacheConfig) -> ImageFolderDataset:
-    """The config's dataset listing, built once per process."""
-    return _dataset(config.dataset_root, config.split)
+    """The config's dataset listing (labels from its `classes`), built once per process."""
+    classes = config.classes
+    return _dataset(
+        config.dataset_root, config.split, tuple(classes) if isinstance(classes, list) else classes
+    )
 
 
 def teacher_of(config: CacheConfig) -> LoadedTeacher:
@@ -97,7 +104,13 @@ def teacher_of(config: CacheConfig) -> LoadedTeacher:
 
 
 def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
-    """The manifest this config's pass writes (teacher identity, views, format, dataset)."""
+    """The manifest this config's pass writes (teacher identity, views, format, dataset).
+
+    Raises:
+        errors.ConfigError: K larger than the teacher's classes.
+        errors.ClassListError: labels that cannot be the teacher's class indices
+            (`label_order.check_label_space`): the guard before anything is computed.
+    """
     dataset = dataset_of(config)
     teacher = teacher_of(config)
     if config.format == "topk" and config.k > teacher.info.num_classes:
@@ -105,11 +118,7 @@ def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
             f"k={config.k} exceeds the teacher's {teacher.info.num_classes} classes; "
             f"use k <= {teacher.info.num_classes} or format='full'."
         )
-    if int(dataset.labels.max()) >= teacher.info.num_classes:
-        raise errors.ConfigError(
-            f"The dataset at {config.dataset_root!r} has {len(dataset.classes)} classes but the "
-            f"teacher outputs {teacher.info.num_classes}; use a teacher trained on these classes."
-        )
+    label_order.check_label_space(dataset, teacher.info.num_classes, config.classes)
     return storage.Manifest(
         teacher=teacher.info,
         views=config.view_info(teacher.preprocess.crop_pct),
@@ -121,6 +130,7 @@ def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
         shard_size=config.shard_size,
         producer=producer,
         library_versions=_producer_versions(),
+        class_list=label_order.class_list_record(dataset, config.classes),
     )
 
 
@@ -231,13 +241,19 @@ class CacheReport:
     top1: dict[int, float]
     tail_mass: dict[int, float]
     bad_keys: list[str]
+    label_check: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def finalize_cache(config: CacheConfig) -> CacheReport:
-    """Check that every (view, shard) is done, record bad samples, and compute the stats.
+    """Check that every (view, shard) is done, record bad samples, compute the stats, and
+    check that the teacher agrees with the labels.
+
+    A label agreement below `min_label_agreement` is recorded in the manifest
+    (`label_check.flagged`) and returned, not raised, so the stats can be published first;
+    call `require_label_agreement(report)` after that (the flow does).
 
     Raises:
         storage.IncompleteCacheError: some (view, shard) is missing (listed).
@@ -249,6 +265,18 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
     if bad_keys:
         storage.open_writer(config.location()).record_bad_samples(bad_keys)
     summary = storage.summarize(config.location())
+    label_check = None
+    if summary.top1:  # some record could be decoded
+        check = label_order.agreement_check(
+            float(np.mean(list(summary.top1.values()))),
+            int((~bad).sum()) * summary.num_views,
+            summary.num_classes,
+            config.min_label_agreement,
+        )
+        storage.open_writer(config.location()).record_label_check(check)
+        label_check = asdict(check)
+        if check.flagged:
+            logger.error(label_order.mismatch_message(label_check, config.location()))
     return CacheReport(
         path=config.output,
         num_samples=summary.num_samples,
@@ -262,7 +290,17 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
         top1={int(v): float(t) for v, t in summary.top1.items()},
         tail_mass={int(v): float(t) for v, t in summary.tail_mass.items()},
         bad_keys=bad_keys,
+        label_check=label_check,
     )
+
+
+def require_label_agreement(report: dict[str, Any]) -> None:
+    """Fail a pass whose labels were flagged by `finalize_cache` (the cache stays, flagged).
+
+    Raises:
+        errors.LabelOrderError: the teacher's top-1 against the labels was below the threshold.
+    """
+    label_order.require_agreement(report.get("label_check"), report["path"])
 
 
 @dataclass
@@ -365,5 +403,24 @@ def stats_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         "bad_samples": len(report["bad_keys"]),
         "replay_max_abs_error": check.get("max_abs_error"),
         "replay_check": "passed" if check.get("passed") else "failed/skipped",
+        "label_check": label_check_cell(report.get("label_check")),
     })  # fmt: skip
     return rows
+
+
+def label_check_cell(check: dict[str, Any] | None) -> str:
+    """The stats table's label-check entry: the flag first, then the figures."""
+    if check is None:
+        return "not checked"
+    figures = f"top-1 {check['top1']:.4f} vs required {check['min_agreement']:.4f}"
+    if check["flagged"]:
+        return f"FLAGGED: LABEL MISMATCH ({figures}); labels probably not in the teacher's order"
+    return f"passed ({figures})"
+
+
+def stats_description(report: dict[str, Any]) -> str:
+    """The stats table's description; a flagged cache says so first."""
+    text = f"Teacher cache {report['path']}: per-view statistics, replay and label checks"
+    if (report.get("label_check") or {}).get("flagged"):
+        text = "LABEL MISMATCH (flagged). " + text
+    return text

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from pld_pipeline import label_order
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError
@@ -51,8 +52,15 @@ class TargetPlan:
 
 
 def manifest_hash(manifest) -> str:  # noqa: ANN001 - storage.Manifest
-    """sha256 hex of the manifest's JSON with sorted keys."""
-    text = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
+    """sha256 hex of the manifest's JSON with sorted keys, without `label_check`.
+
+    The label check is a finding about the cache that a rerun of the pass may rewrite (e.g.
+    with another threshold), not its contents; leaving it out also keeps the hash of a cache
+    written before label checks what it was, so runs on it still resume.
+    """
+    data = manifest.to_dict()
+    data.pop("label_check", None)
+    text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -60,12 +68,16 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
     """Validate `reader`'s cache for this run and decide the target plan.
 
     Checks, in order: every (view, shard) written, keys and fingerprint equal to the dataset's,
-    the student's class count, labels inside the teacher's classes, K' <= K, dense targets
-    only from a full cache, and the loss temperature among the cached ones (compact targets).
+    the student's class count, the pass's label flag and the dataset's labels equal to the
+    cache's (`label_order.check_run_labels`), labels inside the teacher's classes, K' <= K,
+    dense targets only from a full cache, and the loss temperature among the cached ones
+    (compact targets).
 
     Raises:
         storage.IncompleteCacheError / DatasetMismatchError / ManifestMismatchError: from
             `reader.validate`.
+        LabelOrderError: the pass flagged the cache and allow_label_mismatch is off.
+        ClassListError: the dataset maps its folders to other labels than the cache.
         ConfigError: K' too large, dense targets from a top-K cache, labels out of range.
         TemperatureNotCachedError: the loss temperature was not cached.
     """
@@ -75,6 +87,9 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
         expect["teacher.num_classes"] = config.student.num_classes
     reader.validate(
         expect=expect, dataset_keys=list(images.keys), dataset_fingerprint=images.fingerprint()
+    )
+    label_order.check_run_labels(
+        reader, images, str(config.cache), config.dataset_root, config.allow_label_mismatch
     )
     num_classes = int(m.teacher.num_classes)
     if len(images.labels) and int(images.labels.max()) >= num_classes:

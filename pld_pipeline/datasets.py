@@ -35,7 +35,9 @@ class ImageFolderDataset:
 
     Attributes:
         root: the folder holding the class folders (`root/split` when a split was given).
-        classes: class folder names, sorted (or as given).
+        classes: class names, label i = classes[i]: the sorted folder names, or the list given
+            (which may name classes without a folder here).
+        folders: the class folders found, sorted.
         keys: [N] sample keys, relative posix paths, sorted.
         labels: [N] int32 class index of each sample.
         sizes: [N] int64 file size in bytes (part of the fingerprint).
@@ -81,6 +83,7 @@ class ImageFolderDataset:
         self.root = base
         self.split = split
         found_classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
+        self.folders = found_classes
         if not found_classes:
             raise DatasetError(
                 f"No class folders in {str(base)!r}; expected the layout root/<class>/<image>."
@@ -92,8 +95,10 @@ class ImageFolderDataset:
             unknown = sorted(set(found_classes) - set(self.classes))
             if unknown:
                 raise DatasetError(
-                    f"Class folders {unknown[:10]} in {str(base)!r} are not in the given class "
-                    f"list ({len(self.classes)} classes); add them or remove the folders."
+                    f"{len(unknown)} class folders in {str(base)!r} are not in the given class "
+                    f"list ({len(self.classes)} classes): {unknown[:10]}"
+                    f"{' ...' if len(unknown) > 10 else ''}; the list must name every folder "
+                    "(use the teacher's full class list), or remove those folders."
                 )
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.keys, self.labels, self.sizes = self._scan(

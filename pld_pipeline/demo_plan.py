@@ -64,6 +64,7 @@ def cache_config(config: DemoConfig, data_root: str) -> CacheConfig:
         format="topk", k=config.k, temperatures=config.temperatures, shard_size=1024,
         output=str(Path(config.workdir) / "cache"), batch_size=256,
         num_workers=config.num_workers, device="cpu", replay_check_samples=8,
+        min_label_agreement=config.min_label_agreement,
     )  # fmt: skip
 
 

@@ -16,6 +16,15 @@ class ConfigError(PLDError, ValueError):
     """A configuration value is invalid or inconsistent (e.g. K larger than the class count)."""
 
 
+class ClassListError(ConfigError):
+    """Labels cannot be trusted to be teacher class indices: no class list where one is needed,
+    a malformed list, or a dataset that maps its folders to other indices than the cache."""
+
+
+class LabelOrderError(PLDError, ValueError):
+    """The teacher rarely agrees with the labels: they probably do not follow its class order."""
+
+
 class DatasetError(PLDError, ValueError):
     """A dataset folder does not follow the ImageNet layout (no classes, empty class, ...)."""
 

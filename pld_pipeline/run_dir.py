@@ -36,6 +36,8 @@ RESUMABLE_CHANGES = (
     "run_dir",
     "timeout_s",
     "gpu_limit",
+    # Only lets a run start from a flagged cache; absent from configs written before it.
+    "allow_label_mismatch",
 )
 
 

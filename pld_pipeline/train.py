@@ -26,6 +26,7 @@ from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.ddp import DistContext
 from pld_pipeline.errors import PLDError
+from pld_pipeline.label_order import load_dataset
 from pld_pipeline.losses import make_loss
 from pld_pipeline.metrics import topk_correct
 from pld_pipeline.models import create_model
@@ -97,7 +98,7 @@ def fit(
     # Data: the cache, checked against the images and this config.
     from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.train` light
 
-    train_images = ImageFolderDataset(config.dataset_root, split=config.dataset_split)
+    train_images = load_dataset(config.dataset_root, config.dataset_split, config.classes)
     if config.cache is None:  # plain supervised training (loss ce), e.g. of a teacher
         reader, plan = None, supervised_plan(train_images, config)
         slabs, train_index = NoSlabs(), np.arange(len(train_images))

@@ -3,7 +3,8 @@
 Public API (see storage/README.md for the on-disk format):
 ``create`` / ``open_writer`` -> ``CacheWriter.write_shard``; ``open_cache`` ->
 ``CacheReader.validate`` / ``load_view`` / ``prefetch`` / ``iter_view``;
-``inspect``; the ``Manifest`` dataclasses and ``fingerprint``; the errors.
+``inspect``; the ``Manifest`` dataclasses (with ``ClassList``, ``LabelCheck``),
+``fingerprint`` and ``class_list_sha256``; the errors.
 """
 
 from storage.errors import (
@@ -21,6 +22,7 @@ from storage.errors import (
     SchemaVersionError,
     ShardAlreadyWrittenError,
 )
+from storage.labels import ClassList, LabelCheck, class_list_sha256
 from storage.location import Location
 from storage.manifest import SCHEMA_VERSION, Manifest, TeacherInfo, ViewInfo, fingerprint
 from storage.reader import CacheReader, open_cache
@@ -39,12 +41,14 @@ __all__ = [
     "CacheReader",
     "CacheSummary",
     "CacheWriter",
+    "ClassList",
     "CorruptCacheError",
     "CorruptChunkError",
     "DatasetMismatchError",
     "IncompleteCacheError",
     "InvalidManifestError",
     "Location",
+    "LabelCheck",
     "Manifest",
     "ManifestMismatchError",
     "NotACacheError",
@@ -55,6 +59,7 @@ __all__ = [
     "TeacherInfo",
     "ViewInfo",
     "ViewSlab",
+    "class_list_sha256",
     "create",
     "fingerprint",
     "inspect",

@@ -1,8 +1,14 @@
 """The cache manifest: what made a cache, as dataclasses that round-trip through JSON.
 
 The manifest lives in the group attributes under ``"pld_cache"``. Its identity fields
-(everything but ``library_versions``, ``created_at`` and ``producer``) decide whether
-a cache can be reused or resumed; ``compatible_with`` and ``diff`` compare them.
+(everything but ``library_versions``, ``created_at``, ``producer``, ``label_check`` and
+``class_list.source``) decide whether a cache can be reused or resumed;
+``compatible_with`` and ``diff`` compare them.
+
+``class_list`` and ``label_check`` came after the first caches were written. When unset
+they are left out of the JSON, so a cache written before them reads, hashes and compares
+exactly as it did; a cache without ``class_list`` is compatible with any class list (its
+``label`` array, compared on resume and by students, is then what decides).
 """
 
 from __future__ import annotations
@@ -15,12 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.errors import InvalidManifestError, SchemaVersionError
+from storage.labels import ClassList, LabelCheck
 
 SCHEMA_VERSION: int = 1
 FORMATS = ("topk", "full")
 VIEW_MODES = ("eval", "replay")
-# Fields that describe how and when a cache was made, not what it holds.
-NON_IDENTITY_FIELDS = ("library_versions", "created_at", "producer")
+# Fields that describe how and when a cache was made, or a finding about it, not what it
+# holds (a dotted name excludes one leaf, a plain name the whole field).
+NON_IDENTITY_FIELDS = (
+    "library_versions", "created_at", "producer", "label_check", "class_list.source",
+)  # fmt: skip
+# Fields added after the first caches: absent from the JSON when None (see the docstring).
+OPTIONAL_FIELDS = ("class_list", "label_check")
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -129,6 +141,8 @@ class Manifest:
     library_versions: dict = field(default_factory=dict)
     created_at: str = ""
     producer: str = ""
+    class_list: ClassList | None = None
+    label_check: LabelCheck | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, TeacherInfo) or not isinstance(self.views, ViewInfo):
@@ -183,6 +197,17 @@ class Manifest:
         _set(self, "shard_size", int(self.shard_size))
         _set(self, "schema_version", int(self.schema_version))
         _set(self, "library_versions", dict(self.library_versions))
+        for name, kind in (("class_list", ClassList), ("label_check", LabelCheck)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise InvalidManifestError(
+                    f"Manifest.{name} must be a {kind.__name__} or None, got {type(value).__name__}"
+                )
+        if self.class_list is not None and self.class_list.num_classes > num_classes:
+            raise InvalidManifestError(
+                f"class_list names {self.class_list.num_classes} classes but the teacher has "
+                f"{num_classes}; labels must be teacher class indices"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -199,9 +224,19 @@ class Manifest:
         """S, the number of write shards per view: ceil(N / shard_size)."""
         return -(-self.num_samples // self.shard_size)
 
+    @property
+    def label_mismatch(self) -> bool:
+        """True when the pass flagged its labels as probably not in the teacher's order."""
+        return self.label_check is not None and bool(self.label_check.flagged)
+
     def to_dict(self) -> dict[str, Any]:
-        """Return the manifest as plain JSON types (tuples become lists)."""
-        return jsonable(dataclasses.asdict(self))
+        """Return the manifest as plain JSON types (tuples become lists); unset optional
+        fields are left out, so older caches keep their exact JSON."""
+        data = jsonable(dataclasses.asdict(self))
+        for name in OPTIONAL_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -223,6 +258,9 @@ class Manifest:
             fields = dict(data)
             fields["teacher"] = TeacherInfo(**data["teacher"])
             fields["views"] = ViewInfo(**data["views"])
+            for name, kind in (("class_list", ClassList), ("label_check", LabelCheck)):
+                if fields.get(name) is not None:
+                    fields[name] = kind(**fields[name])
             return cls(**fields)
         except (KeyError, TypeError) as exc:
             raise InvalidManifestError(f"manifest dict is malformed: {exc}") from exc
@@ -233,7 +271,7 @@ class Manifest:
         return {
             key: value
             for key, value in flat.items()
-            if key not in NON_IDENTITY_FIELDS and not key.startswith("library_versions.")
+            if key not in NON_IDENTITY_FIELDS and key.split(".")[0] not in NON_IDENTITY_FIELDS
         }
 
     def compatible_with(self, other: Manifest) -> bool:
@@ -241,12 +279,18 @@ class Manifest:
         return not self.diff(other)
 
     def diff(self, other: Manifest) -> list[str]:
-        """List the identity fields that differ, as ``"field: self_value != other_value"``."""
+        """List the identity fields that differ, as ``"field: self_value != other_value"``.
+
+        An optional field unset on either side (a cache written before it) is not compared.
+        """
         mine, theirs = self.identity(), other.identity()
+        unset = {
+            n for n in OPTIONAL_FIELDS if getattr(self, n) is None or getattr(other, n) is None
+        }
         return [
             f"{key}: {mine.get(key)!r} != {theirs.get(key)!r}"
             for key in sorted(set(mine) | set(theirs))
-            if mine.get(key) != theirs.get(key)
+            if mine.get(key) != theirs.get(key) and key.split(".")[0] not in unset
         ]
 
 

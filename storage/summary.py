@@ -41,6 +41,11 @@ class CacheSummary:
     tail_mass: dict[int, float] = field(default_factory=dict)
 
     @property
+    def label_mismatch(self) -> bool:
+        """True when the pass flagged the labels as probably not in the teacher's order."""
+        return bool((self.manifest.get("label_check") or {}).get("flagged"))
+
+    @property
     def bytes_per_record(self) -> float:
         """Stored bytes of the per-view arrays per written (view, sample) record."""
         return self.view_bytes / max(self.records_written, 1)
@@ -64,6 +69,8 @@ class CacheSummary:
             f"size       N={self.num_samples}  V={self.num_views}  shards/view={self.num_shards}"
             f" (shard_size {m['shard_size']})",
             f"dataset    fingerprint {m['dataset_fingerprint'][:16]}...",
+            f"classes    {class_list_text(m.get('class_list'))}",
+            f"labels     {label_check_text(m.get('label_check'))}",
             f"complete   {self.done_shards}/{self.num_views * self.num_shards} (view, shard)"
             + (
                 f"; missing {self.missing[:10]}{' ...' if len(self.missing) > 10 else ''}"
@@ -81,6 +88,31 @@ class CacheSummary:
             )
         lines.append(f"libraries  {json.dumps(m['library_versions'], sort_keys=True)}")
         return "\n".join(lines)
+
+
+def class_list_text(class_list: dict | None) -> str:
+    """One line on the class list that made the labels (manifest ``class_list``)."""
+    if class_list is None:
+        return "not recorded (cache written before class lists; its label array decides)"
+    source = "given list" if class_list["source"] == "list" else "sorted folder names"
+    return f"{source} of {class_list['num_classes']} (sha256 {class_list['sha256'][:12]}...)"
+
+
+def label_check_text(check: dict | None) -> str:
+    """One line on the pass's label agreement (manifest ``label_check``), flag first."""
+    if check is None:
+        return "not checked (cache written before label checks, or not finished)"
+    figures = (
+        f"teacher top-1 vs label {check['top1']:.4f} over {check['records']} records, "
+        f"required {check['min_agreement']:.4f}"
+    )
+    if check["flagged"]:
+        return (
+            f"FLAGGED: LABEL MISMATCH: {figures}. The labels probably do not follow the "
+            "teacher's class order: re-create the cache with `classes` (the teacher's class "
+            "list); students refuse it unless allow_label_mismatch=true"
+        )
+    return f"ok: {figures}"
 
 
 def _done_ranges(reader: CacheReader, view: int, missing: set) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ killed mid-shard leaves the done bit unset; the shard is rewritten on resume.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -28,6 +29,7 @@ from storage.errors import (
     RequestError,
     ShardAlreadyWrittenError,
 )
+from storage.labels import LabelCheck
 from storage.manifest import Manifest
 from storage.records import prepare_records
 from storage.schema import (
@@ -117,6 +119,19 @@ class CacheWriter:
         truth is the ``bad`` array); outside the manifest, so it never changes identity.
         """
         self._group.attrs["bad_samples"] = sorted(str(k) for k in keys)
+
+    def record_label_check(self, check: LabelCheck) -> None:
+        """Store the pass's label agreement in the manifest (``label_check``).
+
+        Called by the finishing step; a non-identity field, so the cache stays compatible
+        with its config. A flagged check keeps every record: the cache is finished, and
+        students decide whether to use it (``allow_label_mismatch``).
+        """
+        if not isinstance(check, LabelCheck):
+            raise TypeError(f"check must be a storage.LabelCheck, got {type(check).__name__}")
+        updated = dataclasses.replace(self.manifest, label_check=check)
+        self._group.attrs[ATTR_MANIFEST] = updated.to_dict()
+        self.manifest = updated
 
     def write_shard(
         self, view: int, shard: int, records: Mapping[str, np.ndarray], strict: bool = False

@@ -5,6 +5,9 @@ Fixtures are session-scoped and read-only: copy a folder before changing it.
   among them one grayscale PNG, one CMYK JPEG, one palette PNG and one RGBA PNG.
 - `tiny_imagefolder_corrupt`: the same plus `cup/zz_corrupt.jpg`, a file that is no image.
 - `real_photos`: full-size scikit-image photos (cat, coffee, rocket, astronaut), one class each.
+- `wnid_photos`: a 3-class ImageNet subset: real photos in folders named by the ImageNet wnid of
+  their class (`imagenet_subset.WNID_INDEX`: wnid -> index in the standard 1000-class order),
+  two images each.
 """
 
 from __future__ import annotations
@@ -91,4 +94,22 @@ def real_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ):
         (root / folder).mkdir()
         _photo(name).save(root / folder / f"{name}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def wnid_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folders n02123159/ (cat), n07920052/ (coffee), n03773504/ (rocket): each holds its
+    photo and a smaller mirrored copy (6 images)."""
+    from imagenet_subset import WNID_PHOTO
+
+    root = tmp_path_factory.mktemp("wnid_photos")
+    for wnid, name in WNID_PHOTO.items():
+        (root / wnid).mkdir()
+        photo = _photo(name)
+        photo.save(root / wnid / f"{name}.jpg", quality=95)
+        small = photo.transpose(Image.FLIP_LEFT_RIGHT).resize(
+            (photo.width * 3 // 4, photo.height * 3 // 4)
+        )
+        small.save(root / wnid / f"{name}_small.jpg", quality=90)
     return root

@@ -10,6 +10,48 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Interpolation = Literal["bilinear", "bicubic", "nearest", "nearest-exact"]
 RGB = tuple[float, float, float]
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+SORTED_FOLDERS = "sorted-folders"
+# A class list: names in the teacher's index order, a text file of them, or SORTED_FOLDERS.
+ClassesSpec = list[str] | str | None
+CLASSES_HELP = (
+    "The teacher's class list in its index order: label = position in it. A list of "
+    "class-folder names, or the path of a text file with one name per line (e.g. the 1000 "
+    "ImageNet wnids, see the README's 'Class lists'). Folders missing from the dataset are "
+    "fine; folders not in the list are an error. 'sorted-folders': labels are the positions "
+    "of the sorted folder names. None: the same, but refused when the dataset has fewer "
+    "folders than the teacher has classes (a subset needs the list)."
+)
+
+
+def check_class_names(names: list[str], where: str = "classes") -> list[str]:
+    """Raise ValueError unless `names` is a non-empty list of distinct folder names."""
+    if not names:
+        raise ValueError(f"{where} is empty; give the teacher's class names in index order")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(
+                f"{where}[{i}] = {name!r} is not a folder name (empty, or with surrounding spaces)"
+            )
+        if "/" in name or "\n" in name:
+            raise ValueError(f"{where}[{i}] = {name!r} holds '/' or a newline; give folder names")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(
+                f"{where} names {name!r} twice (positions {seen[name]} and {i}); each class "
+                "must appear once, at its teacher index"
+            )
+        seen[name] = i
+    return names
+
+
+def check_classes_spec(value: ClassesSpec) -> ClassesSpec:
+    """Validate a `classes` field: a name list, 'sorted-folders', a file path, or None."""
+    if isinstance(value, list):
+        return check_class_names(value)
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("classes is an empty string; give a list, a file path or 'sorted-folders'")
+    return value
 
 
 class TeacherConfig(BaseModel):
@@ -124,6 +166,7 @@ class CacheConfig(BaseModel):
         None,
         description="Sub-folder of dataset_root to read (torchvision ImageNet: 'train', 'val').",
     )
+    classes: ClassesSpec = Field(None, description=CLASSES_HELP)
     teacher: TeacherConfig = Field(description="The teacher model.")
     views: ViewConfig = Field(default_factory=ViewConfig, description="Views to cache.")
     format: Literal["topk", "full"] = Field(
@@ -170,6 +213,15 @@ class CacheConfig(BaseModel):
         0.05,
         gt=0,
         description="Largest |cached - recomputed| top-K log-prob (nats) the replay check accepts.",
+    )
+    min_label_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Least teacher top-1 against the labels over the pass. Below it the cache "
+        "is finished but flagged as a label mismatch and the pass fails (labels probably not in "
+        "the teacher's class order). None: 5x chance (5/C; for C < 9 halfway between chance "
+        "and 1). 0: never flag.",
     )
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="'threads' in this process, or 'dask' (local or existing cluster)."
@@ -220,6 +272,11 @@ class CacheConfig(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError(f"temperatures must be distinct, got {list(value)}")
         return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: ClassesSpec) -> ClassesSpec:
+        return check_classes_spec(value)
 
     @field_validator("device")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pld_pipeline.configs.cache import TeacherConfig
+from pld_pipeline.configs.cache import ClassesSpec, TeacherConfig, check_classes_spec
 from pld_pipeline.errors import ConfigError
 
 # The same strings as pld_pipeline.losses.LOSS_NAMES (a test keeps them equal); spelled out
@@ -154,6 +154,17 @@ class TrainConfig(_Strict):
         None,
         description="split folder under dataset_root (e.g. 'train'); None = root holds classes",
     )
+    classes: ClassesSpec = Field(
+        None,
+        description="class list mapping dataset_root's folders to labels, as in the cache "
+        "config: a list, a text file (one name per line) or 'sorted-folders'; the labels must "
+        "equal the cache's (checked). None = sorted folder names. Also maps val_root",
+    )
+    allow_label_mismatch: bool = Field(
+        False,
+        description="train from a cache whose teacher pass flagged its labels as probably not "
+        "in the teacher's class order (refused by default)",
+    )
     val_root: str | None = Field(
         None, description="validation images (ImageNet layout); None = no evaluation"
     )
@@ -212,6 +223,11 @@ class TrainConfig(_Strict):
         description="Prefect flows: global concurrency limit whose slot the run holds while "
         "it trains on CUDA (CPU runs take none); `pld serve` creates it. None = take no slot",
     )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: ClassesSpec) -> ClassesSpec:
+        return check_classes_spec(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

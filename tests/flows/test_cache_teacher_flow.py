@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,8 +22,12 @@ TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
 
 
 def make_config(root: Path, output: Path, **overrides) -> CacheConfig:
+    # An untrained 10-class teacher on 3 folders: the sorted folder positions are opted in
+    # and the label-agreement check is off (its own tests are in test_label_order_flow.py).
     data = {
         "dataset_root": str(root),
+        "classes": "sorted-folders",
+        "min_label_agreement": 0.0,
         "teacher": {"name": TEACHER, "num_classes": 10, "input_size": 24},
         "views": {"mode": "replay", "num_views": 2, "seed": 3},
         "format": "topk",
@@ -115,18 +118,12 @@ def test_rerun_with_another_manifest_is_refused(reference_cache: Path, tiny_imag
 
 
 def test_stats_artifact_is_published(reference_cache: Path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from artifact_lookup import cache_stats_artifact
 
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cache-stats"]))
-        )
-    mine = [a for a in artifacts if str(reference_cache) in (a.description or "")]
-    assert len(mine) == 1
-    rows = mine[0].data if isinstance(mine[0].data, list) else json.loads(mine[0].data)
+    _, rows = cache_stats_artifact(reference_cache)
     assert [r["view"] for r in rows] == [0, 1, "all"]
     assert rows[-1]["replay_check"] == "passed"
+    assert rows[-1]["label_check"].startswith("passed")  # min_label_agreement 0: never flagged
     reader = storage.open_cache(str(reference_cache))
     for view in (0, 1):  # teacher top-1 recomputed from the cached arrays with plain numpy
         slab = reader.load_view(view)

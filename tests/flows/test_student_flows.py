@@ -17,7 +17,8 @@ def tiny_cache(tiny_imagefolder: Path, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("student-flows") / "cache"
     cache_teacher(CacheConfig.model_validate({
-        "dataset_root": str(tiny_imagefolder),
+        "dataset_root": str(tiny_imagefolder), "classes": "sorted-folders",
+        "min_label_agreement": 0.0,  # an untrained teacher
         "teacher": {"name": "slow_models:counted_tiny_cnn", "num_classes": 10, "input_size": 24},
         "views": {"mode": "replay", "num_views": 2, "seed": 0},
         "k": 4, "temperatures": [1.0, 4.0], "shard_size": 8, "output": str(out),
