@@ -276,7 +276,7 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
         storage.open_writer(config.location()).record_label_check(check)
         label_check = asdict(check)
         if check.flagged:
-            logger.error(label_order.mismatch_message(label_check, config.location()))
+            logger.error(label_order.mismatch_message(label_check, config.output))
     return CacheReport(
         path=config.output,
         num_samples=summary.num_samples,

@@ -80,6 +80,8 @@ def cache_config(dataset: Path, output: str, **overrides) -> dict:
     """The tiny pass every test runs: 12 images, 2 replay views, top-4, shards of 2."""
     data = {
         "dataset_root": str(dataset),
+        "classes": "sorted-folders",  # 3 folders under a 10-class teacher, on purpose
+        "min_label_agreement": 0.0,  # an untrained teacher
         "teacher": {"name": TEACHER, "num_classes": 10, "input_size": 24},
         "views": {"mode": "replay", "num_views": 2, "seed": 3},
         "format": "topk",
