@@ -31,10 +31,14 @@ def shard_task_runner(config: CacheConfig) -> Iterator[tuple[TaskRunner, str | N
     from prefect_dask import DaskTaskRunner
 
     share_api_url_with_workers()
+    from flows.dask_watch import ClusterWatch, local_cluster
+
     if config.dask_address:
+        # Reach the scheduler first (bounded): Prefect's own client would fail with a bare
+        # connection traceback, or wait on a scheduler that is not there.
+        ClusterWatch(config.dask_address, min(config.lost_workers_timeout, 60.0)).connect().close()
         yield DaskTaskRunner(address=config.dask_address), config.dask_address
         return
-    from flows.dask_watch import local_cluster
 
     with local_cluster(config.dask_workers, gpus_per_worker=config.gpus_per_task) as address:
         yield DaskTaskRunner(address=address), address

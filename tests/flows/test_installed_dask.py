@@ -229,3 +229,16 @@ def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, reference):
         cluster.stop()
         server.kill_group()
     assert_same_arrays(arrays_of(str(out)), reference)
+
+
+def test_an_unreachable_scheduler_is_one_error(work, tiny_imagefolder):
+    from cluster_testlib import free_port
+
+    out = work / "nowhere.zarr"
+    data = cache_config(tiny_imagefolder, str(out), lost_workers_timeout=5)
+    config = write_yaml(work / "nowhere.yaml", data)
+    result = run_pld(["cache", "--config", str(config), "--dask-address",
+                      f"tcp://127.0.0.1:{free_port()}"], work, user_env(work), timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pld cache: error:")]
+    assert len(errors) == 1 and "cannot reach the Dask scheduler" in errors[0], result.stderr[-3000:]
