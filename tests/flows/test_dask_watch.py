@@ -3,6 +3,7 @@ the import probe, and what a lost worker reports. (Real processes: test_installe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -68,10 +69,9 @@ def test_probe_reports_a_shadowing_package(tmp_path):
     shadow = tmp_path / "storage"
     shadow.mkdir()
     (shadow / "__init__.py").write_text("")
-    code = ("import json, sys; sys.path.insert(0, %r); from flows import worker_probe; "
-            "print(json.dumps(worker_probe.probe_project_imports()))") % str(tmp_path)  # fmt: skip
+    code = (f"import json, sys; sys.path.insert(0, {str(tmp_path)!r}); "
+            "from flows import worker_probe; print(json.dumps(worker_probe.probe_project_imports()))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    import json
 
     found = json.loads(out.stdout)
     assert "another package of that name" in found["storage"]["error"]
