@@ -68,7 +68,7 @@ def emit_cache_finalized(config: CacheConfig, report: dict[str, Any]) -> Event |
     check = report["replay_check"]
     payload = {
         "cache": resource_url(config.output),
-        "manifest_hash": current_manifest_hash(config.output),
+        "manifest_hash": current_manifest_hash(config.location()),
         "teacher": config.teacher.name,
         "format": report["format"],
         "k": report["k"],

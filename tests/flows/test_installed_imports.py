@@ -39,6 +39,9 @@ def where():
     return {"storage": storage.__file__, "pld_pipeline": pld_pipeline.__file__,
             "flows": flows.__file__, "has_open_cache": hasattr(storage, "open_cache")}
 
+def first(batch):
+    return batch[0]
+
 class Where(Dataset):
     def __len__(self):
         return 1
@@ -50,7 +53,7 @@ if __name__ == "__main__":
     if os.environ.get("RANK") is None:
         for method in ("fork", "spawn", "forkserver"):
             loader = DataLoader(Where(), num_workers=1, multiprocessing_context=method,
-                                collate_fn=lambda b: b[0])
+                                collate_fn=first)
             found[method] = json.loads(next(iter(loader)))
     else:
         found = {"rank" + os.environ["RANK"]: found["main"]}
