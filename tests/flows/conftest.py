@@ -24,3 +24,17 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def installed_reference(tiny_imagefolder, tmp_path_factory) -> dict:
+    """The thread runner's cache of the tiny pass, made by the installed `pld` CLI, read with
+    plain zarr: what every Dask or S3 pass of the same config must equal."""
+    from cluster_testlib import arrays_of, cache_config, run_pld, user_env, write_yaml
+
+    work = tmp_path_factory.mktemp("installed-reference")
+    out = work / "reference.zarr"
+    config = write_yaml(work / "reference.yaml", cache_config(tiny_imagefolder, str(out)))
+    result = run_pld(["cache", "--config", str(config)], work, user_env(work))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return arrays_of(str(out))

@@ -47,13 +47,8 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(work: Path, tiny_imagefolder: Path) -> dict:
-    """The thread runner's cache, made by the installed CLI: what every Dask pass must equal."""
-    out = work / "reference.zarr"
-    config = write_yaml(work / "reference.yaml", cache_config(tiny_imagefolder, str(out)))
-    result = run_pld(["cache", "--config", str(config)], work, user_env(work))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return arrays_of(str(out))
+def reference(installed_reference) -> dict:
+    return installed_reference
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,8 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_reference(work: Path, tiny_imagefolder: Path) -> dict:
-    out = work / "local.zarr"
-    config = write_yaml(work / "local.yaml", cache_config(tiny_imagefolder, str(out)))
-    result = run_pld(["cache", "--config", str(config)], work, user_env(work))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return arrays_of(str(out))
+def local_reference(installed_reference) -> dict:
+    return installed_reference
 
 
 @pytest.fixture(scope="module")
