@@ -36,6 +36,8 @@ TEACHER = {"name": "pld_pipeline.small_models:seeded_tiny_cnn", "num_classes": 1
 def cache_config(root: Path, output: str, **overrides) -> dict:
     data = {
         "dataset_root": str(root), "teacher": TEACHER,
+        # 3 folders under an untrained 10-class teacher, on purpose (issue 14's guards).
+        "classes": "sorted-folders", "min_label_agreement": 0.0,
         "views": {"mode": "replay", "num_views": 2, "seed": 3}, "format": "topk", "k": 4,
         "temperatures": [1.0, 2.0], "shard_size": 4, "output": output, "batch_size": 4,
         "num_workers": 0, "device": "cpu", "replay_check_samples": 4,
