@@ -47,9 +47,9 @@ def test_live_targets_equal_cached_targets(teacher_cache, color_folder):
         slab = reader.load_view(view)
         refs = StoredViews(slab.crop, slab.flip).refs()
         data = ViewDataset(images, 16, teacher_size=teacher.input_size)
-        items = [data[(i, refs[i])] for i in range(len(images))]
+        items = [data[(i, (refs[i],))] for i in range(len(images))]
         labels = torch.tensor([it[1] for it in items])
-        live = teacher.targets(torch.stack([it[3] for it in items]), labels)
+        live = teacher.targets(torch.cat([it[3] for it in items]), labels)
         cached = gather_targets(slab, np.arange(len(images)), "compact")
         assert torch.equal(live.topk_idx, cached.topk_idx)
         torch.testing.assert_close(
