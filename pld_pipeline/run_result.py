@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pld_pipeline.cache_check import TargetPlan
-from pld_pipeline.epoch_views import distinct_views
 from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.epoch_views import distinct_views
 
 
 @dataclass

@@ -5,6 +5,7 @@ Kept apart from train.py so `fit` reads as a table of contents.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -49,6 +50,8 @@ class Placement:
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision as configured (a no-op context without AMP)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
         return torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,

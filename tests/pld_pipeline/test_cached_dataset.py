@@ -19,8 +19,8 @@ from pld_pipeline.cached_dataset import (
     gather_targets,
     good_indices,
 )
-from pld_pipeline.epoch_views import EpochSlabs, distinct_views
 from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.epoch_views import EpochSlabs, distinct_views
 from pld_pipeline.losses import CachedTargets
 from pld_pipeline.teacher_pass import compute_shard
 from pld_pipeline.views import normalize_batch, sample_view
