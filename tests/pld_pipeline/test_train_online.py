@@ -79,9 +79,11 @@ def test_online_fit_runs_and_reports(teacher_cache, color_folder, tmp_path):
             epochs=1,
             loss={"name": "pld"},
             k=2,
+            views_per_image=2,  # the teacher scores both views of each decoded image
         )
     )
     assert cut.k == 2 and cut.mean_dropped_weight is not None
+    assert cut.samples_seen == 2 * 24 and cut.history[0]["views"] == [0, 1]
 
 
 def test_online_with_eval_cache_shares_the_students_views(color_folder, tmp_path):
