@@ -174,20 +174,23 @@ class ViewDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> tuple:
         i, refs = item
         pixels = self.images.load_tensor(i)
-        boxes = resolve_views(refs, i, pixels.shape[1], pixels.shape[2])
-        student = torch.stack(
-            [replay_view(pixels, c, f, self.size, self.interpolation) for c, f in boxes]
-        )
+        student, teacher = self.replay(pixels, resolve_views(refs, i, *pixels.shape[1:]))
         label = int(self.images.labels[i])
+        return (student, label, i) if teacher is None else (student, label, i, teacher)
+
+    def replay(
+        self, pixels: torch.Tensor, boxes: Sequence[tuple[Sequence[int], bool]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The views of one decoded image: uint8 [m, 3, S, S], and [m, 3, T, T] at the
+        teacher's size (None without an online teacher)."""
+
+        def at(size: int, mode: str) -> torch.Tensor:
+            return torch.stack([replay_view(pixels, c, f, size, mode) for c, f in boxes])
+
+        student = at(self.size, self.interpolation)
         if self.teacher_size is None:
-            return student, label, i
-        teacher = torch.stack(
-            [
-                replay_view(pixels, c, f, self.teacher_size, self.teacher_interpolation)
-                for c, f in boxes
-            ]
-        )
-        return student, label, i, teacher
+            return student, None
+        return student, at(self.teacher_size, self.teacher_interpolation)
 
 
 def resolve_views(

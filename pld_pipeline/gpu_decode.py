@@ -28,10 +28,15 @@ from typing import Any, NamedTuple
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pld_pipeline.cached_dataset import SampledViews, ViewBatch, ViewRef, resolve_views
-from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.cached_dataset import (
+    SampledViews,
+    ViewBatch,
+    ViewDataset,
+    ViewRef,
+    resolve_views,
+)
 from pld_pipeline.decoding import decode_rgb_bytes, is_jpeg, jpeg_header, read_bytes
-from pld_pipeline.views import replay_view, replay_view_float
+from pld_pipeline.views import replay_view_float
 
 logger = logging.getLogger(__name__)
 
@@ -60,24 +65,9 @@ class EncodedImage(NamedTuple):
     index: int
 
 
-class EncodedViewDataset(torch.utils.data.Dataset):
+class EncodedViewDataset(ViewDataset):
     """(index, views) -> EncodedImage: the file's bytes and its view boxes, no decoding
     (except for files the GPU does not take, see the module docstring)."""
-
-    def __init__(
-        self,
-        images: ImageFolderDataset,
-        size: int,
-        interpolation: str = "bilinear",
-        teacher_size: int | None = None,
-        teacher_interpolation: str = "bilinear",
-    ) -> None:
-        self.images = images
-        self.size, self.interpolation = size, interpolation
-        self.teacher_size, self.teacher_interpolation = teacher_size, teacher_interpolation
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> EncodedImage:
         i, refs = item
@@ -85,8 +75,7 @@ class EncodedViewDataset(torch.utils.data.Dataset):
         header = jpeg_header(data) if is_jpeg(data) else None
         label = int(self.images.labels[i])
         if header is not None and header.components in GPU_COMPONENTS:
-            boxes = resolve_views(refs, i, header.height, header.width)
-            crops, flips = _boxes_to_tensors(boxes)
+            crops, flips = _boxes_to_tensors(resolve_views(refs, i, header.height, header.width))
             return EncodedImage(data, None, None, crops, flips, label, i)
         logger.info(
             "Decoding %s on the CPU: %s", self.images.keys[i],
@@ -94,14 +83,7 @@ class EncodedViewDataset(torch.utils.data.Dataset):
         )  # fmt: skip
         pixels = decode_rgb_bytes(data, str(self.images.path(i)))
         boxes = resolve_views(refs, i, pixels.shape[1], pixels.shape[2])
-        student = torch.stack([replay_view(pixels, c, f, self.size, self.interpolation)
-                               for c, f in boxes])  # fmt: skip
-        teacher = None
-        if self.teacher_size is not None:
-            teacher = torch.stack([
-                replay_view(pixels, c, f, self.teacher_size, self.teacher_interpolation)
-                for c, f in boxes
-            ])  # fmt: skip
+        student, teacher = self.replay(pixels, boxes)
         crops, flips = _boxes_to_tensors(boxes)
         return EncodedImage(None, student, teacher, crops, flips, label, i)
 

@@ -177,26 +177,18 @@ def build_loaders(
     cuda = device is not None and device.type == "cuda"
     m = config.views_per_image
     sampler = EpochViewSampler(ShuffleSampler(train_index, config.seed, ctx.rank, ctx.world_size))
+    dataset_type, collate = ViewDataset, collate_views
     if config.decode == "cuda":
         from pld_pipeline.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
 
-        train_set = EncodedViewDataset(
-            train_images,
-            s.image_size,
-            s.interpolation,
-            teacher.input_size if teacher is not None else None,
-            teacher.interpolation if teacher is not None else "bilinear",
-        )
-        collate = collate_encoded
-    else:
-        train_set = ViewDataset(
-            train_images,
-            s.image_size,
-            s.interpolation,
-            teacher.input_size if teacher is not None else None,
-            teacher.interpolation if teacher is not None else "bilinear",
-        )
-        collate = collate_views
+        dataset_type, collate = EncodedViewDataset, collate_encoded
+    train_set = dataset_type(
+        train_images,
+        s.image_size,
+        s.interpolation,
+        teacher.input_size if teacher is not None else None,
+        teacher.interpolation if teacher is not None else "bilinear",
+    )
     train = make_loader(
         train_set, sampler, per_rank_batch // m, config.num_workers, config.seed,
         drop_last=True, pin_memory=cuda, collate_fn=collate,
