@@ -55,7 +55,7 @@ SECTIONS=(setup env cuda-tests losses teacher student student-data demo)
 declare -A LIMIT=([setup]=90 [env]=60 [cuda-tests]=150 [losses]=90 [teacher]=120
                   [student]=150 [student-data]=150 [demo]=200)
 declare -A CMD
-CMD[setup]="if ls .whl/*.whl >/dev/null 2>&1; then rm -rf '$WORK/site' && $PY -m pip install -q --no-index --no-deps --no-compile --target '$WORK/site' .whl/*.whl && echo \"installed \$(ls .whl/*.whl | wc -l) wheels into $WORK/site\"; else echo 'no .whl/ folder: using the packages already installed'; fi"
+CMD[setup]="if ls .whl/*.whl >/dev/null 2>&1; then rm -rf '$WORK/site' && { $PY -m pip install -q --no-index --no-deps --no-compile --target '$WORK/site' .whl/*.whl || { echo 'pip failed: unpacking the wheels instead'; $PY -c 'import glob, sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in glob.glob(\".whl/*.whl\")]' '$WORK/site'; }; } && echo \"installed \$(ls .whl/*.whl | wc -l) wheels into $WORK/site\"; else echo 'no .whl/ folder: using the packages already installed'; fi"
 CMD[env]="$PY bench/gpu_summary.py env --json $RESULTS/gpu-env.json"
 CMD[cuda-tests]="$PY -m pytest -q -p no:cacheprovider -m cuda tests/pld_pipeline/test_cuda.py --junitxml=$LOGS/cuda-tests.xml; rc=\$?; $PY bench/gpu_summary.py junit $LOGS/cuda-tests.xml --json $RESULTS/gpu-tests.json >/dev/null; exit \$rc"
 CMD[losses]="$PY bench/losses.py --device cuda --sizes 1024x1000 1024x21843 --budget 1.0 --json $RESULTS/gpu-losses.json"
