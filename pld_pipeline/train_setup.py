@@ -6,6 +6,7 @@ Kept apart from train.py so `fit` reads as a table of contents.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -32,6 +33,8 @@ from pld_pipeline.ddp import DistContext
 from pld_pipeline.epoch_views import own_crop_ids
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.views import normalize_batch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def build_loaders(
     m = config.views_per_image
     sampler = EpochViewSampler(ShuffleSampler(train_index, config.seed, ctx.rank, ctx.world_size))
     dataset_type, collate = ViewDataset, collate_views
-    if config.decode == "cuda":
+    if config.decode == "cuda" and cuda:
         from pld_pipeline.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
 
         dataset_type, collate = EncodedViewDataset, collate_encoded
@@ -211,9 +214,16 @@ def make_device_batches(
     config: TrainConfig, placement: Placement, teacher: Any = None
 ) -> Callable[[Iterator], Iterator]:
     """What turns the train loader's batches into training batches: the identity, or with
-    `decode: cuda` the GPU decoder (`gpu_decode.DeviceBatches`), which falls back to the
-    CPU decoder, with a log line, when no GPU is in use."""
+    `decode: cuda` the GPU decoder (`gpu_decode.DeviceBatches`); when the run is not on a
+    GPU after all (device 'auto' on a machine without one) the workers decode on the CPU,
+    with a log line."""
     if config.decode != "cuda":
+        return lambda batches: batches
+    if placement.device.type != "cuda":
+        logger.warning(
+            "decode='cuda' but the run is on %s: the DataLoader workers decode on the CPU.",
+            placement.device,
+        )
         return lambda batches: batches
     from pld_pipeline.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
 
