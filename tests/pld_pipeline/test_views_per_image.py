@@ -206,7 +206,7 @@ def test_decode_cuda_without_a_gpu_decodes_on_the_cpu_and_says_so(
     import logging
 
     cfg = train_config(three_view_cache, tiny_imagefolder, tmp_path / "r", device="auto",
-                       decode="cuda", epochs=1)  # fmt: skip
+                       decode="cuda", epochs=1, batch_size=4)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
         r = fit(cfg)
     assert r.samples_seen == 12 and "decode='cuda' but the run is on cpu" in caplog.text
