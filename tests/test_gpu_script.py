@@ -88,3 +88,20 @@ def test_a_failing_and_a_hanging_section_do_not_stop_the_others(tmp_path):
     assert "2 section(s) failed" in summary and "| losses | FAILED (exit 3) |" in summary
     assert "| env | ok |" in summary and "fake" in summary
     assert (out / "gpu-sections.json").is_file() and (out / "gpu-logs" / "losses.log").is_file()
+
+
+def test_the_wheel_list_covers_the_project_and_leaves_out_the_machines_packages():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_wheels
+    finally:
+        sys.path.pop(0)
+    wanted = dict(spec.split("==") for spec in gpu_wheels.missing())
+    for name in ("prefect", "prefect-dask", "zarr", "numcodecs", "dask", "distributed",
+                 "pydantic", "pydantic-core", "typing-extensions", "sqlalchemy", "uvicorn"):  # fmt: skip
+        assert name in wanted, name
+    assert not set(wanted) & gpu_wheels.PREINSTALLED  # torch, numpy, ... never carried
+    import prefect
+
+    assert wanted["prefect"] == prefect.__version__  # the tested versions
+    assert gpu_wheels.unmet() == []  # this environment satisfies every requirement
