@@ -161,7 +161,7 @@ def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Pa
         steps[mode] = Step(model, criterion, optimizer, scheduler, scaler, place, None, plan.form,
                            teacher if mode == "online" else None)  # fmt: skip
     loaders = build_loaders(config, listing, None, index, batch, ctx, teacher)
-    loaders.train_sampler.set_epoch(0, train_views(config, plan, slab, 0))
+    loaders.train_sampler.set_epoch(0, train_views(config, plan, [slab], 0))
     wall: dict[str, list[float]] = {"cached": [], "online": []}
     cpu: dict[str, list[float]] = {"cached": [], "online": []}
     gather: list[float] = []
@@ -172,7 +172,7 @@ def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Pa
         for mode in ("cached", "online") if j % 2 == 0 else ("online", "cached"):
             sync(place.device)
             t0, c0 = time.perf_counter(), time.process_time()
-            _, _, _, target_s = train_step(steps[mode], item, slab)
+            _, _, _, target_s = train_step(steps[mode], item, [slab])
             sync(place.device)
             if j >= args.warmup_steps:  # the first steps warm kernels and caches up
                 wall[mode].append(time.perf_counter() - t0)

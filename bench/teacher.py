@@ -35,10 +35,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from photos import make_folder  # noqa: E402
 from timing import sync  # noqa: E402
 
 from pld_pipeline.datasets import ImageFolderDataset  # noqa: E402
@@ -56,33 +56,6 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VIEWS = SimpleNamespace(
     mode="replay", num_views=1, seed=0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
 )
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field")
-
-
-def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
-    """n JPEGs (quality 90) cut at random from real photos and resized to about 500x375."""
-    import skimage.data
-
-    rng = np.random.default_rng(seed)
-    photos = []
-    for name in PHOTOS:
-        try:
-            photos.append(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"))
-        except Exception:  # noqa: BLE001 - a photo that needs a download is simply skipped
-            continue
-    for c in range(classes):
-        (root / f"class_{c:02d}").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
-        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        out_w, out_h = (500, 375) if rng.random() < 0.7 else (375, 500)
-        img = photo.crop((left, top, left + cw, top + ch)).resize((out_w, out_h), Image.BILINEAR)
-        img.save(root / f"class_{i % classes:02d}" / f"img_{i:06d}.jpg", quality=90)
-    return root
-
-
 def decoded_batches(
     data: ImageFolderDataset, n: int, size: int, batch: int, workers: int, device: torch.device
 ) -> tuple[list, list]:

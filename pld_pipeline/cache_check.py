@@ -129,6 +129,12 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
             "with target_form='dense', or re-run the teacher pass with it."
         )
     replay_cache = m.views.mode == "replay"
+    if replay_cache and config.views_per_image > int(m.views.num_views):
+        raise ConfigError(
+            f"views_per_image={config.views_per_image} but {config.cache!r} holds "
+            f"{m.views.num_views} views per image; use views_per_image <= "
+            f"{m.views.num_views} or cache more views (views.num_views)."
+        )
     views_match = replay_cache or config.online_teacher is not None
     if not views_match:
         logger.warning(
@@ -162,3 +168,44 @@ def supervised_plan(images: ImageFolderDataset, config: TrainConfig) -> TargetPl
         num_classes=num_classes, cache_format="none", form="compact", load_k=None, k=0,
         num_views=1, replay_cache=False, views_match=False, manifest_hash="none",
     )  # fmt: skip
+
+
+def check_slab_values(slab, num_classes: int) -> None:  # noqa: ANN001 - storage.ViewSlab
+    """Check a loaded view slab's values once, on the host, before its steps use it.
+
+    The steps skip the losses' per-batch value checks (each would wait for the GPU), so
+    this is where NaN/Inf targets or class indices outside the head are caught: one pass
+    over the slab's arrays with numpy when the slab is read.
+
+    Raises:
+        LossInputError: a non-finite value or an out-of-range class, with its view and row.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from pld_pipeline.losses import LossInputError  # noqa: PLC0415
+
+    def fail(what: str, row: int) -> None:
+        raise LossInputError(
+            f"cache view {slab.view}, sample {slab.start + row}: {what}; the cache is damaged "
+            "or belongs to another class set: rebuild it (or that view's shard)."
+        )
+
+    for name in ("topk_logp", "logits", "lse", "gt_logit"):
+        values = getattr(slab, name)
+        if values is None:
+            continue
+        # One sum per row is the fast path: NaN and Inf propagate into it.
+        finite = np.isfinite(values.reshape(len(values), -1).sum(axis=1, dtype=np.float64))
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            if not np.isfinite(values[row]).all():
+                fail(f"{name} holds a non-finite value", row)
+    for name, top in (("topk_idx", num_classes), ("label", num_classes)):
+        values = getattr(slab, name)
+        if values is None or values.size == 0:
+            continue
+        bad = (values < 0) | (values >= top)
+        if bad.any():
+            row = int(np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[0])
+            seen = int(np.asarray(values[row])[np.asarray(bad[row])].flat[0])
+            fail(f"{name} holds class {seen} outside [0, {top - 1}]", row)

@@ -1,23 +1,27 @@
-"""Images joined with the cache: per-sample views, per-epoch view slabs, targets gathered by index.
+"""Images joined with the cache: per-sample views, samplers, targets gathered by index.
 
-The DataLoader only decodes and replays images; it yields (image, label, index). The cached
-targets of a batch are then gathered in the main process from the epoch's in-memory view
-slab by those indices (numpy fancy indexing, no file reads) and moved to the device as
-compact `CachedTargets` or dense logits. So sampler order, batch size and worker count never
-depend on how the cache was written.
+Each DataLoader item is one image, decoded once and replayed for the m views of its epoch
+(`views_per_image`, see `epoch_views`); `collate_views` flattens a batch of b images into
+b * m samples, image-major, so the m views of an image train in the same batch. The cached
+targets of a batch are gathered in the main process from the epoch's in-memory view slabs
+by (sample index, view slot) (numpy fancy indexing, no file reads) and moved to the device
+as compact `CachedTargets` or dense logits. So sampler order, batch size and worker count
+never depend on how the cache was written.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.losses import CachedTargets
 from pld_pipeline.views import replay_view, sample_view
 
@@ -64,42 +68,90 @@ class SampledViews:
 
 
 class EpochViewSampler(torch.utils.data.Sampler):
-    """Wraps an index sampler; yields (index, view of that index) for the current epoch.
+    """Wraps an index sampler; yields (index, views of that index) for the current epoch.
 
-    The views travel with the indices, so the dataset holds no per-epoch state and
-    DataLoader workers can persist across epochs.
+    The views (one per slot, m per image) travel with the indices, so the dataset holds no
+    per-epoch state and DataLoader workers can persist across epochs.
     """
 
     def __init__(self, index_sampler: torch.utils.data.Sampler) -> None:
         self.index_sampler = index_sampler
-        self._refs: list[ViewRef] | None = None
-        self._sampled: SampledViews | None = None
+        self._slots: list[list[ViewRef] | SampledViews] | None = None
+        self._skip = 0
 
-    def set_epoch(self, epoch: int, views: StoredViews | SampledViews) -> None:
-        """Select the epoch's sample order and views."""
+    def set_epoch(
+        self,
+        epoch: int,
+        views: StoredViews | SampledViews | Sequence[StoredViews | SampledViews],
+        skip: int = 0,
+    ) -> None:
+        """Select the epoch's sample order and the views of each slot.
+
+        Args:
+            epoch: the epoch (reseeds the index sampler's order).
+            views: one entry per slot (m entries for m views per image), or a single one.
+            skip: leave out the first `skip` indices of this epoch's order (a run resumed
+                in the middle of an epoch).
+        """
         if hasattr(self.index_sampler, "set_epoch"):
             self.index_sampler.set_epoch(epoch)
-        if isinstance(views, StoredViews):
-            self._refs, self._sampled = views.refs(), None
-        else:
-            self._refs, self._sampled = None, views
+        slots = [views] if isinstance(views, StoredViews | SampledViews) else list(views)
+        self._slots = [v.refs() if isinstance(v, StoredViews) else v for v in slots]
+        self._skip = skip
 
     def __len__(self) -> int:
-        return len(self.index_sampler)
+        return max(0, len(self.index_sampler) - self._skip)
 
     def __iter__(self):  # noqa: ANN204
-        if self._refs is None and self._sampled is None:
+        if self._slots is None:
             raise RuntimeError("EpochViewSampler.set_epoch must be called before iterating")
-        for i in self.index_sampler:
-            yield (i, self._refs[i] if self._refs is not None else self._sampled)
+        slots = self._slots
+        for i in itertools.islice(self.index_sampler, self._skip, None):
+            yield (i, tuple(s if isinstance(s, SampledViews) else s[i] for s in slots))
+
+
+class ViewBatch(NamedTuple):
+    """A training or evaluation batch of b images x m views, image-major (B = b * m).
+
+    Attributes:
+        images: uint8 [B, 3, S, S].
+        labels: int64 [B].
+        index: int64 [B] sample index of each row.
+        slot: int64 [B] view slot of each row (0 .. m - 1).
+        teacher_images: uint8 [B, 3, T, T] at the teacher's size (online mode), else None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    slot: torch.Tensor
+    teacher_images: torch.Tensor | None = None
+
+
+def collate_views(items: list[tuple]) -> ViewBatch:
+    """Collate `ViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m rows."""
+    m = items[0][0].shape[0]
+    count = torch.full((len(items),), m)
+    teacher = None
+    if len(items[0]) > 3:
+        teacher = torch.cat([it[3] for it in items])
+    return ViewBatch(
+        images=torch.cat([it[0] for it in items]),
+        labels=torch.tensor([it[1] for it in items]).repeat_interleave(count),
+        index=torch.tensor([it[2] for it in items]).repeat_interleave(count),
+        slot=torch.arange(m).repeat(len(items)),
+        teacher_images=teacher,
+    )
 
 
 class ViewDataset(torch.utils.data.Dataset):
-    """(index, view) -> (uint8 image [3, S, S], label, index[, uint8 teacher image]).
+    """(index, views) -> (uint8 images [m, 3, S, S], label, index[, uint8 teacher images]).
 
-    Images stay uint8 until the device (see `views.normalize_batch`): 4x fewer bytes through
-    worker pipes and host-to-device copies. With `teacher_size` (online mode) the same box and
-    flip are also replayed at the teacher's input size and interpolation.
+    The image is decoded once (`ImageFolderDataset.load_tensor`) and every view of the
+    item is replayed from it. Images stay uint8 until the device (see
+    `views.normalize_batch`): 4x fewer bytes through worker pipes and host-to-device
+    copies. With `teacher_size` (online mode) the same boxes and flips are also replayed
+    at the teacher's input size and interpolation.
     """
 
     def __init__(
@@ -119,18 +171,33 @@ class ViewDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: tuple[int, ViewRef | SampledViews]) -> tuple:
-        i, ref = item
-        image = self.images.load_rgb(i)
-        crop, flip = ref.get(i, image.height, image.width) if isinstance(ref, SampledViews) else ref
-        pixels = replay_view(image, crop, flip, self.size, self.interpolation)
+    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> tuple:
+        i, refs = item
+        pixels = self.images.load_tensor(i)
+        student, teacher = self.replay(pixels, resolve_views(refs, i, *pixels.shape[1:]))
         label = int(self.images.labels[i])
+        return (student, label, i) if teacher is None else (student, label, i, teacher)
+
+    def replay(
+        self, pixels: torch.Tensor, boxes: Sequence[tuple[Sequence[int], bool]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The views of one decoded image: uint8 [m, 3, S, S], and [m, 3, T, T] at the
+        teacher's size (None without an online teacher)."""
+
+        def at(size: int, mode: str) -> torch.Tensor:
+            return torch.stack([replay_view(pixels, c, f, size, mode) for c, f in boxes])
+
+        student = at(self.size, self.interpolation)
         if self.teacher_size is None:
-            return pixels, label, i
-        teacher_pixels = replay_view(
-            image, crop, flip, self.teacher_size, self.teacher_interpolation
-        )
-        return pixels, label, i, teacher_pixels
+            return student, None
+        return student, at(self.teacher_size, self.teacher_interpolation)
+
+
+def resolve_views(
+    refs: Sequence[ViewRef | SampledViews], i: int, height: int, width: int
+) -> list[tuple[tuple[int, int, int, int], bool]]:
+    """((top, left, h, w), flip) of each view of sample `i`: stored, or drawn for its size."""
+    return [r.get(i, height, width) if isinstance(r, SampledViews) else r for r in refs]
 
 
 class ShuffleSampler(torch.utils.data.Sampler):
@@ -176,99 +243,58 @@ class IndexSampler(torch.utils.data.Sampler):
         return iter(self.indices)
 
 
-class ViewSlabs:
-    """The view slab of each epoch (view = epoch mod V), with the next one prefetched.
-
-    Holds at most the current slab and one in flight, so memory stays at two views.
-    """
-
-    def __init__(self, reader, num_views: int, k: int | None) -> None:  # noqa: ANN001 - storage.CacheReader
-        self.reader = reader
-        self.num_views = num_views
-        self.k = k
-        self._current: tuple[int, object] | None = None
-        self._pending: tuple[int, Future] | None = None
-
-    def view_of(self, epoch: int) -> int:
-        return epoch % self.num_views
-
-    def get(self, epoch: int):  # noqa: ANN201 - storage.ViewSlab
-        """The slab of `epoch`'s view (from memory, the prefetch, or a blocking load)."""
-        v = self.view_of(epoch)
-        if self._current is not None and self._current[0] == v:
-            return self._current[1]
-        if self._pending is not None and self._pending[0] == v:
-            slab = self._pending[1].result()
-            self._pending = None
-        else:
-            slab = self.reader.load_view(v, k=self.k)
-        self._current = (v, slab)
-        return slab
-
-    def prefetch(self, epoch: int) -> None:
-        """Start loading `epoch`'s view in the background unless it is already at hand."""
-        v = self.view_of(epoch)
-        if (self._current and self._current[0] == v) or (self._pending and self._pending[0] == v):
-            return
-        self._pending = (v, self.reader.prefetch(v, k=self.k))
-
-
-class NoSlabs:
-    """The slabs of a run without a cache: there are no targets to load."""
-
-    def view_of(self, epoch: int) -> int:
-        return 0
-
-    def get(self, epoch: int) -> None:
-        return None
-
-    def prefetch(self, epoch: int) -> None:
-        return None
-
-
 def gather_targets(
-    slab,  # noqa: ANN001 - storage.ViewSlab
+    slabs,  # noqa: ANN001 - storage.ViewSlab or a list of them (one per view slot)
     index: torch.Tensor | np.ndarray,
     form: str,
     device: torch.device | str = "cpu",
+    slot: torch.Tensor | np.ndarray | None = None,
 ) -> CachedTargets | torch.Tensor:
-    """The cached targets of a batch, gathered from the view slab by sample index.
+    """The cached targets of a batch, gathered from the view slabs by sample index and slot.
 
     Args:
-        slab: the epoch's ViewSlab (rows start at `slab.start`).
+        slabs: the epoch's ViewSlab per view slot (rows start at `slab.start`), or one slab.
         index: [B] sample indices (dataset positions).
         form: "compact" (CachedTargets) or "dense" (float32 logits [B, C], full caches).
-        device: where the tensors go.
+        device: where the tensors go (on CUDA through pinned memory, without waiting).
+        slot: [B] view slot of each row (which slab it reads); None = all slot 0.
 
     Returns:
         CachedTargets with topk_idx [B, K] int64, topk_logp [B, K] float32, lse [B, nT]
         float32, gt_logit [B] float32; or dense logits [B, C] float32.
     """
-    rows = np.asarray(index, dtype=np.int64) - slab.start
-    non_blocking = torch.device(device).type == "cuda"
+    slabs = list(slabs) if isinstance(slabs, list | tuple) else [slabs]
+    index = np.asarray(index, dtype=np.int64)
+    slots = None if slot is None or len(slabs) == 1 else np.asarray(slot, dtype=np.int64)
+    cuda = torch.device(device).type == "cuda"
 
-    def put(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        # Gather and copy in the stored (compact) dtype, widen on the device.
-        return (
-            torch.from_numpy(np.ascontiguousarray(array[rows]))
-            .to(device, non_blocking=non_blocking)
-            .to(dtype)
-        )
+    def take(name: str) -> np.ndarray:
+        arrays = [getattr(s, name) for s in slabs]
+        if slots is None:
+            return arrays[0][index - slabs[0].start]
+        out = np.empty((len(index), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+        for j, (slab, array) in enumerate(zip(slabs, arrays, strict=True)):
+            rows = slots == j
+            out[rows] = array[index[rows] - slab.start]
+        return out
+
+    def put(name: str, dtype: torch.dtype) -> torch.Tensor:
+        # Gather and copy in the stored (compact) dtype, widen on the device. On CUDA the
+        # copy goes from pinned memory, so it is queued without waiting for the GPU.
+        host = torch.from_numpy(np.ascontiguousarray(take(name)))
+        if cuda:
+            host = host.pin_memory()
+        return host.to(device, non_blocking=cuda).to(dtype)
 
     if form == "dense":
-        return put(slab.logits, torch.float32)
+        return put("logits", torch.float32)
     return CachedTargets(
-        topk_idx=put(slab.topk_idx, torch.int64),
-        topk_logp=put(slab.topk_logp, torch.float32),
-        lse=put(slab.lse, torch.float32),
-        temperatures=tuple(float(t) for t in slab.temperatures),
-        gt_logit=put(slab.gt_logit, torch.float32),
+        topk_idx=put("topk_idx", torch.int64),
+        topk_logp=put("topk_logp", torch.float32),
+        lse=put("lse", torch.float32),
+        temperatures=tuple(float(t) for t in slabs[0].temperatures),
+        gt_logit=put("gt_logit", torch.float32),
     )
-
-
-def distinct_views(epochs: int, num_views: int, start: int = 0) -> int:
-    """How many different cached views epochs [start, epochs) visit (view = epoch mod V)."""
-    return len({e % num_views for e in range(start, epochs)})
 
 
 def good_indices(bad: np.ndarray | None, num_samples: int) -> np.ndarray:

@@ -44,7 +44,7 @@ def teacher_train_config(config: DemoConfig, data_root: str) -> TrainConfig:
         val_root=data_root, val_split="val",
         student=_student(config, config.teacher_model), loss=LossConfig(name="ce"),
         optim=_optim(config), epochs=config.teacher_epochs, batch_size=config.batch_size,
-        run_dir=str(Path(config.workdir) / "teacher"), seed=config.seed, device="cpu",
+        run_dir=str(Path(config.workdir) / "teacher"), seed=config.seed, device=config.device,
         num_workers=config.num_workers, resume=True,
     )  # fmt: skip
 
@@ -63,7 +63,7 @@ def cache_config(config: DemoConfig, data_root: str) -> CacheConfig:
                          scale=VIEW_SCALE),
         format="topk", k=config.k, temperatures=config.temperatures, shard_size=1024,
         output=str(Path(config.workdir) / "cache"), batch_size=256,
-        num_workers=config.num_workers, device="cpu", replay_check_samples=8,
+        num_workers=config.num_workers, device=config.device, replay_check_samples=8,
         min_label_agreement=config.min_label_agreement,
     )  # fmt: skip
 
@@ -75,8 +75,9 @@ def sweep_config(config: DemoConfig, data_root: str) -> SweepConfig:
         val_root=data_root, val_split="val",
         student=_student(config, config.student_model), loss=LossConfig(name="pld"),
         optim=_optim(config), epochs=config.student_epochs, batch_size=config.batch_size,
-        run_dir=str(Path(config.workdir) / "sweep" / "base"), seed=config.seed, device="cpu",
-        num_workers=config.num_workers, resume=True,
+        run_dir=str(Path(config.workdir) / "sweep" / "base"), seed=config.seed,
+        device=config.device, num_workers=config.num_workers, resume=True,
+        views_per_image=config.views_per_image,
     )  # fmt: skip
     return SweepConfig(
         base=base, grid={"loss.name": list(config.losses)},

@@ -29,6 +29,8 @@ RESUMABLE_CHANGES = (
     "resume",
     "num_workers",
     "device",
+    "decode",
+    "checkpoint_every",
     "log_every",
     "cache",
     "dataset_root",
@@ -135,8 +137,14 @@ class RunDir:
         best: dict[str, Any],
         history: list[dict[str, Any]],
         is_best: bool,
+        in_epoch: dict[str, Any] | None = None,
     ) -> None:
-        """Write checkpoint.pt (everything to resume) and, when `is_best`, best.pt (weights)."""
+        """Write checkpoint.pt (everything to resume) and, when `is_best`, best.pt (weights).
+
+        `epoch` is the last finished epoch (-1 before the first); a checkpoint written in
+        the middle of the next one also holds `in_epoch` ({"epoch", "totals"}: the steps
+        done and the epoch's sums so far), from which a resumed run continues.
+        """
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -148,6 +156,8 @@ class RunDir:
             "rng": capture_rng_state(),
             "manifest_hash": manifest_hash,
         }
+        if in_epoch is not None:
+            state["in_epoch"] = in_epoch
         save_checkpoint(self.checkpoint, state)
         if is_best:
             save_checkpoint(
@@ -182,7 +192,14 @@ class RunDir:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
-        logger.info("Resumed %s after epoch %d", self.path, state["epoch"])
+        if "in_epoch" in state:
+            where = state["in_epoch"]
+            logger.info(
+                "Resumed %s in epoch %d after step %d",
+                self.path, where["epoch"], where["totals"]["steps"],
+            )  # fmt: skip
+        else:
+            logger.info("Resumed %s after epoch %d", self.path, state["epoch"])
         return list(state["history"]), dict(state["best"])
 
     def write_result(self, result: dict[str, Any]) -> None:

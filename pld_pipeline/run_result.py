@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pld_pipeline.cache_check import TargetPlan
-from pld_pipeline.cached_dataset import distinct_views
 from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.epoch_views import distinct_views
 
 
 @dataclass
@@ -17,7 +17,10 @@ class RunResult:
     Accuracies are percentages. `final` is the last epoch's record, `history` all of them.
     `temperature` and `loss_params` are the loss's resolved values (defaults filled in).
     `mean_dropped_weight` is the mean teacher weight PLD dropped per sample (compact targets;
-    None otherwise). `distinct_views` counts the cached views the run used.
+    None otherwise). `distinct_views` counts the cached views the run used. With
+    `views_per_image` m every epoch trains m views of each image (one decode), so the run
+    saw `samples_seen` = epochs * N * m samples: `sample_epochs` = epochs * m is the epoch
+    count of an m = 1 run that sees as many samples.
     """
 
     run_dir: str
@@ -43,6 +46,9 @@ class RunResult:
     train_time_s: float
     final: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    views_per_image: int = 1
+    sample_epochs: int | None = None
+    samples_seen: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the content of result.json)."""
@@ -78,7 +84,11 @@ def build_result(
         target_form=plan.form,
         online=config.online_teacher is not None,
         views_match=plan.views_match,
-        distinct_views=distinct_views(config.epochs, plan.num_views),
+        distinct_views=(
+            distinct_views(config.epochs, plan.num_views, views_per_image=config.views_per_image)
+            if plan.replay_cache
+            else 1
+        ),
         epochs=config.epochs,
         world_size=world_size,
         final_top1=last.get("val_top1"),
@@ -89,4 +99,7 @@ def build_result(
         train_time_s=sum(r.get("epoch_time_s", 0.0) for r in history),
         final=last,
         history=history,
+        views_per_image=config.views_per_image,
+        sample_epochs=config.epochs * config.views_per_image,
+        samples_seen=sum(int(r.get("samples", 0)) for r in history),
     )

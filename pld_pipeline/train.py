@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pld_pipeline.cache_check import check_cache, supervised_plan
-from pld_pipeline.cached_dataset import NoSlabs, ViewSlabs, gather_targets, good_indices
+from pld_pipeline.cache_check import check_cache, check_slab_values, supervised_plan
+from pld_pipeline.cached_dataset import gather_targets, good_indices
 from pld_pipeline.checkpoint import load_checkpoint
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.ddp import DistContext
+from pld_pipeline.epoch_totals import EpochTotals
+from pld_pipeline.epoch_views import EpochSlabs, NoSlabs
 from pld_pipeline.errors import PLDError
 from pld_pipeline.label_order import load_dataset
-from pld_pipeline.losses import make_loss
+from pld_pipeline.losses import make_loss, no_host_sync
 from pld_pipeline.metrics import topk_correct
 from pld_pipeline.models import create_model
 from pld_pipeline.optim import make_optimizer, make_scheduler
@@ -36,6 +38,7 @@ from pld_pipeline.run_result import RunResult, build_result
 from pld_pipeline.train_setup import (
     Placement,
     build_loaders,
+    make_device_batches,
     make_online_teacher,
     make_placement,
     preflight,
@@ -98,19 +101,23 @@ def fit(
     # Data: the cache, checked against the images and this config.
     from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.train` light
 
+    m = config.views_per_image
     train_images = load_dataset(config.dataset_root, config.dataset_split, config.classes)
     if config.cache is None:  # plain supervised training (loss ce), e.g. of a teacher
         reader, plan = None, supervised_plan(train_images, config)
-        slabs, train_index = NoSlabs(), np.arange(len(train_images))
+        slabs, train_index = NoSlabs(m), np.arange(len(train_images))
     else:
         reader = open_cache(config.cache_location())
         plan = check_cache(reader, train_images, config)
-        slabs = ViewSlabs(reader, plan.num_views, plan.load_k)
+        slabs = EpochSlabs(
+            reader, plan.num_views, plan.load_k, m, plan.replay_cache,
+            on_load=lambda slab: check_slab_values(slab, plan.num_classes),
+        )  # fmt: skip
         train_index = good_indices(reader.bad_mask(), reader.num_samples)
     val_images = None
     if config.val_root:
         val_images = ImageFolderDataset(config.val_root, config.val_split, train_images.classes)
-    batch, steps_per_epoch = split_batch(config.batch_size, len(train_index), ctx.world_size)
+    batch, steps_per_epoch = split_batch(config.batch_size, len(train_index), ctx.world_size, m)
 
     # Model, criterion, (online teacher), optimizer, schedule.
     memory = torch.channels_last if place.channels_last else torch.contiguous_format
@@ -123,6 +130,7 @@ def fit(
     teacher = make_online_teacher(config, plan, manifest, criterion.params, place)
     state = load_checkpoint(run.checkpoint, place.device) if resuming else None
     start_epoch = int(state["epoch"]) + 1 if state is not None else 0
+    in_epoch = state.get("in_epoch") if state is not None else None  # a mid-epoch checkpoint
     if teacher is None and reader is not None:
         preflight(criterion, slabs.get(start_epoch), train_index, plan, place.device)
     optimizer = make_optimizer(model, config.optim)
@@ -144,17 +152,39 @@ def fit(
         trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     step = Step(trained, criterion, optimizer, scheduler, scaler, place,
                 config.optim.clip_grad_norm, plan.form, teacher)  # fmt: skip
-    loaders = build_loaders(config, train_images, val_images, train_index, batch, ctx, teacher)
+    loaders = build_loaders(
+        config, train_images, val_images, train_index, batch, ctx, teacher, place.device
+    )
+    device_batches = make_device_batches(config, place, teacher)
 
-    # Epoch loop: view e mod V, train, evaluate, record, checkpoint.
+    # Epoch loop: the epoch's m views, train, evaluate, record, checkpoint.
     for epoch in range(start_epoch, config.epochs):
-        slab = slabs.get(epoch)
-        loaders.train_sampler.set_epoch(epoch, train_views(config, plan, slab, epoch))
-        batches = iter(loaders.train)  # workers start before the prefetch thread does
+        epoch_slabs = slabs.get(epoch)
+        totals = None
+        if in_epoch is not None and int(in_epoch["epoch"]) == epoch:
+            totals = EpochTotals.from_state(in_epoch["totals"], place.device, ctx.is_main)
+        skip = totals.steps * (batch // m) if totals is not None else 0
+        views = train_views(config, plan, epoch_slabs, epoch)
+        loaders.train_sampler.set_epoch(epoch, views, skip=skip)
+        batches = device_batches(iter(loaders.train))  # workers start before the prefetch
         if epoch + 1 < config.epochs:
             slabs.prefetch(epoch + 1)
-        record: dict[str, Any] = {"epoch": epoch, "view": slabs.view_of(epoch)}
-        record.update(train_one_epoch(step, batches, slab, epoch, config.log_every, ctx))
+        view_ids = slabs.views_of(epoch)
+        record: dict[str, Any] = {"epoch": epoch, "view": view_ids[0], "views": list(view_ids)}
+
+        def save_mid_epoch(partial: EpochTotals, epoch: int = epoch, best: dict = best) -> None:
+            global_sums = partial.reduced(ctx)  # every rank takes part in the sum
+            if ctx.is_main:
+                run.save_state(plan.manifest_hash, model, optimizer, scheduler, scaler,
+                               epoch - 1, best, history, False,
+                               in_epoch={"epoch": epoch, "totals": global_sums})  # fmt: skip
+
+        record.update(
+            train_one_epoch(
+                step, batches, epoch_slabs, epoch, config.log_every, ctx, totals,
+                config.checkpoint_every, save_mid_epoch,
+            )  # fmt: skip
+        )
         last = epoch + 1 == config.epochs
         if loaders.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
             record.update(evaluate(model, loaders.val, place, ctx))
@@ -180,113 +210,127 @@ def fit(
 
 
 def train_one_epoch(
-    step: Step, batches: Iterable, slab: Any, epoch: int, log_every: int, ctx: DistContext
+    step: Step,
+    batches: Iterable,
+    slabs: Any,
+    epoch: int,
+    log_every: int,
+    ctx: DistContext,
+    totals: EpochTotals | None = None,
+    checkpoint_every: int | None = None,
+    on_checkpoint: Callable[[EpochTotals], None] | None = None,
 ) -> dict[str, Any]:
-    """One pass over the epoch's batches; targets gathered from `slab` (or the live teacher).
+    """One pass over the epoch's batches; targets gathered from `slabs` (or the live teacher).
+
+    The running sums stay on the device: nothing is read back to the host except every
+    `log_every` steps (the finiteness check and the progress log) and at the end.
 
     Args:
         step: model, loss, optimizer and friends.
-        batches: (uint8 images [B, 3, S, S], labels [B], indices [B][, teacher images]).
-        slab: the epoch's storage.ViewSlab.
+        batches: `ViewBatch`es (uint8 images [B, 3, S, S], labels, indices, view slots[,
+            teacher images]).
+        slabs: the epoch's storage.ViewSlab per view slot (None without a cache).
         epoch, log_every: for progress logs.
         ctx: sums over DDP ranks.
+        totals: the sums of the steps already done this epoch (a mid-epoch resume).
+        checkpoint_every, on_checkpoint: call `on_checkpoint(totals)` every this many steps.
 
     Returns:
         train_loss, train_top1 (%), lr, steps, samples, epoch_time_s, data_time_s,
         target_time_s (target gather, or teacher forward in online mode), target_share,
-        images_per_s, dropped_weight (PLD with compact targets, else None), nonfinite_steps.
+        images_per_s (samples per second), dropped_weight (PLD with compact targets, else
+        None), nonfinite_steps.
     """
     step.model.train()
     dev = step.placement.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
-    nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
-    steps = samples = 0
-    data_time = target_time = 0.0
-    dropped: list[float] = []
-    t_epoch = t_data = time.perf_counter()
+    totals = totals if totals is not None else EpochTotals.zeros(dev)
+    started = time.perf_counter()
+    elapsed_before = totals.elapsed_s
+    t_data = started
     for batch in batches:
-        data_time += time.perf_counter() - t_data
-        loss, logits, labels, seconds = train_step(step, batch, slab)
-        target_time += seconds
-        with torch.no_grad():  # accumulate on the device: no host sync per step
-            finite = torch.isfinite(loss)
-            loss_sum += torch.where(finite, loss.detach().double(), 0.0) * len(labels)
-            nonfinite += (~finite).long()
-            correct += (logits.argmax(dim=1) == labels).sum()
-        steps += 1
-        samples += len(labels)
-        # Reading the dropped weight syncs a GPU: there, sample it once every log_every steps.
-        if dev.type == "cpu" or steps % log_every == 1 or log_every == 1:
-            weight = getattr(step.criterion, "last_dropped_weight", None)
-            if weight is not None:
-                dropped.append(weight)
-        if steps % log_every == 0:
-            _check_finite(int(nonfinite), steps, epoch)
+        totals.data_time_s += time.perf_counter() - t_data
+        loss, logits, labels, seconds = train_step(step, batch, slabs)
+        totals.add(loss, logits, labels, getattr(step.criterion, "last_dropped", None))
+        totals.target_time_s += seconds
+        if totals.steps % log_every == 0:
+            # The only read-backs of the loop: every log_every steps.
+            _check_finite(int(totals.nonfinite), totals.steps, epoch)
             if ctx.is_main:
                 lr = step.optimizer.param_groups[0]["lr"]
-                mean = float(loss_sum) / samples
-                logger.info("epoch %d step %d loss %.4f lr %.3g", epoch, steps, mean, lr)
+                mean = float(totals.loss_sum) / max(totals.samples, 1)
+                logger.info("epoch %d step %d loss %.4f lr %.3g", epoch, totals.steps, mean, lr)
+        if checkpoint_every and on_checkpoint and totals.steps % checkpoint_every == 0:
+            totals.elapsed_s = elapsed_before + time.perf_counter() - started
+            on_checkpoint(totals)
         t_data = time.perf_counter()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    epoch_time = time.perf_counter() - t_epoch
-    _check_finite(int(nonfinite), steps, epoch)
+    epoch_time = elapsed_before + time.perf_counter() - started
+    _check_finite(int(totals.nonfinite), totals.steps, epoch)
     loss_total, correct_total, n, drop_sum, drop_n = ctx.sum(
-        [float(loss_sum), float(correct), samples, sum(dropped), len(dropped)], dev
-    )
+        [float(totals.loss_sum), float(totals.correct), totals.samples,
+         float(totals.dropped_sum), float(totals.dropped_n)], dev,
+    )  # fmt: skip
     return {
         "train_loss": loss_total / max(n, 1),
         "train_top1": 100.0 * correct_total / max(n, 1),
         "lr": step.optimizer.param_groups[0]["lr"],
-        "steps": steps,
+        "steps": totals.steps,
         "samples": int(n),
         "epoch_time_s": epoch_time,
-        "data_time_s": data_time,
-        "target_time_s": target_time,
-        "target_share": target_time / epoch_time if epoch_time > 0 else 0.0,
+        "data_time_s": totals.data_time_s,
+        "target_time_s": totals.target_time_s,
+        "target_share": totals.target_time_s / epoch_time if epoch_time > 0 else 0.0,
         "images_per_s": n / epoch_time if epoch_time > 0 else 0.0,
         "dropped_weight": drop_sum / drop_n if drop_n else None,
-        "nonfinite_steps": int(nonfinite),
+        "nonfinite_steps": int(totals.nonfinite),
     }
 
 
 def train_step(
-    step: Step, batch: tuple, slab: Any
+    step: Step, batch: Any, slabs: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """One optimisation step on one batch.
+    """One optimisation step on one batch, with no read-back to the host.
+
+    The loss runs inside `losses.no_host_sync()`: its value checks were done once before
+    the first step (`train_setup.preflight`) and on each slab as it loaded
+    (`cache_check.check_slab_values`), so a GPU never waits for the host here.
 
     Args:
         step: model, loss, optimizer and friends.
-        batch: (uint8 images [B, 3, S, S], labels [B], indices [B][, teacher images]).
-        slab: the epoch's storage.ViewSlab (targets are gathered from it by index), or
-            unused in online mode (the teacher computes them from the teacher images).
+        batch: a `ViewBatch` (uint8 images [B, 3, S, S], labels [B], indices [B], view slots
+            [B][, teacher images]); images may already be on the device (GPU decoding).
+        slabs: the epoch's storage.ViewSlab per view slot (targets are gathered from them by
+            index and slot), None without a cache, or unused in online mode (the teacher
+            computes the targets from the teacher images).
 
     Returns:
         (loss [], logits [B, C], labels [B] on the device, seconds spent getting the targets).
     """
     dev = step.placement.device
-    labels = batch[1].to(dev, non_blocking=True)
+    labels = batch.labels.to(dev, non_blocking=True)
     started = time.perf_counter()
-    if slab is None:  # no cache: plain supervised training
+    if slabs is None:  # no cache: plain supervised training
         targets = None
     elif step.teacher is None:
-        targets = gather_targets(slab, batch[2].numpy(), step.form, dev)
+        index, slot = batch.index.numpy(), batch.slot.numpy()
+        targets = gather_targets(slabs, index, step.form, dev, slot=slot)
     else:
-        targets = step.teacher.targets(batch[3], labels)
+        targets = step.teacher.targets(batch.teacher_images, labels)
     target_seconds = time.perf_counter() - started
-    x = step.placement.inputs(batch[0])
-    with step.placement.autocast():
-        logits = step.model(x)
-    loss = step.criterion(logits.float(), targets, labels)
-    step.optimizer.zero_grad(set_to_none=True)
-    step.scaler.scale(loss).backward()
-    if step.clip_grad_norm is not None:
-        step.scaler.unscale_(step.optimizer)
-        nn.utils.clip_grad_norm_(step.model.parameters(), step.clip_grad_norm)
-    step.scaler.step(step.optimizer)
-    step.scaler.update()
-    step.scheduler.step()
+    x = step.placement.inputs(batch.images)
+    with no_host_sync():
+        with step.placement.autocast():
+            logits = step.model(x)
+        loss = step.criterion(logits.float(), targets, labels)
+        step.optimizer.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        if step.clip_grad_norm is not None:
+            step.scaler.unscale_(step.optimizer)
+            nn.utils.clip_grad_norm_(step.model.parameters(), step.clip_grad_norm)
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        step.scheduler.step()
     return loss, logits, labels, target_seconds
 
 
@@ -300,10 +344,10 @@ def evaluate(
     """
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    for images, labels, _index in loader:
-        labels = labels.to(placement.device, non_blocking=True)
+    for batch in loader:
+        labels = batch.labels.to(placement.device, non_blocking=True)
         with placement.autocast():
-            logits = model(placement.inputs(images)).float()
+            logits = model(placement.inputs(batch.images)).float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         c1, c5 = topk_correct(logits, labels, (1, 5))
         top1, top5, n = top1 + c1, top5 + c5, n + len(labels)

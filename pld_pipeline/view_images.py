@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from pld_pipeline.errors import BadImageError
@@ -58,7 +57,7 @@ class ViewImages(Dataset):
         i = self.start + j
         nv, s = len(self.views), self.size
         try:
-            pixels = TF.pil_to_tensor(self.dataset.load_rgb(i))
+            pixels = self.dataset.load_tensor(i)
         except BadImageError as exc:
             if not self.skip_bad_images:
                 raise

@@ -152,16 +152,7 @@ def replay_view(
             f"replay_view needs an RGB PIL image or a uint8 tensor [3, H, W], got "
             f"{pixels.dtype} {tuple(pixels.shape)}; decode with ImageFolderDataset.load_rgb."
         )
-    top, left, h, w = (int(c) for c in crop)
-    height, width = pixels.shape[1], pixels.shape[2]
-    if h < 1 or w < 1 or top < 0 or left < 0 or top + h > height or left + w > width:
-        raise ViewError(
-            f"Crop box (top={top}, left={left}, h={h}, w={w}) does not fit an image of "
-            f"{height}x{width}; the view was recorded for another image (check the cache's "
-            "dataset fingerprint)."
-        )
-    if size < 1:
-        raise ViewError(f"Output size must be >= 1, got {size}.")
+    top, left, h, w = check_crop(crop, pixels.shape[1], pixels.shape[2], size)
     out = TF.resized_crop(
         pixels,
         top,
@@ -172,6 +163,70 @@ def replay_view(
         interpolation=interpolation_mode(interpolation),
         antialias=True,
     )
+    return TF.horizontal_flip(out) if flip else out
+
+
+def check_crop(crop: Sequence[int], height: int, width: int, size: int) -> Crop:
+    """The crop box as ints, checked against the image and the output size.
+
+    Raises:
+        ViewError: the box is empty or outside the image, or size < 1.
+    """
+    top, left, h, w = (int(c) for c in crop)
+    if h < 1 or w < 1 or top < 0 or left < 0 or top + h > height or left + w > width:
+        raise ViewError(
+            f"Crop box (top={top}, left={left}, h={h}, w={w}) does not fit an image of "
+            f"{height}x{width}; the view was recorded for another image (check the cache's "
+            "dataset fingerprint)."
+        )
+    if size < 1:
+        raise ViewError(f"Output size must be >= 1, got {size}.")
+    return top, left, h, w
+
+
+def replay_view_float(
+    image: torch.Tensor,
+    crop: Sequence[int],
+    flip: bool,
+    size: int,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """`replay_view` for an image already in float (0..255), on any device; uint8 out.
+
+    What GPU decoding uses: the decoded image is widened to float once and each of its
+    views is cut from it, with the same box check and the same antialiased resize as
+    `replay_view`. On the CPU `replay_view` runs torch's uint8 kernel (fixed-point
+    weights, rounded to uint8 after its horizontal pass), so the two differ by rounding:
+    at most 1 level for bilinear and nearest. Bicubic overshoots, and the uint8 kernel
+    clips the overshoot between its passes, so here bicubic also runs as two clipped
+    passes, horizontal then vertical: at most 2 levels, on about 0.3% of the pixels
+    (tests measure both).
+
+    Args:
+        image: float tensor [3, H, W] holding 0..255 values.
+        crop, flip, size, interpolation: as `replay_view`.
+
+    Returns:
+        uint8 tensor [3, size, size] on the image's device.
+
+    Raises:
+        ViewError: not a float [3, H, W] image, or a box that does not fit it.
+    """
+    if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
+        raise ViewError(
+            f"replay_view_float needs a float tensor [3, H, W], got {image.dtype} "
+            f"{tuple(image.shape)}."
+        )
+    top, left, h, w = check_crop(crop, image.shape[1], image.shape[2], size)
+    mode = interpolation_mode(interpolation)
+    out = image[:, top : top + h, left : left + w]
+    passes = [(h, size), (size, size)] if mode == InterpolationMode.BICUBIC else [(size, size)]
+    for shape in passes:
+        if tuple(out.shape[1:]) != shape:
+            # Rounded and clipped as torchvision does for uint8 images without a uint8 kernel.
+            out = TF.resize(out, list(shape), interpolation=mode, antialias=True)
+            out = out.clamp_(0.0, 255.0).round_()
+    out = out.to(torch.uint8)
     return TF.horizontal_flip(out) if flip else out
 
 

@@ -19,6 +19,12 @@ import pytest
 from PIL import Image
 
 TINY_CLASSES = ("cat", "cup", "rocket")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (skipped without one; bench/gpu.sh runs them)"
+    )
 CORRUPT_KEY = "cup/zz_corrupt.jpg"
 
 

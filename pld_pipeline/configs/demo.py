@@ -10,7 +10,7 @@ DEMO_LOSSES = ("ce", "kd", "dist", "dkd", "pld")
 
 
 class DemoConfig(BaseModel):
-    """The whole pipeline on Fashion-MNIST on CPU: data -> teacher -> cache -> student sweep."""
+    """The whole pipeline on Fashion-MNIST (on CPU by default): data -> teacher -> cache -> sweep."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +54,12 @@ class DemoConfig(BaseModel):
     seed: int = Field(0, description="seed of data subset, views and runs")
     max_parallel: int = Field(1, gt=0, description="student runs at once")
     num_workers: int = Field(0, ge=0, description="DataLoader workers (0 = decode in-process)")
+    device: str = Field(
+        "cpu", description="device of teacher, cache pass and students: 'cpu', 'cuda', 'auto'"
+    )
+    views_per_image: int = Field(
+        1, gt=0, description="cached views each student trains per decoded image (<= num_views)"
+    )
 
     @classmethod
     def quick_defaults(cls) -> dict[str, Any]:

@@ -172,7 +172,18 @@ class TrainConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig, description="the student network")
     loss: LossConfig = Field(default_factory=LossConfig, description="the distillation loss")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer and schedule")
-    epochs: int = Field(10, gt=0, description="epochs; epoch e trains on cached view e mod V")
+    epochs: int = Field(
+        10,
+        gt=0,
+        description="epochs; an epoch decodes every training image once and trains "
+        "views_per_image of its cached views (N * views_per_image samples)",
+    )
+    views_per_image: int = Field(
+        1,
+        gt=0,
+        description="cached views trained per decoded image (m <= the cache's views); epoch e "
+        "uses views (e*m + j) mod V, j < m, in the same batch. m = 1: view e mod V",
+    )
     batch_size: int = Field(
         128, gt=0, description="global batch size (split evenly over DDP ranks)"
     )
@@ -207,6 +218,18 @@ class TrainConfig(_Strict):
         None, description="channels_last memory format; None = on for CUDA"
     )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes decoding images")
+    decode: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where training images are decoded: 'cpu' (workers decode and crop) or "
+        "'cuda' (workers read file bytes; nvJPEG decodes and the GPU crops; needs a CUDA "
+        "device; files nvJPEG cannot read fall back to the CPU)",
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        gt=0,
+        description="also checkpoint every this many steps inside an epoch, so a resumed run "
+        "continues mid-epoch; None = at the end of each epoch only",
+    )
     eval_every: int = Field(
         1, gt=0, description="evaluate every this many epochs (and after the last)"
     )
@@ -235,6 +258,13 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"cache=null trains without a teacher, so loss must be 'ce' (got "
                 f"{self.loss.name!r}) and online_teacher unset; give a cache for distillation"
+            )
+        if self.decode == "cuda" and not (
+            self.device == "auto" or self.device.startswith("cuda")
+        ):
+            raise ValueError(
+                f"decode='cuda' decodes on the GPU but device={self.device!r}; set device "
+                "to 'cuda' (or 'auto') or decode='cpu'"
             )
         if self.target_form == "dense" and self.k is not None:
             raise ValueError(

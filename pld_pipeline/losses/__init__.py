@@ -25,6 +25,7 @@ from .ce import ce_loss
 from .dist import dist_loss
 from .dkd import dkd_loss
 from .errors import LossInputError, TemperatureNotCachedError
+from .host_sync import host_sync_allowed, no_host_sync
 from .kd import kd_loss
 from .pld import pld_dropped_weight, pld_loss, pld_loss_and_dropped_weight
 from .targets import CachedTargets, Targets
@@ -41,7 +42,9 @@ __all__ = [
     "dist_loss",
     "dkd_loss",
     "kd_loss",
+    "host_sync_allowed",
     "make_loss",
+    "no_host_sync",
     "pld_dropped_weight",
     "pld_loss",
 ]
@@ -79,6 +82,12 @@ class LossFn:
         self.params = dict(params)
         self._fn = _FUNCTIONS[name]
         self._dropped: torch.Tensor | None = None
+
+    @property
+    def last_dropped(self) -> torch.Tensor | None:
+        """PLD's dropped teacher weight per example of the last call, [B] on the device
+        (None for dense targets, other losses, or before the first call); no read-back."""
+        return self._dropped
 
     @property
     def last_dropped_weight(self) -> float | None:

@@ -26,7 +26,10 @@ which sums to 0 per row. The work is done in float32 (float64 for float64 logits
 row's last suffix sum (the smallest) comes near float32's underflow (the student's logits
 for the last ranked classes some 64 or more below its top ones), the batch is redone in
 float64, and past float64's range (never seen with real networks) in the log domain with
-logcumsumexp and plain autograd.
+logcumsumexp and plain autograd. That choice reads one flag back to the host; inside a
+training step on a GPU (`host_sync.no_host_sync`) nothing is read back, so the work is
+done in float64 from the start, with the smallest suffix sums floored instead of the
+log-domain fallback.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import logging
 import math
 
 import torch
+
+from .host_sync import host_sync_allowed
 
 __all__ = ["ranked_pld", "UNRANKED_MODES"]
 
@@ -70,7 +75,8 @@ class _RankedPLD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, label, label_weight, idx, weight, invalid, unranked, tail, work):
+    def forward(ctx, student, label, label_weight, idx, weight, invalid, unranked, tail, work,
+                on_device=False):  # fmt: skip
         s = student.to(work)
         batch = s.shape[0]
         x_label = s.gather(1, label[:, None])[:, 0]
@@ -103,9 +109,15 @@ class _RankedPLD(torch.autograd.Function):
             last.clamp_min_(_TINY[work])
             before = suffix[:, -2] if suffix.shape[1] > 1 else torch.ones_like(last)
             last = torch.where(invalid[:, -1], before, last)
-        flag = torch.tensor(bool(last.min() >= _MIN_LAST_SUFFIX[work]))
+        if on_device:
+            # No read-back: the flag stays on the device and the smallest sums are floored
+            # so every log and ratio stays finite (inexact only past the work dtype's range).
+            flag = last.min() >= _MIN_LAST_SUFFIX[work]
+            suffix = suffix.clamp_min_(_TINY[work])
+        else:
+            flag = torch.tensor(bool(last.min() >= _MIN_LAST_SUFFIX[work]))
         ctx.mark_non_differentiable(flag)
-        if not flag:
+        if not on_device and not flag:
             return x.new_zeros(()), flag
         e_label = x_label.exp()
         suffix_0 = e_label + suffix[:, 0]
@@ -145,7 +157,7 @@ class _RankedPLD(torch.autograd.Function):
                 g_tail = rest * cum_w[:, -1] * scale  # 0 where the tail is the label
                 grad.scatter_(1, tail[:, None], g_tail[:, None])
         grad.scatter_(1, label[:, None], g_label[:, None])  # last: the label's value stays
-        return grad.to(out_dtype), None, None, None, None, None, None, None, None
+        return grad.to(out_dtype), None, None, None, None, None, None, None, None, None
 
 
 def _log_domain_pld(student, label, label_weight, idx, weight, invalid, unranked, tail):
@@ -204,6 +216,14 @@ def ranked_pld(
     if unranked not in UNRANKED_MODES or (unranked == "tail") != (tail is not None):
         raise ValueError(f"unranked must be one of {UNRANKED_MODES} (tail given for 'tail')")
     work = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    if not host_sync_allowed() and student_logits.device.type != "cpu":
+        # Inside a training step on a GPU: no read-back to choose the precision, so the
+        # wider one is used from the start (a [B, K] problem plus one softmax over C).
+        loss, _ = _RankedPLD.apply(
+            student_logits, label, label_weight.double(), idx, weight.double(), invalid,
+            unranked, tail, torch.float64, True,
+        )  # fmt: skip
+        return loss.to(work)
     for dtype in (work, torch.float64) if work != torch.float64 else (work,):
         loss, spread_ok = _RankedPLD.apply(
             student_logits,

@@ -1,7 +1,9 @@
 """Boundary checks shared by the losses: shapes, dtypes, ranges, finiteness.
 
 Each check costs a few small reductions and no [B, C] temporaries beyond one sum, so the
-losses can run them on every call.
+losses can run them on every call. The value checks (label range, finiteness) read a
+result back to the host; inside `host_sync.no_host_sync()` they are skipped (a training
+loop validates once before its first step instead).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import torch
 
 from .errors import LossInputError
+from .host_sync import host_sync_allowed
 
 __all__ = [
     "check_labels",
@@ -60,7 +63,7 @@ def check_labels(labels: torch.Tensor, batch_size: int, num_classes: int) -> tor
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise LossInputError(f"labels must be an integer tensor, got {labels.dtype}.")
-    if labels.numel() == 0:
+    if labels.numel() == 0 or not host_sync_allowed():
         return labels.long()
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
@@ -112,7 +115,7 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
     Raises:
         LossInputError: the tensor holds NaN or Inf.
     """
-    if tensor.numel() == 0:
+    if tensor.numel() == 0 or not host_sync_allowed():
         return
     # Half precision sums overflow at 65504: accumulate those in float32.
     acc = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else None

@@ -16,12 +16,11 @@ from pld_pipeline.cached_dataset import (
     ShuffleSampler,
     StoredViews,
     ViewDataset,
-    ViewSlabs,
-    distinct_views,
     gather_targets,
     good_indices,
 )
 from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.epoch_views import EpochSlabs, distinct_views
 from pld_pipeline.losses import CachedTargets
 from pld_pipeline.teacher_pass import compute_shard
 from pld_pipeline.views import normalize_batch, sample_view
@@ -90,7 +89,7 @@ def test_replayed_pixels_equal_the_teachers(teacher_pass_cache, view):
     slab = storage.open_cache(path).load_view(view)
     refs = StoredViews(slab.crop, slab.flip).refs()
     data = ViewDataset(images, SIZE, "bilinear")
-    pixels = torch.stack([data[(i, refs[i])][0] for i in range(len(images))])
+    pixels = torch.cat([data[(i, (refs[i],))][0] for i in range(len(images))])
     ours = normalize_batch(pixels, MEAN, STD)
     theirs = torch.cat([seen[(view, start)] for start in sorted(s for v, s in seen if v == view)])
     assert torch.equal(ours, theirs.float())
@@ -113,8 +112,9 @@ def test_student_size_replays_the_same_box(teacher_pass_cache):
     refs = StoredViews(slab.crop, slab.flip).refs()
     data = ViewDataset(images, 20, teacher_size=SIZE)
     i = 4
-    student, label, index, teacher = data[(i, refs[i])]
-    assert student.shape == (3, 20, 20) and teacher.shape == (3, SIZE, SIZE)
+    student, label, index, teacher = data[(i, (refs[i],))]
+    assert student.shape == (1, 3, 20, 20) and teacher.shape == (1, 3, SIZE, SIZE)
+    student = student[0]
     assert student.dtype == torch.uint8 and (label, index) == (int(images.labels[i]), i)
     # Independent route: the box in source pixels, cropped and resized by PIL-free torch ops.
     top, left, h, w = (int(c) for c in slab.crop[i])
@@ -188,10 +188,10 @@ def test_epoch_view_sampler_attaches_views():
     with pytest.raises(RuntimeError, match="set_epoch"):
         list(sampler)
     sampler.set_epoch(0, StoredViews(crop, flip))
-    assert sorted(sampler) == [(0, ((0, 1, 2, 3), False)), (2, ((8, 9, 10, 11), False))]
+    assert sorted(sampler) == [(0, (((0, 1, 2, 3), False),)), (2, (((8, 9, 10, 11), False),))]
     views = SampledViews("eval", 0, 0)
     sampler.set_epoch(1, views)
-    assert all(ref is views for _, ref in sampler)
+    assert all(refs == (views,) for _, refs in sampler)
 
 
 def test_distinct_views_and_good_indices():
@@ -217,15 +217,15 @@ class FakeReader:
         return future
 
 
-def test_view_slabs_prefetch_next_view_and_reuse_a_single_view():
+def test_epoch_slabs_prefetch_next_view_and_reuse_a_single_view():
     reader = FakeReader()
-    slabs = ViewSlabs(reader, num_views=3, k=2)
-    assert slabs.get(0) == "slab0"
+    slabs = EpochSlabs(reader, num_views=3, k=2)
+    assert slabs.get(0) == ["slab0"]
     slabs.prefetch(1)
-    assert slabs.get(1) == "slab1" and reader.loads == [(0, 2)] and reader.prefetches == [(1, 2)]
-    assert slabs.get(4) == "slab1"  # view 4 mod 3 = 1: in memory, no read
+    assert slabs.get(1) == ["slab1"] and reader.loads == [(0, 2)] and reader.prefetches == [(1, 2)]
+    assert slabs.get(4) == ["slab1"]  # view 4 mod 3 = 1: in memory, no read
     one = FakeReader()
-    single = ViewSlabs(one, num_views=1, k=None)
+    single = EpochSlabs(one, num_views=1, k=None)
     for epoch in range(3):
         single.get(epoch)
         single.prefetch(epoch + 1)

@@ -32,14 +32,21 @@ def test_global_batch_must_split_evenly(replay_cache, color_folder, tmp_path):
         )
 
 
-def test_two_gloo_ranks_match_one_process(replay_cache, color_folder, color_val_folder, tmp_path):
-    # 24 samples, global batch 8: 3 steps per epoch; each rank takes 4 of every batch. The
+@pytest.mark.parametrize("m", [1, 2], ids=["1-view", "2-views-per-image"])
+def test_two_gloo_ranks_match_one_process(
+    m, replay_cache, color_folder, color_val_folder, tmp_path
+):
+    # 24 images, global batch 8: 3 steps per epoch (6 with 2 views per image: 4 images per
+    # step, 2 per rank, each with both its views); each rank takes 4 of every batch. The
     # loss (PLD) is a batch mean and the student has no batch norm, so averaged rank
     # gradients equal the one-process gradient and the weights must agree after every step.
+    # With 2 views the ranks split whole images: rank r decodes images r, r + 2, ... of the
+    # permutation, which together are the one-process batch.
     settings = dict(
         val_root=str(color_val_folder),
         epochs=2,
         batch_size=8,
+        views_per_image=m,
         optim={"name": "sgd", "lr": 0.05, "momentum": 0.9, "clip_grad_norm": 5.0},
     )
     single = fit(train_config(replay_cache, color_folder, tmp_path / "one", **settings))
@@ -77,7 +84,8 @@ def test_two_gloo_ranks_match_one_process(replay_cache, color_folder, color_val_
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
     for one, two in zip(single.history, result["history"], strict=True):
-        assert two["samples"] == one["samples"] == 24 and two["steps"] == 3 == one["steps"]
+        assert two["samples"] == one["samples"] == 24 * m
+        assert two["steps"] == 3 * m == one["steps"] and two["views"] == one["views"]
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
         assert two["val_samples"] == one["val_samples"] == 9
         assert (two["val_top1"], two["val_top5"]) == (one["val_top1"], one["val_top5"])

@@ -147,8 +147,8 @@ def test_views_share_one_decode_and_match_single_view_calls(
 ) -> None:
     data = ImageFolderDataset(tiny_imagefolder)
     decodes = []
-    real = data.load_rgb
-    monkeypatch.setattr(data, "load_rgb", lambda i: decodes.append(i) or real(i))
+    real = data.load_tensor
+    monkeypatch.setattr(data, "load_tensor", lambda i: decodes.append(i) or real(i))
     together = compute_views(
         teacher,
         data,

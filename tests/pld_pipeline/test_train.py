@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_cache, train_config
@@ -176,6 +177,9 @@ MISMATCHES = [
         "alpha",
     ),
     ("batch too large", {"batch_size": 64}, ConfigError, "larger than the 24"),
+    ("more views than cached", {"views_per_image": 3}, ConfigError, "views_per_image=3"),
+    ("batch of split images", {"views_per_image": 2, "batch_size": 7}, ConfigError, "multiple of 2"),
+    ("non-finite cached targets", {}, LossInputError, "view 0, sample 5: topk_logp"),
 ]
 
 
@@ -192,6 +196,11 @@ def test_mismatches_fail_before_the_first_step(
         root = color_val_folder
     if case == "default temperature not cached":  # kd defaults to T=4: a cache without it
         cache = make_cache(tmp_path / "t12.zarr", color_folder, temperatures=(1.0, 2.0))
+    if case == "non-finite cached targets":  # checked once as the slab loads, not per step
+        cache = make_cache(tmp_path / "nan.zarr", color_folder)
+        import zarr  # the writer refuses NaN: damage a finished cache with plain zarr
+
+        zarr.open_group(str(cache), mode="r+")["topk_logp"][0, 5, 1] = np.nan
     run_dir = tmp_path / "run"
     with pytest.raises(error, match=fragment):
         fit(train_config(cache, root, run_dir, **override))

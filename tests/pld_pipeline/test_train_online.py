@@ -47,9 +47,9 @@ def test_live_targets_equal_cached_targets(teacher_cache, color_folder):
         slab = reader.load_view(view)
         refs = StoredViews(slab.crop, slab.flip).refs()
         data = ViewDataset(images, 16, teacher_size=teacher.input_size)
-        items = [data[(i, refs[i])] for i in range(len(images))]
+        items = [data[(i, (refs[i],))] for i in range(len(images))]
         labels = torch.tensor([it[1] for it in items])
-        live = teacher.targets(torch.stack([it[3] for it in items]), labels)
+        live = teacher.targets(torch.cat([it[3] for it in items]), labels)
         cached = gather_targets(slab, np.arange(len(images)), "compact")
         assert torch.equal(live.topk_idx, cached.topk_idx)
         torch.testing.assert_close(
@@ -79,9 +79,11 @@ def test_online_fit_runs_and_reports(teacher_cache, color_folder, tmp_path):
             epochs=1,
             loss={"name": "pld"},
             k=2,
+            views_per_image=2,  # the teacher scores both views of each decoded image
         )
     )
     assert cut.k == 2 and cut.mean_dropped_weight is not None
+    assert cut.samples_seen == 2 * 24 and cut.history[0]["views"] == [0, 1]
 
 
 def test_online_with_eval_cache_shares_the_students_views(color_folder, tmp_path):

@@ -1,0 +1,259 @@
+"""GPU decoding for students (`decode: cuda`): workers read bytes, nvJPEG decodes, the GPU cuts the views.
+
+DataLoader workers read each image's file bytes and work out its m view boxes (cached
+boxes, or the student's own crops from the JPEG header's size); they decode nothing. In
+the main process a background thread hands each batch's JPEGs to
+`torchvision.io.decode_jpeg(device="cuda")` (nvJPEG, one batched call), widens each decoded
+image to float once and cuts its m views with `views.replay_view_float` (the CPU path's box
+check and antialiased resize), on its own CUDA stream, a batch or two ahead of training.
+
+Files nvJPEG cannot read take the CPU decoder, with a log line: non-JPEG files and JPEGs
+with other than 1 or 3 colour components (CMYK) are decoded and replayed in the worker;
+JPEGs that nvJPEG refuses are decoded on the CPU in the decoding thread.
+
+nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so GPU-decoded pixels can
+differ from what the teacher saw on the CPU by a few levels (`bench/student_data.py`
+reports the difference on a GPU); the crop boxes and flips are exactly the cached ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from pld_pipeline.cached_dataset import (
+    SampledViews,
+    ViewBatch,
+    ViewDataset,
+    ViewRef,
+    resolve_views,
+)
+from pld_pipeline.decoding import decode_rgb_bytes, is_jpeg, jpeg_header, read_bytes
+from pld_pipeline.views import replay_view_float
+
+logger = logging.getLogger(__name__)
+
+GPU_COMPONENTS = (1, 3)  # greyscale and YCbCr JPEGs; CMYK/YCCK take the CPU
+
+
+class EncodedImage(NamedTuple):
+    """One image as a worker hands it over: JPEG bytes to decode on the GPU, or (for files
+    the GPU does not take) views already decoded and replayed on the CPU.
+
+    Attributes:
+        jpeg: uint8 [n] file bytes, or None.
+        pixels: uint8 [m, 3, S, S] views decoded on the CPU, or None.
+        teacher_pixels: the same at the teacher's size (online mode), or None.
+        crops: int64 [m, 4] (top, left, h, w) of each view in source pixels.
+        flips: bool [m].
+        label, index: the sample's class and index.
+    """
+
+    jpeg: torch.Tensor | None
+    pixels: torch.Tensor | None
+    teacher_pixels: torch.Tensor | None
+    crops: torch.Tensor
+    flips: torch.Tensor
+    label: int
+    index: int
+
+
+class EncodedViewDataset(ViewDataset):
+    """(index, views) -> EncodedImage: the file's bytes and its view boxes, no decoding
+    (except for files the GPU does not take, see the module docstring)."""
+
+    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> EncodedImage:
+        i, refs = item
+        data = read_bytes(self.images.path(i))
+        header = jpeg_header(data) if is_jpeg(data) else None
+        label = int(self.images.labels[i])
+        if header is not None and header.components in GPU_COMPONENTS:
+            crops, flips = _boxes_to_tensors(resolve_views(refs, i, header.height, header.width))
+            return EncodedImage(data, None, None, crops, flips, label, i)
+        logger.info(
+            "Decoding %s on the CPU: %s", self.images.keys[i],
+            "not a JPEG" if header is None else f"a JPEG with {header.components} components",
+        )  # fmt: skip
+        pixels = decode_rgb_bytes(data, str(self.images.path(i)))
+        boxes = resolve_views(refs, i, pixels.shape[1], pixels.shape[2])
+        student, teacher = self.replay(pixels, boxes)
+        crops, flips = _boxes_to_tensors(boxes)
+        return EncodedImage(None, student, teacher, crops, flips, label, i)
+
+
+def _boxes_to_tensors(boxes: list) -> tuple[torch.Tensor, torch.Tensor]:
+    crops = torch.tensor([c for c, _ in boxes], dtype=torch.int64).reshape(-1, 4)
+    flips = torch.tensor([bool(f) for _, f in boxes], dtype=torch.bool)
+    return crops, flips
+
+
+class EncodedBatch(NamedTuple):
+    """b encoded images; labels, index and slot already flattened to b * m rows."""
+
+    images: list[EncodedImage]
+    labels: torch.Tensor
+    index: torch.Tensor
+    slot: torch.Tensor
+
+
+def collate_encoded(items: list[EncodedImage]) -> EncodedBatch:
+    """Collate `EncodedViewDataset` items; rows are image-major, as in `collate_views`."""
+    m = items[0].crops.shape[0]
+    count = torch.full((len(items),), m)
+    return EncodedBatch(
+        images=list(items),
+        labels=torch.tensor([it.label for it in items]).repeat_interleave(count),
+        index=torch.tensor([it.index for it in items]).repeat_interleave(count),
+        slot=torch.arange(m).repeat(len(items)),
+    )
+
+
+class GpuViewDecoder:
+    """EncodedBatch -> ViewBatch on `device`: nvJPEG batch decode, then every view cut on
+    the device. Works on the CPU too (libjpeg-turbo), which is how its tests run."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        size: int,
+        interpolation: str = "bilinear",
+        teacher_size: int | None = None,
+        teacher_interpolation: str = "bilinear",
+    ) -> None:
+        self.device = torch.device(device)
+        self.size, self.interpolation = size, interpolation
+        self.teacher_size, self.teacher_interpolation = teacher_size, teacher_interpolation
+        self.cpu_fallbacks = 0  # JPEGs nvJPEG refused, decoded on the CPU instead
+
+    def __call__(self, batch: EncodedBatch) -> ViewBatch:
+        items = batch.images
+        on_gpu = [j for j, it in enumerate(items) if it.jpeg is not None]
+        decoded = dict(zip(on_gpu, self.decode([items[j].jpeg for j in on_gpu],
+                                               [items[j].index for j in on_gpu]), strict=True))  # fmt: skip
+        student, teacher = [], []
+        for j, item in enumerate(items):
+            if j in decoded:
+                image = decoded[j].float()  # widened once, shared by the image's views
+                student.append(self._views(image, item, self.size, self.interpolation))
+                if self.teacher_size is not None:
+                    teacher.append(
+                        self._views(image, item, self.teacher_size, self.teacher_interpolation)
+                    )
+            else:
+                student.append(item.pixels.to(self.device, non_blocking=True))
+                if self.teacher_size is not None:
+                    teacher.append(item.teacher_pixels.to(self.device, non_blocking=True))
+        return ViewBatch(
+            images=torch.cat(student),
+            labels=batch.labels.to(self.device, non_blocking=True),
+            index=batch.index,
+            slot=batch.slot,
+            teacher_images=torch.cat(teacher) if teacher else None,
+        )
+
+    def _views(self, image: torch.Tensor, item: EncodedImage, size: int, mode: str) -> torch.Tensor:
+        crops, flips = item.crops.tolist(), item.flips.tolist()
+        return torch.stack(
+            [replay_view_float(image, c, f, size, mode) for c, f in zip(crops, flips, strict=True)]
+        )
+
+    def decode(self, jpegs: list[torch.Tensor], names: Sequence[Any]) -> list[torch.Tensor]:
+        """Decode JPEG bytes on the device in one batched call; a file the decoder refuses
+        is decoded on the CPU (libjpeg-turbo, then PIL) and logged.
+
+        Returns:
+            uint8 [3, H, W] per file, on the device.
+        """
+        if not jpegs:
+            return []
+        try:
+            return list(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:
+            pass  # one bad file fails the whole batch: find it
+        out = []
+        for data, name in zip(jpegs, names, strict=True):
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError as exc:
+                self.cpu_fallbacks += 1
+                logger.warning(
+                    "The GPU decoder cannot read sample %s (%s); decoding it on the CPU.",
+                    name, str(exc).splitlines()[0][:200],
+                )  # fmt: skip
+                out.append(decode_rgb_bytes(data, f"sample {name}").to(self.device))
+        return out
+
+
+class DeviceBatches:
+    """Decode batches a few ahead in a background thread, on a CUDA stream of their own.
+
+    Iterating yields ViewBatches whose tensors are ready for the current stream: it waits
+    for the decoding stream on the device (an event), never on the host. An exception
+    in the thread is raised in the consumer.
+    """
+
+    _END = object()
+
+    def __init__(self, decoder: GpuViewDecoder, ahead: int = 2) -> None:
+        self.decoder = decoder
+        self.ahead = ahead
+
+    def __call__(self, batches: Iterator[EncodedBatch]) -> Iterator[ViewBatch]:
+        results: queue.Queue = queue.Queue(maxsize=self.ahead)
+        stop = threading.Event()
+        cuda = self.decoder.device.type == "cuda"
+        stream = torch.cuda.Stream(self.decoder.device) if cuda else None
+
+        def work() -> None:
+            try:
+                with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                    for encoded in batches:
+                        batch = self.decoder(encoded)
+                        event = torch.cuda.Event() if cuda else None
+                        if cuda:
+                            event.record(stream)
+                        if not _put(results, (batch, event), stop):
+                            return
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                _put(results, exc, stop)
+                return
+            _put(results, self._END, stop)
+
+        thread = threading.Thread(target=work, name="pld-gpu-decode", daemon=True)
+        thread.start()
+        try:
+            while True:
+                got = results.get()
+                if got is self._END:
+                    return
+                if isinstance(got, BaseException):
+                    raise got
+                batch, event = got
+                if cuda:
+                    current = torch.cuda.current_stream(self.decoder.device)
+                    current.wait_event(event)
+                    for t in (batch.images, batch.labels, batch.teacher_images):
+                        if t is not None and t.is_cuda:
+                            t.record_stream(current)  # its memory is not reused too early
+                yield batch
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
+
+def _put(results: queue.Queue, value: Any, stop: threading.Event) -> bool:
+    """Put unless the consumer has gone (then False)."""
+    while not stop.is_set():
+        try:
+            results.put(value, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
