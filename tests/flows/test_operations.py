@@ -181,7 +181,8 @@ def test_finalized_cache_event_is_read_back_through_the_events_api(server, weekl
     assert event["resource"]["prefect.resource.name"] == path.name
     payload = event["payload"]
     # Independent references: the manifest as plain zarr stores it, and the config.
-    manifest = zarr.open_group(str(path), mode="r").attrs["pld_cache"]
+    manifest = dict(zarr.open_group(str(path), mode="r").attrs["pld_cache"])
+    manifest.pop("label_check", None)  # a finding about the cache, not part of its identity
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
     assert payload["manifest_hash"] == digest
     assert payload["teacher"] == TEACHER["name"] == manifest["teacher"]["name"]
