@@ -64,7 +64,7 @@ def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, 
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1, 2] == [r["epoch"] for r in seen]
     assert [r["view"] for r in lines] == [0, 1, 0]
-    assert {"train_loss", "val_top1", "val_top5", "val_loss", "lr", "target_time_s"} <= set(
+    assert {"train_loss", "val_top1", "val_top5", "val_nll", "val_ece", "val_confidence", "lr", "target_time_s"} <= set(
         lines[0]
     )
     stored = json.loads((run / "result.json").read_text())
