@@ -38,15 +38,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Prefect reads these at import (as `pld` sets them): no telemetry, patience with the
-# temporary server, library logs in the flow logs.
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "pld_pipeline,storage",
-}.items():
-    os.environ.setdefault(_name, _value)
+# Importing the CLI sets what Prefect reads at import (no telemetry, patience with the
+# temporary server, library logs in the flow logs), as `pld` does.
+import flows.cli  # noqa: E402, F401
 
 SIZES_WHY = (
     "Sized for about one hour on an idle 2-core machine from a pilot (500 images per class, "

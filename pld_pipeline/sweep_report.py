@@ -30,7 +30,9 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str = "") 
         xs = [i for i, s in enumerate(stats) if s.mean is not None]
         means = [stats[i].mean for i in xs]
         errs = [stats[i].std or 0.0 for i in xs]
-        bars = ax.bar(xs, means, yerr=errs, capsize=3, color="#4c72b0", ecolor="black")
+        # One seed has no spread: no error bar rather than a zero-length one.
+        shown = [stats[i].std if stats[i].std is not None else float("nan") for i in xs]
+        bars = ax.bar(xs, means, yerr=shown, capsize=3, color="#4c72b0", ecolor="black")
         ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=7, padding=2)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(label)
