@@ -54,8 +54,16 @@ def report_text(
         else:
             table = _across(summaries, metric, digits)
         lines += ["", f"{label}: mean ± sample std over seeds (n)", table]
+    if len(summaries) > 1 and not _shared_points(summaries):
+        lines += ["", "No grid point is in more than one sweep, so nothing was matched: "
+                  "sweeps are matched by their grid fields other than seed (names above)."]  # fmt: skip
     lines += ["", DIFFERENCE_RULE]
     return "\n".join(lines)
+
+
+def _shared_points(summaries: Sequence[Mapping[str, Any]]) -> set[str]:
+    names = [{g["name"] for g in s["groups"]} for s in summaries]
+    return {n for n in set().union(*names) if sum(n in each for each in names) > 1}
 
 
 def _within(

@@ -109,6 +109,9 @@ def test_report_of_two_sweeps_matches_grid_points():
     assert lines["loss.name=pld,k=5"][-2:] == ["+3.00", "*"]  # 3.0 > 0.5 + 0.5
     assert lines["loss.name=ce,k=5"][-2:] == ["-", "-"]  # only in A
     assert lines["loss.name=dist,k=5"][1] == "-"
+    assert "nothing was matched" not in text
+    other = summarize([dict(r, k=7) for r in ROWS], ["loss.name", "k", "seed"], "c")
+    assert "nothing was matched" in report_text([a, other], ["a", "c"])
     with pytest.raises(ConfigError, match="one sweep"):
         report_text([a, b], ["a", "b"], baseline="loss.name=kd,k=5")
     with pytest.raises(ConfigError, match="not a grid point"):
