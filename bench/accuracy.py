@@ -44,14 +44,13 @@ import flows.cli  # noqa: E402, F401
 
 SIZES_WHY = (
     "Sized for about one hour on an idle 2-core machine from a pilot (500 images per class, "
-    "1 epoch each) and per-image CPU costs measured here: teacher training about 1.45 ms "
-    "per image on 2 threads (12 epochs x 60k: ~17 min), teacher forward for the cache "
-    "about 0.6 ms (2 caches x 5 views x 60k: ~6 min), a student step plus decoding about "
-    "0.2 ms per image on one core with two runs at once (27 runs x 5 epochs x 60k plus "
-    "evaluation on 10k: ~32 min). 12 teacher epochs with milder crops (scale 0.8-1) are "
-    "what the 92 % target needs; 5 student epochs of 60k images (2345 steps) are more "
-    "steps than the demo's 20 epochs of 10k; one distinct cached view per student epoch "
-    "(more views would never be read)."
+    "1 epoch each, every stage) and the demo's per-image costs on this machine when idle: "
+    "teacher training about 1.3 ms per image on 2 threads (12 epochs x 60k: ~17 min; the 92 % "
+    "target needs them, with milder crops, area 0.8-1), teacher forward for the caches about "
+    "0.6 ms (2 caches x 5 views x 60k: ~6 min), a student step with decoding about 0.37 ms "
+    "per image per core with two runs at once (27 runs x 5 epochs x 60k plus evaluation on "
+    "10k: ~26 min). 5 student epochs of 60k images (2345 steps) are more steps than the "
+    "demo's 20 epochs of 10k; one distinct cached view per student epoch."
 )
 TEACHER_TARGET = 92.0  # top-1 (%) the issue asks of the teacher
 TEACHER_SCALE = (0.8, 1.0)  # the teacher's own random-resized-crop area range
