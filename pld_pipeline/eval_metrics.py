@@ -29,7 +29,11 @@ ECE_BINS = 15
 # Layout of the sums vector: count, nll, top-1 hits, top-5 hits, confidence, then per bin
 # the confidence sum and the top-1 hits.
 _SCALARS = 5
-METRIC_NAMES = ("top1", "top5", "nll", "ece", "confidence")
+# Every metric an evaluation reports and which way is better (None: no better direction;
+# the mean confidence is read against top-1, not on its own).
+METRIC_GOALS: dict[str, str | None] = {
+    "top1": "max", "top5": "max", "nll": "min", "ece": "min", "confidence": None,
+}  # fmt: skip
 
 
 def bin_edges(bins: int = ECE_BINS, device: torch.device | None = None) -> torch.Tensor:

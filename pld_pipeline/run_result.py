@@ -8,6 +8,7 @@ from typing import Any
 from pld_pipeline.cache_check import TargetPlan
 from pld_pipeline.cached_dataset import distinct_views
 from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.eval_metrics import METRIC_GOALS
 
 
 @dataclass
@@ -103,12 +104,6 @@ def build_result(
         final=last,
         history=history,
     )
-
-
-# Which way is better for each evaluated metric (None: no better direction).
-METRIC_GOALS: dict[str, str | None] = {
-    "top1": "max", "top5": "max", "nll": "min", "ece": "min", "confidence": None,
-}  # fmt: skip
 
 
 def metric_summary(
