@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="slots of that limit (default: this machine's GPUs, at least 1; an existing "
         "limit keeps its slots unless this is given)",
     )  # fmt: skip
+    _add_report_parser(sub)
     return parser
 
 
@@ -88,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from pld_pipeline.configs.loading import load_config
 
+    if args.command == "report":
+        return _report(args)
     if args.command == "inspect":
         from storage import inspect
 
@@ -136,6 +139,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         serve_all(args.schedules, gpu_limit=args.gpu_limit, gpu_slots=args.gpu_slots)
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "report", help="seed-aggregated results of one or several sweeps, side by side"
+    )
+    report.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep_dir of a finished sweep")
+    report.add_argument(
+        "--baseline", metavar="GRID_POINT",
+        help="one sweep: compare every grid point with this one (e.g. loss.name=kd); default: the best",
+    )  # fmt: skip
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Print the sweeps' summary tables; no Prefect, no training (reads summary.json)."""
+    from pld_pipeline.seed_summary import read_summary
+    from pld_pipeline.sweep_compare import report_text
+
+    summaries = [read_summary(path) for path in args.sweep_dirs]
+    print(report_text(summaries, args.sweep_dirs, baseline=args.baseline))
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ from flows.events import emit_sweep_finished
 from flows.train_student import result_row, train_run
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
 from pld_pipeline.run_dir import RunDir
-from pld_pipeline.sweep_report import format_table, plot_top1
+from pld_pipeline.seed_summary import summarize, write_summary
+from pld_pipeline.sweep_report import format_table, plot_summary
 
 TABLE_COLUMNS = (
-    "run", "loss", "temperature", "k", "best_top1", "final_top5", "dropped_weight", "time_s",
-    "status",
+    "run", "loss", "temperature", "k", "best_top1", "final_top1", "final_ece", "dropped_weight",
+    "time_s", "status",
 )  # fmt: skip
 
 
@@ -41,9 +42,12 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
 
     Every run reads the same teacher cache, so a sweep never pays for the teacher. Runs
     go to sweep_dir/<run name>; finished runs (result.json present) are skipped, so an
-    interrupted sweep resumes. Ends with a results table, a plot of top-1 per loss and
-    temperature (sweep_dir/top1.png), and results.json, and emits `pld.sweep.finished`.
-    On CUDA each run holds a slot of the `gpu` concurrency limit while it trains.
+    interrupted sweep resumes. Runs that differ only in `seed` form a group; per group the
+    sweep reports n, mean, sample std, min and max of best top-1, final top-1, NLL and ECE
+    (summary.json, summary.md, a markdown artifact), plots final top-1 and ECE with std
+    error bars (sweep_dir/summary.png), writes one row per run to results.json, and emits
+    `pld.sweep.finished`. On CUDA each run holds a slot of the `gpu` concurrency limit
+    while it trains.
     """
     logger = get_run_logger()
     # Every point resumes from its checkpoint if it has one: that is how a sweep resumes.
@@ -68,13 +72,20 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
         rows.append(_grid_values(config, run) | result_row(name, result, name in finished))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    plot = plot_top1(rows, sweep_dir / "top1.png", title=f"Sweep {sweep_dir.name}: best top-1")
+    summary = summarize(rows, list(config.grid), str(sweep_dir))
+    _, summary_md = write_summary(summary, sweep_dir)
+    plot = plot_summary(summary, sweep_dir / "summary.png", title=f"Sweep {sweep_dir.name}")
     publish_table("sweep-results", rows, description=f"Sweep {sweep_dir}: one row per run")
     publish_markdown(
-        artifact_key("sweep-plot"), png_markdown(plot, "Top-1 per loss and temperature"),
+        "sweep-summary", summary_md.read_text(),
+        description=f"Sweep {sweep_dir}: runs grouped over seeds, mean ± std",
+    )  # fmt: skip
+    publish_markdown(
+        artifact_key("sweep-plot"), png_markdown(plot, "Final top-1 and ECE, mean ± std over seeds"),
         description=f"Sweep {sweep_dir}",
     )  # fmt: skip
     logger.info("Sweep results:\n%s", format_table(rows, TABLE_COLUMNS))
+    logger.info("Over seeds:\n%s", summary_md.read_text())
     emit_sweep_finished(config, rows)
     return rows
 

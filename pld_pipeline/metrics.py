@@ -1,34 +1,12 @@
-"""Run metrics: the per-epoch JSON-lines file and top-k accuracy counts."""
+"""Run metrics: the per-epoch JSON-lines file (what is measured: `pld_pipeline.eval_metrics`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
-
-
-def topk_correct(
-    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
-) -> list[int]:
-    """How many rows have their label among the top-k logits, for each k.
-
-    Args:
-        logits: [B, C] scores.
-        labels: [B] int class indices.
-        ks: the k values; each is clipped to C (top-5 of a 3-class problem is top-3).
-
-    Returns:
-        one count per k (ints).
-    """
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices  # [B, kmax]
-    hit = top.eq(labels.view(-1, 1))  # [B, kmax]
-    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
 
 
 class MetricsLog:

@@ -8,13 +8,19 @@ from typing import Any
 from pld_pipeline.cache_check import TargetPlan
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.epoch_views import distinct_views
+from pld_pipeline.eval_metrics import METRIC_GOALS
 
 
 @dataclass
 class RunResult:
     """What a finished run reports (also written to run_dir/result.json).
 
-    Accuracies are percentages. `final` is the last epoch's record, `history` all of them.
+    Accuracies, ECE and confidence are percentages, NLL is in nats (definitions:
+    `pld_pipeline.eval_metrics`). `best_epoch` is the epoch of the best top-1 (the weights in
+    best.pt); `final_*` are the last epoch's. `metrics` holds, for each evaluated metric,
+    its best value over the evaluated epochs with that epoch (max for top1/top5, min for
+    nll/ece; none for confidence, which has no better direction), its final value, and its
+    value at `best_epoch`. `final` is the last epoch's record, `history` all of them.
     `temperature` and `loss_params` are the loss's resolved values (defaults filled in).
     `mean_dropped_weight` is the mean teacher weight PLD dropped per sample (compact targets;
     None otherwise). `distinct_views` counts the cached views the run used. With
@@ -42,8 +48,12 @@ class RunResult:
     final_top5: float | None
     best_top1: float | None
     best_epoch: int | None
+    final_nll: float | None
+    final_ece: float | None
+    final_confidence: float | None
     mean_dropped_weight: float | None
     train_time_s: float
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     final: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     views_per_image: int = 1
@@ -95,11 +105,42 @@ def build_result(
         final_top5=last.get("val_top5"),
         best_top1=best["top1"],
         best_epoch=best["epoch"],
+        final_nll=last.get("val_nll"),
+        final_ece=last.get("val_ece"),
+        final_confidence=last.get("val_confidence"),
         mean_dropped_weight=sum(dropped) / len(dropped) if dropped else None,
         train_time_s=sum(r.get("epoch_time_s", 0.0) for r in history),
+        metrics=metric_summary(history, best["epoch"]),
         final=last,
         history=history,
         views_per_image=config.views_per_image,
         sample_epochs=config.epochs * config.views_per_image,
         samples_seen=sum(int(r.get("samples", 0)) for r in history),
     )
+
+
+def metric_summary(
+    history: list[dict[str, Any]], best_epoch: int | None
+) -> dict[str, dict[str, Any]]:
+    """Per metric: best value and its epoch, final value, value at `best_epoch` (top-1's best).
+
+    Only epochs that were evaluated count; the final value is the last evaluated epoch's
+    (the last epoch always evaluates). Metrics never evaluated are left out.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, goal in METRIC_GOALS.items():
+        key = f"val_{name}"
+        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+        if not points:
+            continue
+        entry: dict[str, Any] = {"best": None, "best_epoch": None}
+        if goal is not None:
+            pick = max if goal == "max" else min
+            # The first epoch reaching the best value wins a tie, as for best.pt.
+            epoch, value = pick(points, key=lambda p: p[1])
+            entry = {"best": value, "best_epoch": epoch}
+        entry["final"] = points[-1][1]
+        entry["final_epoch"] = points[-1][0]
+        entry["at_best_epoch"] = next((v for e, v in points if e == best_epoch), None)
+        out[name] = entry
+    return out

@@ -1,51 +1,52 @@
-"""Sweep results: one row per student run, and a plot of top-1 per loss and temperature."""
+"""Sweep results: a plot of the seed-aggregated summary, and plain-text tables."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pld_pipeline.seed_summary import group_stats
 
-def plot_top1(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Grouped bars: x = loss, one bar per temperature, height = best top-1 (mean over seeds).
 
-    Rows need `loss`, `temperature` (None = the loss default) and `best_top1` (percent).
+def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Bars of final top-1 and final ECE per grid point: mean over seeds, error bars = std.
+
+    `summary` is `seed_summary.summarize`'s output; a group with one seed has no error bar.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for row in rows:
-        if row.get("best_top1") is None:
-            continue
-        temp = row.get("temperature")
-        groups[(str(row["loss"]), "default" if temp is None else f"T={temp:g}")].append(
-            float(row["best_top1"])
-        )
-    losses = sorted({loss for loss, _ in groups})
-    temps = sorted({temp for _, temp in groups})
-    width = 0.8 / max(len(temps), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(losses) + 2), 3.6), dpi=110)
-    for j, temp in enumerate(temps):
-        xs, ys = [], []
-        for i, loss in enumerate(losses):
-            values = groups.get((loss, temp))
-            if values:
-                xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(sum(values) / len(values))
-        bars = ax.bar(xs, ys, width=width, label=temp)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(losses)), losses)
-    ax.set_ylabel("best top-1 (%)")
-    all_values = [v for values in groups.values() for v in values]
-    if all_values:
-        ax.set_ylim(max(0.0, min(all_values) - 5), min(100.0, max(all_values) + 3))
-    ax.set_title(title or "Student top-1 per loss and temperature")
-    ax.legend(fontsize=7, loc="lower right")
+    groups = summary["groups"]
+    names = [g["name"] for g in groups]
+    panels = (("final_top1", "final top-1 (%)"), ("final_ece", "final ECE (%), lower is better"))
+    fig, axes = plt.subplots(
+        1, 2, figsize=(max(6.0, 1.2 * len(names) + 3), 3.8), dpi=110, squeeze=False
+    )
+    for ax, (metric, label) in zip(axes[0], panels):
+        stats = [group_stats(g, metric) for g in groups]
+        xs = [i for i, s in enumerate(stats) if s.mean is not None]
+        means = [stats[i].mean for i in xs]
+        errs = [stats[i].std or 0.0 for i in xs]
+        # One seed has no spread: no error bar rather than a zero-length one.
+        shown = [stats[i].std if stats[i].std is not None else float("nan") for i in xs]
+        bars = ax.bar(xs, means, yerr=shown, capsize=3, color="#4c72b0", ecolor="black")
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=7, padding=2)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(label)
+        lows = [m - e for m, e in zip(means, errs)]
+        highs = [m + e for m, e in zip(means, errs)]
+        if metric == "final_top1" and means:
+            ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(highs) + 3))
+        elif means:
+            ax.set_ylim(0.0, max(highs) * 1.25 + 0.1)
+    ns = sorted({len(g["runs"]) for g in groups})
+    fig.suptitle(
+        (title or "Sweep") + f": mean over seeds (n = {', '.join(map(str, ns))}), bars = std",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pld_pipeline import eval_metrics
 from pld_pipeline.cache_check import check_cache, check_slab_values, supervised_plan
 from pld_pipeline.cached_dataset import gather_targets, good_indices
 from pld_pipeline.checkpoint import load_checkpoint
@@ -30,7 +30,6 @@ from pld_pipeline.epoch_views import EpochSlabs, NoSlabs
 from pld_pipeline.errors import PLDError
 from pld_pipeline.label_order import load_dataset
 from pld_pipeline.losses import make_loss, no_host_sync
-from pld_pipeline.metrics import topk_correct
 from pld_pipeline.models import create_model
 from pld_pipeline.optim import make_optimizer, make_scheduler
 from pld_pipeline.run_dir import RunDir
@@ -50,7 +49,9 @@ from pld_pipeline.train_setup import (
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict[str, Any]], None]
 _INIT_LOCK = threading.Lock()
-SUMMARY_KEYS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "epoch_time_s")
+SUMMARY_KEYS = (
+    "train_loss", "train_top1", "val_nll", "val_top1", "val_top5", "val_ece", "epoch_time_s",
+)  # fmt: skip
 
 
 class DivergedError(PLDError, FloatingPointError):
@@ -338,26 +339,23 @@ def train_step(
 def evaluate(
     model: nn.Module, loader: Iterable, placement: Placement, ctx: DistContext
 ) -> dict[str, float]:
-    """Top-1, top-5 (%) and mean cross-entropy of `model` on the eval views of `loader`.
+    """Top-1, top-5, NLL, ECE (15 bins) and mean confidence of `model` on `loader`'s eval views.
 
-    Each rank evaluates its own share (no padding) and the sums are reduced over ranks.
+    Each rank evaluates its own share (no padding); the per-batch sums stay on the device
+    and are reduced over ranks once. Metric definitions: `pld_pipeline.eval_metrics`.
+
+    Returns:
+        val_top1, val_top5, val_ece, val_confidence (%), val_nll (nats), val_samples.
     """
     model.eval()
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    sums = eval_metrics.new_sums(device=placement.device)
     for batch in loader:
         labels = batch.labels.to(placement.device, non_blocking=True)
         with placement.autocast():
             logits = model(placement.inputs(batch.images)).float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        c1, c5 = topk_correct(logits, labels, (1, 5))
-        top1, top5, n = top1 + c1, top5 + c5, n + len(labels)
-    loss_sum, top1, top5, n = ctx.sum([loss_sum, top1, top5, n], placement.device)
-    return {
-        "val_loss": loss_sum / max(n, 1),
-        "val_top1": 100.0 * top1 / max(n, 1),
-        "val_top5": 100.0 * top5 / max(n, 1),
-        "val_samples": int(n),
-    }
+        eval_metrics.add_batch(sums, logits, labels)
+    metrics = eval_metrics.finish(ctx.sum(sums.tolist(), placement.device))
+    return {f"val_{name}": value for name, value in metrics.items()}
 
 
 def _check_finite(nonfinite: int, steps: int, epoch: int) -> None:

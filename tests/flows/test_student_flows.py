@@ -70,16 +70,29 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_i
 
     config = SweepConfig.model_validate({
         "base": train_config(tiny_cache, tiny_imagefolder, tmp_path / "unused"),
-        "grid": {"loss.name": ["ce", "kd", "pld"]},
+        "grid": {"loss.name": ["ce", "pld"], "seed": [0, 1]},
         "sweep_dir": str(tmp_path / "sweep"), "max_parallel": 2,
     })  # fmt: skip
     rows = sweep(config)
-    assert sorted(r["loss"] for r in rows) == ["ce", "kd", "pld"]
+    assert sorted(r["loss"] for r in rows) == ["ce", "ce", "pld", "pld"]
     assert all(r["status"] == "trained" for r in rows)
-    assert all(0.0 <= r["best_top1"] <= 100.0 for r in rows)
-    png = tmp_path / "sweep" / "top1.png"
+    assert all(0.0 <= r["best_top1"] <= 100.0 and 0.0 <= r["final_ece"] <= 100.0 for r in rows)
+    # Seeds aggregated: one group per loss, n = 2, the sample std of the two runs.
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [g["name"] for g in summary["groups"]] == ["loss.name=ce", "loss.name=pld"]
+    for group in summary["groups"]:
+        mine = [r for r in rows if r["loss.name"] == group["point"]["loss.name"]]
+        assert group["seeds"] == [0, 1] and group["runs"] == [r["run"] for r in mine]
+        for metric in ("best_top1", "final_top1", "final_nll", "final_ece"):
+            values = [r[metric] for r in mine]
+            stats = group["stats"][metric]
+            assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(values) / 2)
+            assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+            assert (stats["min"], stats["max"]) == (min(values), max(values))
+    assert "`loss.name=pld`" in (tmp_path / "sweep" / "summary.md").read_text()
+    png = tmp_path / "sweep" / "summary.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {"sweep-results", "sweep-plot"} <= artifact_keys()
+    assert {"sweep-results", "sweep-summary", "sweep-plot"} <= artifact_keys()
     stamps = {r["run"]: (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns
               for r in rows}
     again = sweep(config)

@@ -45,8 +45,14 @@ def test_demo_prints_results_table(demo_run):
     rows = [line.split() for line in demo_run["stdout"].splitlines()]
     students = {row[1]: float(row[2]) for row in rows if len(row) > 3 and row[0] == "student"}
     assert sorted(students) == ["ce", "dist", "dkd", "kd", "pld"]
-    assert all(0.0 <= top1 <= 100.0 for top1 in students.values())
-    assert any(row[:2] == ["teacher", "ce"] for row in rows)
+    teacher = [float(row[2]) for row in rows if row[:2] == ["teacher", "ce"]]
+    assert teacher
+    # Learning must show even in the quick demo: chance is 10 % on 10 classes; measured
+    # 66 % for the teacher and 62-72 % for the students (seed 0). A model at 3x chance
+    # or less means training broke.
+    chance = 10.0
+    assert teacher[0] > 3 * chance, teacher
+    assert all(top1 > 3 * chance for top1 in students.values()), students
     assert any(row[0] == "stage:cache" and "views" in row for row in rows)
 
 

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import make_cache, train_config
+from conftest import build_color_folder, make_cache, train_config
 
 import storage
 from pld_pipeline.checkpoint import CheckpointError
@@ -65,9 +65,8 @@ def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, 
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1, 2] == [r["epoch"] for r in seen]
     assert [r["view"] for r in lines] == [0, 1, 0]
-    assert {"train_loss", "val_top1", "val_top5", "val_loss", "lr", "target_time_s"} <= set(
-        lines[0]
-    )
+    evaluated = {"val_top1", "val_top5", "val_nll", "val_ece", "val_confidence"}
+    assert evaluated | {"train_loss", "lr", "target_time_s"} <= set(lines[0])
     stored = json.loads((run / "result.json").read_text())
     assert stored == json.loads(json.dumps(result.to_dict()))
     assert stored["manifest_hash"] == result.manifest_hash and len(result.manifest_hash) == 64
@@ -81,6 +80,19 @@ def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, 
     assert result.final_top1 == lines[-1]["val_top1"] and result.best_top1 == max(
         r["val_top1"] for r in lines
     )
+    # Per metric: best over epochs (max for accuracies, min for NLL/ECE), final, at best top-1.
+    for name, pick in (("top1", max), ("top5", max), ("nll", min), ("ece", min)):
+        values = [r[f"val_{name}"] for r in lines]
+        entry = stored["metrics"][name]
+        assert entry["best"] == pick(values) and values[entry["best_epoch"]] == pick(values)
+        assert values.index(pick(values)) == entry["best_epoch"]  # the first epoch on a tie
+        assert (entry["final"], entry["final_epoch"]) == (values[-1], 2)
+        assert entry["at_best_epoch"] == values[result.best_epoch]
+    conf = stored["metrics"]["confidence"]
+    assert conf["best"] is None and conf["final"] == lines[-1]["val_confidence"]
+    assert (stored["final_nll"], stored["final_ece"], stored["final_confidence"]) == (
+        lines[-1]["val_nll"], lines[-1]["val_ece"], lines[-1]["val_confidence"]
+    )  # fmt: skip
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 2 and set(ck) >= {
         "model",
@@ -93,6 +105,33 @@ def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, 
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == result.best_epoch
     with pytest.raises(CheckpointError, match="resume=true"):
         fit(cfg)  # the folder holds a run: refuse to overwrite it
+
+
+def test_pld_learns_the_loss_decreases_and_it_beats_an_untrained_model(
+    replay_cache, color_folder, tmp_path
+):
+    """Fails when learning breaks: a fixed-seed PLD run against the same model untrained.
+
+    "Untrained" is the same seed's initial weights evaluated by the same code: a run whose
+    learning rate (1e-12) leaves every weight where it started.
+    """
+    val = build_color_folder(tmp_path / "val", per_class=10, seed=5)  # 30 unseen images
+
+    def run(name: str, lr: float):
+        cfg = train_config(replay_cache, color_folder, tmp_path / name, val_root=str(val),
+                           epochs=6, batch_size=8, optim={"lr": lr}, seed=0)  # fmt: skip
+        return fit(cfg)
+
+    trained, untrained = run("pld", 0.05), run("untrained", 1e-12)
+    losses = [r["train_loss"] for r in trained.history]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(b < a * 1.05 for a, b in zip(losses, losses[1:])), losses  # no epoch jumps up
+    before = untrained.history[0]["val_top1"]
+    assert untrained.final_top1 == before  # the weights did not move
+    assert trained.final_top1 >= 90.0 and trained.final_top1 >= before + 30.0, (
+        trained.final_top1, before
+    )  # fmt: skip
+    assert trained.final_nll < untrained.final_nll
 
 
 def test_k_from_topk_and_full_caches_and_dense_targets(
