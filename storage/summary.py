@@ -1,4 +1,4 @@
-"""What ``inspect`` prints: manifest, size, completeness and teacher statistics of a cache.
+"""What ``inspect`` prints: manifest, size, completeness, bad samples and teacher statistics.
 
 Statistics are computed from the written shards only, a bounded range at a time, so a
 partial or very large cache can be inspected too.
@@ -17,6 +17,8 @@ from storage.schema import array_specs, per_view_arrays
 
 # Shards read per step while computing statistics (bounds memory).
 SHARDS_PER_STEP = 16
+# Keys of bad samples printed by ``inspect`` (the count covers all of them).
+BAD_KEYS_SHOWN = 5
 
 
 @dataclass
@@ -39,6 +41,8 @@ class CacheSummary:
     records_written: int
     top1: dict[int, float] = field(default_factory=dict)
     tail_mass: dict[int, float] = field(default_factory=dict)
+    bad_count: int = 0
+    bad_keys: list[str] = field(default_factory=list)
 
     @property
     def label_mismatch(self) -> bool:
@@ -77,6 +81,7 @@ class CacheSummary:
                 if self.missing
                 else ""
             ),
+            f"bad        {self.bad_text()}",
             f"disk       {self.disk_bytes / 1e6:.2f} MB total; {self.bytes_per_record:.1f} "
             f"B/record; compression ratio {self.compression_ratio:.2f}",
         ]
@@ -88,6 +93,18 @@ class CacheSummary:
             )
         lines.append(f"libraries  {json.dumps(m['library_versions'], sort_keys=True)}")
         return "\n".join(lines)
+
+
+    def bad_text(self) -> str:
+        """One line on the samples the pass recorded as undecodable (training skips them)."""
+        if not self.bad_count:
+            return "none recorded (every written sample decoded)"
+        more = " ..." if self.bad_count > len(self.bad_keys) else ""
+        return (
+            f"{self.bad_count} sample(s) could not be decoded and are skipped by training: "
+            + ", ".join(self.bad_keys)
+            + more
+        )
 
 
 def class_list_text(class_list: dict | None) -> str:
@@ -166,11 +183,13 @@ def summarize(path: location.PathOrLocation, storage_options: dict | None = None
         uncompressed_view_bytes=written * record_bytes,
         records_written=written,
     )
+    bad = np.zeros(reader.num_samples, dtype=bool)  # bad in any written view
     for view in range(reader.num_views):
         hits = count = 0
         tail = 0.0
         for start, stop in _done_ranges(reader, view, missing_set):
             slab = reader.load_view(view, start, stop)
+            bad[start:stop] |= slab.bad
             good = ~slab.bad
             top = slab.topk_idx[:, 0] if slab.logits is None else np.argmax(slab.logits, axis=1)
             hits += int((top[good] == slab.label[good]).sum())
@@ -182,12 +201,16 @@ def summarize(path: location.PathOrLocation, storage_options: dict | None = None
             summary.top1[view] = hits / count
             if reader.format == "topk":
                 summary.tail_mass[view] = tail / count
+    bad_index = np.flatnonzero(bad)
+    summary.bad_count = len(bad_index)
+    summary.bad_keys = [str(reader.keys[i]) for i in bad_index[:BAD_KEYS_SHOWN]]
     reader.close()
     return summary
 
 
 def inspect(path: location.PathOrLocation, storage_options: dict | None = None) -> str:
-    """A human summary of a cache: manifest, N, V, K, C, completeness, bytes, statistics.
+    """A human summary of a cache: manifest, N, V, K, C, completeness, bad samples (count and
+    first keys), bytes, statistics.
 
     Raises:
         NotACacheError, SchemaVersionError, CorruptChunkError: see ``open_cache``.

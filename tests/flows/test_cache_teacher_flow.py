@@ -197,6 +197,11 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     assert reader.bad_mask()[:, bad_index].all()
     kept = good_indices(reader.bad_mask(), reader.num_samples)
     assert bad_index not in kept and len(kept) == reader.num_samples - 1
+    # `pld inspect` tells a user before training what the run will skip.
+    assert (
+        "bad        1 sample(s) could not be decoded and are skipped by training: "
+        "cup/zz_corrupt.jpg" in storage.inspect(str(out))
+    )
 
 
 def test_replay_check_fails_when_cached_outputs_were_altered(reference_cache: Path, tiny_imagefolder, tmp_path):

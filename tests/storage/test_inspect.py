@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from storage_testlib import C, N, S
+from storage_testlib import C, N, S, keys_for
 
 import storage
+from storage.summary import BAD_KEYS_SHOWN
+from storage.synthetic import make_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +55,7 @@ def test_summary_figures(cache_copy):
 def test_cli_prints_the_summary_and_fails_cleanly(cache_copy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ok = subprocess.run(
-        [sys.executable, "-m", "storage.inspect", str(cache_copy)],
+        [sys.executable, "-m", "storage", str(cache_copy)],
         env=env,
         capture_output=True,
         text=True,
@@ -62,11 +64,75 @@ def test_cli_prints_the_summary_and_fails_cleanly(cache_copy, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "13/14 (view, shard)" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "storage.inspect", str(tmp_path / "none")],
+        [sys.executable, "-m", "storage", str(tmp_path / "none")],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("python -m storage: error: ")
+    assert "does not exist" in lines[0]
+
+
+def test_no_submodule_shadows_the_inspect_function():
+    # A module storage/inspect.py would replace the attribute storage.inspect (the function)
+    # once imported; the command line lives in storage/__main__.py instead.
+    code = (
+        "import importlib.util, storage, storage.__main__, storage.summary\n"
+        "from storage import inspect\n"
+        "print(importlib.util.find_spec('storage.inspect') is None, "
+        "inspect is storage.summary.inspect)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_bad_samples_are_counted_and_named(tmp_path, manifest, labels):
+    # Rows 3, 40 and 77 marked bad in both views (as the pass does for an undecodable image),
+    # row 90 only in view 1: a sample bad in any written view counts once.
+    writer = storage.create(tmp_path / "c.zarr", manifest, keys_for(labels), labels)
+    bad_rows = {0: {3, 40, 77}, 1: {3, 40, 77, 90}}
+    for v in range(manifest.num_views):
+        for s in range(manifest.num_shards):
+            a, b = writer.shard_range(s)
+            records = make_records(manifest, v, a, b, labels)
+            records["bad"] = np.array([i in bad_rows[v] for i in range(a, b)])
+            writer.write_shard(v, s, records)
+    summary = storage.summarize(tmp_path / "c.zarr")
+    keys = keys_for(labels)
+    assert summary.bad_count == 4
+    assert summary.bad_keys == [keys[3], keys[40], keys[77], keys[90]]
+    line = next(x for x in str(summary).splitlines() if x.startswith("bad "))
+    assert "4 sample(s) could not be decoded and are skipped by training" in line
+    assert keys[90] in line and " ..." not in line
+
+
+def test_bad_keys_shown_are_the_first_ones(tmp_path, manifest, labels):
+    writer = storage.create(tmp_path / "c.zarr", manifest, keys_for(labels), labels)
+    rows = set(range(10, 10 + BAD_KEYS_SHOWN + 3))
+    for v in range(manifest.num_views):
+        for s in range(manifest.num_shards):
+            a, b = writer.shard_range(s)
+            records = make_records(manifest, v, a, b, labels)
+            records["bad"] = np.array([i in rows for i in range(a, b)])
+            writer.write_shard(v, s, records)
+    summary = storage.summarize(tmp_path / "c.zarr")
+    assert summary.bad_count == len(rows)
+    assert summary.bad_keys == [keys_for(labels)[i] for i in sorted(rows)[:BAD_KEYS_SHOWN]]
+    line = next(x for x in str(summary).splitlines() if x.startswith("bad "))
+    assert line.endswith(" ...") and f"{len(rows)} sample(s)" in line
+
+
+def test_a_clean_cache_says_no_bad_samples(cache_copy):
+    text = storage.inspect(cache_copy)
+    assert "bad        none recorded" in text

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_storage_does_not_import_torch_prefect_or_pld_pipeline():
     code = (
-        "import sys, storage, storage.inspect, storage.synthetic\n"
+        "import sys, storage, storage.__main__, storage.synthetic\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'prefect', 'pld_pipeline', 'flows', 'torchvision'))\n"
         "print(bad)\n"
