@@ -1,7 +1,8 @@
 """The logit cache: a chunked Zarr v3 store of teacher outputs per (view, sample).
 
 Public API (see storage/README.md for the on-disk format):
-``create`` / ``open_writer`` -> ``CacheWriter.write_shard``; ``open_cache`` ->
+``create`` / ``open_writer`` -> ``CacheWriter.write_shard`` (``check_create`` makes
+``create``'s checks without writing); ``open_cache`` ->
 ``CacheReader.validate`` / ``load_view`` / ``prefetch`` / ``iter_view``;
 ``inspect``; the ``Manifest`` dataclasses (with ``ClassList``, ``LabelCheck``),
 ``fingerprint`` and ``class_list_sha256``; the errors.
@@ -29,7 +30,7 @@ from storage.reader import CacheReader, open_cache
 from storage.schema import COMPRESSORS, DEFAULT_COMPRESSOR, DEFAULT_SHARD_SIZE
 from storage.slab import ViewSlab
 from storage.summary import CacheSummary, inspect, summarize
-from storage.writer import CacheWriter, create, open_writer
+from storage.writer import CacheWriter, check_create, create, open_writer
 
 __all__ = [
     "COMPRESSORS",
@@ -59,6 +60,7 @@ __all__ = [
     "TeacherInfo",
     "ViewInfo",
     "ViewSlab",
+    "check_create",
     "class_list_sha256",
     "create",
     "fingerprint",

@@ -195,6 +195,8 @@ def _library_versions() -> dict[str, str]:
 
 
 def _check_dataset(manifest: Manifest, keys: Sequence[str], labels: np.ndarray) -> tuple:
+    if not isinstance(manifest, Manifest):
+        raise TypeError(f"manifest must be a storage.Manifest, got {type(manifest).__name__}")
     keys_arr = np.asarray(list(keys), dtype=np.dtypes.StringDType())
     labels_arr = np.asarray(labels)
     n = manifest.num_samples
@@ -229,6 +231,7 @@ def create(
 
     Call it once before starting parallel shard writers (two first-time creates of one
     path race); the writers then call ``create`` again (it reopens) or ``open_writer``.
+    ``check_create`` makes the same checks without writing anything.
 
     Args:
         path: local directory or fsspec URL of the cache group.
@@ -251,14 +254,56 @@ def create(
         RecordError: keys/labels of the wrong length, duplicate keys, labels outside [0, C).
         SchemaVersionError: ``path`` holds a cache of another schema version.
     """
-    if not isinstance(manifest, Manifest):
-        raise TypeError(f"manifest must be a storage.Manifest, got {type(manifest).__name__}")
     if compressor not in COMPRESSORS:
         raise RequestError(
             f"unknown compressor {compressor!r}; choose one of {sorted(COMPRESSORS)}"
         )
     keys_arr, labels_arr = _check_dataset(manifest, keys, labels)
     path = location.resolve(path, storage_options)
+    action = _create_action(path, overwrite)
+    if action == "resume":
+        writer = open_writer(path, manifest)
+        _check_same_dataset(writer.path, writer._group, keys_arr, labels_arr)
+        logger.info("resuming cache %s: %d (view, shard) left", writer.path, len(writer.missing()))
+        return writer
+    if action == "replace":
+        logger.info("overwriting %s", os.fspath(path))
+        location.remove(path)
+    return _create_new(path, manifest, keys_arr, labels_arr, compressor)
+
+
+def check_create(
+    path: location.PathOrLocation,
+    manifest: Manifest,
+    keys: Sequence[str],
+    labels: np.ndarray,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Make every check ``create`` makes before it writes, writing nothing.
+
+    Lets a caller refuse a bad output (another cache, another dataset, a folder that is
+    not a cache) before it starts any work.
+
+    Returns:
+        What ``create`` would do: ``"create"`` (nothing there, or an empty folder),
+        ``"resume"`` (a compatible cache of the same samples) or ``"replace"`` (overwrite).
+
+    Raises:
+        The errors of ``create``, for the same reasons.
+    """
+    keys_arr, labels_arr = _check_dataset(manifest, keys, labels)
+    path = location.resolve(path, storage_options)
+    action = _create_action(path, overwrite)
+    if action == "resume":
+        stored, group = location.read_manifest(path, mode="r")
+        _check_compatible(path, stored, manifest)
+        _check_same_dataset(os.fspath(path), group, keys_arr, labels_arr)
+    return action
+
+
+def _create_action(path: location.Location, overwrite: bool) -> str:
+    """"create", "resume" or "replace" for what is at ``path``; refuses what is no cache."""
     kind, _ = location.probe(path)
     if kind == "other":
         raise NotACacheError(
@@ -271,14 +316,8 @@ def create(
             "its creation was interrupted); pass overwrite=True to replace it"
         )
     if kind == "cache" and not overwrite:
-        writer = open_writer(path, manifest)
-        _check_same_dataset(writer, keys_arr, labels_arr)
-        logger.info("resuming cache %s: %d (view, shard) left", writer.path, len(writer.missing()))
-        return writer
-    if kind in ("cache", "zarr"):
-        logger.info("overwriting %s", os.fspath(path))
-        location.remove(path)
-    return _create_new(path, manifest, keys_arr, labels_arr, compressor)
+        return "resume"
+    return "replace" if kind in ("cache", "zarr") else "create"
 
 
 def _create_new(path, manifest: Manifest, keys, labels, compressor: str) -> CacheWriter:
@@ -338,21 +377,26 @@ def open_writer(
     """
     path = location.resolve(path, storage_options)
     stored, group = location.read_manifest(path, mode="r+")
-    if manifest is not None and not stored.compatible_with(manifest):
-        raise ManifestMismatchError(
-            f"{os.fspath(path)} holds a cache with another manifest; nothing was changed. "
-            "Differences (stored != given): "
-            + "; ".join(stored.diff(manifest))
-            + ". Use another path, or overwrite=True to replace it"
-        )
+    if manifest is not None:
+        _check_compatible(path, stored, manifest)
     return CacheWriter(path, group, stored)
 
 
-def _check_same_dataset(writer: CacheWriter, keys: np.ndarray, labels: np.ndarray) -> None:
-    stored_keys = writer._group["key"][...]
-    stored_labels = writer._group["label"][...]
+def _check_compatible(path: location.Location, stored: Manifest, given: Manifest) -> None:
+    if not stored.compatible_with(given):
+        raise ManifestMismatchError(
+            f"{os.fspath(path)} holds a cache with another manifest; nothing was changed. "
+            "Differences (stored != given): "
+            + "; ".join(stored.diff(given))
+            + ". Use another path, or overwrite=True to replace it"
+        )
+
+
+def _check_same_dataset(where: str, group: zarr.Group, keys: np.ndarray, labels: np.ndarray) -> None:
+    stored_keys = group["key"][...]
+    stored_labels = group["label"][...]
     if not np.array_equal(stored_keys, keys) or not np.array_equal(stored_labels, labels):
         raise DatasetMismatchError(
-            f"{writer.path} was created from other sample keys or labels than the ones "
+            f"{where} was created from other sample keys or labels than the ones "
             "given; nothing was changed. Use another path, or overwrite=True to replace it"
         )

@@ -177,6 +177,42 @@ CASES = [
         storage.RecordError,
         "unique",
     ),
+    # check_create: the same refusals as create, before anything is written.
+    (
+        "check-create-over-plain-dir",
+        make_plain_dir,
+        lambda c: storage.check_create(c["plain"], M, keys_for(LABELS), LABELS, overwrite=True),
+        storage.NotACacheError,
+        "not a zarr cache",
+    ),
+    (
+        "check-create-over-zarr-not-cache",
+        make_plain_zarr,
+        lambda c: storage.check_create(c["plain"], M, keys_for(LABELS), LABELS),
+        storage.NotACacheError,
+        "overwrite=True",
+    ),
+    (
+        "check-create-other-manifest",
+        None,
+        lambda c: storage.check_create(c["cache"], other_teacher(), keys_for(LABELS), LABELS),
+        storage.ManifestMismatchError,
+        "teacher.name: 'synthetic' != 'resnet50'",
+    ),
+    (
+        "check-create-other-labels",
+        None,
+        lambda c: storage.check_create(c["cache"], M, keys_for(LABELS), (LABELS + 1) % C),
+        storage.DatasetMismatchError,
+        "other sample keys or labels",
+    ),
+    (
+        "check-create-labels-outside-classes",
+        None,
+        lambda c: storage.check_create(c["tmp"] / "new.zarr", M, keys_for(LABELS), LABELS + C),
+        storage.RecordError,
+        "labels must be in [0, 10)",
+    ),
     (
         "k-greater-than-c",
         None,

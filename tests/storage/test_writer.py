@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from storage_testlib import C, K, N, S, V, keys_for, write_cache, zarr_arrays
+from storage_testlib import C, K, N, S, V, keys_for, tree_hash, write_cache, zarr_arrays
 
 import storage
 from storage.synthetic import make_labels, make_manifest, make_records
@@ -147,6 +147,23 @@ def test_reopen_with_same_manifest_resumes(tmp_path, manifest, labels):
     again = storage.create(tmp_path / "c.zarr", manifest, keys_for(labels), labels)
     assert again.missing() == [(0, 4), (1, 1)]
     assert again.manifest.created_at == w.manifest.created_at
+
+
+def test_check_create_says_what_create_would_do_and_writes_nothing(tmp_path, manifest, labels):
+    keys = keys_for(labels)
+    assert storage.check_create(tmp_path / "new.zarr", manifest, keys, labels) == "create"
+    assert not (tmp_path / "new.zarr").exists()
+    (tmp_path / "empty").mkdir()
+    assert storage.check_create(tmp_path / "empty", manifest, keys, labels) == "create"
+    write_cache(tmp_path / "c.zarr", manifest, labels, skip={(1, 1)})
+    before = tree_hash(tmp_path)
+    assert storage.check_create(tmp_path / "c.zarr", manifest, keys, labels) == "resume"
+    other = make_manifest(num_samples=N, num_classes=C, k=3, num_views=1, shard_size=S)
+    assert storage.check_create(tmp_path / "c.zarr", other, keys, labels, overwrite=True) == (
+        "replace"
+    )
+    assert tree_hash(tmp_path) == before
+    assert [p.name for p in sorted((tmp_path / "empty").iterdir())] == []
 
 
 def test_overwrite_replaces_a_cache(tmp_path, manifest, labels):
