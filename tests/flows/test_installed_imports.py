@@ -142,11 +142,12 @@ def api(url: str, path: str, body: dict | None = None, method: str = "POST") -> 
         return json.loads(response.read() or b"null")
 
 
+@pytest.mark.timeout(1500)  # `pld serve` imports every flow first: minutes on a busy 2-core machine
 def test_a_served_deployment_runs_from_a_shadowed_folder(tmp_path, tiny_imagefolder):
     """`pld serve` started from the shadowed folder; a cache-teacher run created through the
     API executes in the served process's own subprocess and completes."""
     server, url = start_prefect_server(tmp_path, user_env(tmp_path))
-    env = user_env(tmp_path, PREFECT_API_URL=url)
+    env = user_env(tmp_path, PREFECT_API_URL=url, PREFECT_RUNNER_POLL_FREQUENCY="2")
     cwd = shadowed_folder(tmp_path / "serve-cwd")
     served = start("pld-serve", [str(BIN / "pld"), "serve"], cwd, env)
     try:
@@ -154,7 +155,7 @@ def test_a_served_deployment_runs_from_a_shadowed_folder(tmp_path, tiny_imagefol
             found = api(url, "/deployments/filter", {"deployments": {"name": {"any_": ["cache-teacher"]}}})
             return found[0]["id"] if found else None
 
-        wait_until(lambda: deployment_id() is not None, 240, "the served deployments", served)
+        wait_until(lambda: deployment_id() is not None, 600, "the served deployments", served)
         out = tmp_path / "served.zarr"
         config = cache_config(tiny_imagefolder, str(out), replay_check_samples=0)
         run = api(url, f"/deployments/{deployment_id()}/create_flow_run", {"parameters": {"config": config}})
@@ -162,7 +163,7 @@ def test_a_served_deployment_runs_from_a_shadowed_folder(tmp_path, tiny_imagefol
         def state() -> str:
             return api(url, f"/flow_runs/{run['id']}", method="GET")["state_type"]
 
-        wait_until(lambda: state() in ("COMPLETED", "FAILED", "CRASHED"), 400, "the served run", served)
+        wait_until(lambda: state() in ("COMPLETED", "FAILED", "CRASHED"), 600, "the served run", served)
         assert state() == "COMPLETED", served.output()[-4000:]
         assert (out / "zarr.json").is_file()
     finally:
