@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -135,11 +136,20 @@ def test_a_wheel_installed_with_pip_imports_from_site_packages(tmp_path):
 
 
 def api(url: str, path: str, body: dict | None = None, method: str = "POST") -> object:
+    """One REST call; a 503 (the server's SQLite busy under load) is retried, as Prefect's
+    own client does."""
     data = None if method == "GET" else json.dumps(body or {}).encode()
-    request = urllib.request.Request(url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(10):
+        request = urllib.request.Request(url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 9:
+                raise
+            time.sleep(2 + attempt)
+    raise AssertionError("unreachable")
 
 
 @pytest.mark.timeout(1500)  # `pld serve` imports every flow first: minutes on a busy 2-core machine
