@@ -121,6 +121,5 @@ EOF
 fi
 
 bytes=$(du -sb "$WHL" "$ROOT/.gpu-data" | awk '{s += $1} END {print s}')
-tree=$(git ls-files -co --exclude-standard | xargs -d '\n' du -cb 2>/dev/null | tail -1 | cut -f1)
-echo "== to carry: .whl + .gpu-data = $((bytes / 1048576)) MiB; working tree $((tree / 1048576)) MiB;" \
-     "total $(((bytes + tree) / 1048576)) MiB of 64 MiB"
+tree=$(git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s}')
+awk -v c="$bytes" -v t="$tree" 'BEGIN {printf "== to carry: .whl + .gpu-data = %.1f MiB; working tree %.1f MiB; total %.1f MiB of 64 MiB\n", c / 1048576, t / 1048576, (c + t) / 1048576}'

@@ -5,8 +5,8 @@
     python bench/gpu_summary.py demo WORKDIR --seconds S --json bench/results/gpu-demo.json
     python bench/gpu_summary.py table bench/results      # reads gpu-*.json, prints the table
 
-`table` prints one line per section (status, seconds, headline figures) and the rows of
-the README's "GPU" table filled in, ready to paste.
+`table` prints one markdown row per section (status, seconds, headline figures), the
+figures the README's "GPU" table asks for.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def headline(name: str, data: dict) -> str:
 
 
 def table(args: argparse.Namespace) -> int:
-    """The summary: one line per section, then README rows."""
+    """The summary: one markdown row per section, from gpu-sections.json and its JSON file."""
     results = Path(args.results)
     sections = json.loads((results / "gpu-sections.json").read_text())
     files = {"env": "gpu-env.json", "cuda-tests": "gpu-tests.json", "losses": "gpu-losses.json",

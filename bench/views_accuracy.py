@@ -54,21 +54,32 @@ def prepare(config: DemoConfig) -> str:
     return str(data)
 
 
-def run(config: DemoConfig, data: str, m: int, seed: int, epochs: int) -> dict:
+def run(config: DemoConfig, data: str, m: int, layout: str, seed: int, epochs: int) -> dict:
     """One PLD student at m views per image, epochs / m epochs (reused when finished)."""
     base = demo_plan.sweep_config(config, data).base
     optim = base.optim.model_copy(update={"warmup_epochs": base.optim.warmup_epochs / m})
+    name = f"m{m}-seed{seed}" if m == 1 else f"m{m}-{layout}-seed{seed}"
     cfg = base.model_copy(update={
-        "views_per_image": m, "epochs": epochs // m, "seed": seed, "optim": optim,
-        "run_dir": str(Path(config.workdir) / "views" / f"m{m}-seed{seed}"),
+        "views_per_image": m, "views_layout": layout, "epochs": epochs // m, "seed": seed,
+        "optim": optim, "run_dir": str(Path(config.workdir) / "views" / name),
     })  # fmt: skip
     done = RunDir(cfg.run_dir).finished_result(cfg)
     result = done if done is not None else fit(cfg).to_dict()
     return {
-        "m": m, "seed": seed, "epochs": cfg.epochs, "best_top1": result["best_top1"],
-        "final_top1": result["final_top1"], "samples_seen": result["samples_seen"],
-        "train_time_s": result["train_time_s"],
+        "m": m, "layout": layout if m > 1 else "-", "seed": seed, "epochs": cfg.epochs,
+        "best_top1": result["best_top1"], "final_top1": result["final_top1"],
+        "samples_seen": result["samples_seen"], "train_time_s": result["train_time_s"],
     }  # fmt: skip
+
+
+def spread_of(rows: list[dict]) -> dict:
+    """Mean, std, min and max of best and final top-1 over seeds."""
+    out: dict = {"train_time_s": statistics.mean(r["train_time_s"] for r in rows)}
+    for key in ("best_top1", "final_top1"):
+        tops = [r[key] for r in rows]
+        out[key] = {"seeds": tops, "mean": statistics.mean(tops), "min": min(tops),
+                    "max": max(tops), "std": statistics.stdev(tops) if len(tops) > 1 else 0.0}  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,41 +88,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the m = 1 runs")
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--layouts", nargs="+", default=["spread", "same_batch"],
+                        help="views_layout values tried for m > 1")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     config = DemoConfig(workdir=args.workdir)
     data = prepare(config)
+    arms = [(m, layout) for m in args.views for layout in (args.layouts if m > 1 else ["-"])]
     rows = []
     for seed in args.seeds:
-        for m in args.views:
-            row = run(config, data, m, seed, args.epochs)
+        for m, layout in arms:
+            row = run(config, data, m, layout if m > 1 else "spread", seed, args.epochs)
             rows.append(row)
-            print(f"m={m} seed={seed}: best top-1 {row['best_top1']:.2f} "
-                  f"({row['epochs']} epochs, {row['samples_seen']} samples, "
-                  f"{row['train_time_s']:.0f} s)", flush=True)  # fmt: skip
-    summary = {}
-    for m in args.views:
-        tops = [r["best_top1"] for r in rows if r["m"] == m]
-        summary[str(m)] = {
-            "best_top1": tops, "mean": statistics.mean(tops),
-            "std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
-            "min": min(tops), "max": max(tops),
-            "train_time_s": statistics.mean(r["train_time_s"] for r in rows if r["m"] == m),
-        }  # fmt: skip
-    print("\n| views_per_image | epochs | best top-1 per seed | mean +- std | train time (s) |")
-    print("| ---: | ---: | --- | --- | ---: |")
-    for m in args.views:
-        s = summary[str(m)]
-        print(f"| {m} | {args.epochs // m} | {', '.join(f'{t:.2f}' for t in s['best_top1'])} | "
-              f"{s['mean']:.2f} +- {s['std']:.2f} | {s['train_time_s']:.0f} |")  # fmt: skip
+            print(f"m={m} {row['layout']} seed={seed}: best top-1 {row['best_top1']:.2f}, final "
+                  f"{row['final_top1']:.2f} ({row['epochs']} epochs, {row['samples_seen']} "
+                  f"samples, {row['train_time_s']:.0f} s)", flush=True)  # fmt: skip
+    summary = {
+        f"m{m}-{layout}": spread_of([r for r in rows if r["m"] == m and r["layout"] == layout])
+        for m, layout in arms
+    }
+    print("\n| views_per_image | layout | epochs | best top-1 per seed | mean +- std | final top-1 "
+          "per seed | mean +- std | train time (s) |")  # fmt: skip
+    print("| ---: | --- | ---: | --- | --- | --- | --- | ---: |")
+    for (m, layout), s in zip(arms, summary.values(), strict=True):
+        b, f = s["best_top1"], s["final_top1"]
+        print(f"| {m} | {layout} | {args.epochs // m} | "
+              f"{', '.join(f'{t:.2f}' for t in b['seeds'])} | {b['mean']:.2f} +- {b['std']:.2f} | "
+              f"{', '.join(f'{t:.2f}' for t in f['seeds'])} | {f['mean']:.2f} +- {f['std']:.2f} | "
+              f"{s['train_time_s']:.0f} |")  # fmt: skip
     verdicts = {}
-    if "1" in summary:
-        lo, hi = summary["1"]["min"], summary["1"]["max"]
-        for m in args.views:
-            if m != 1:
-                verdicts[str(m)] = lo <= summary[str(m)]["mean"] <= hi
-                print(f"m={m} mean {summary[str(m)]['mean']:.2f} within the m=1 seed range "
-                      f"[{lo:.2f}, {hi:.2f}]: {'yes' if verdicts[str(m)] else 'NO'}")  # fmt: skip
+    if "m1--" in summary:
+        for arm, s in summary.items():
+            if arm == "m1--":
+                continue
+            for key in ("best_top1", "final_top1"):
+                lo, hi = summary["m1--"][key]["min"], summary["m1--"][key]["max"]
+                inside = lo <= s[key]["mean"] <= hi
+                verdicts[f"{arm} {key}"] = inside
+                print(f"{arm}: mean {key} {s[key]['mean']:.2f} within the m=1 seed range "
+                      f"[{lo:.2f}, {hi:.2f}]: {'yes' if inside else 'NO'}")  # fmt: skip
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(

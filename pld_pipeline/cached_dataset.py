@@ -2,7 +2,8 @@
 
 Each DataLoader item is one image, decoded once and replayed for the m views of its epoch
 (`views_per_image`, see `epoch_views`); `collate_views` flattens a batch of b images into
-b * m samples, image-major, so the m views of an image train in the same batch. The cached
+b * m samples, image-major (`view_order` may then spread an image's views over m
+neighbouring batches). The cached
 targets of a batch are gathered in the main process from the epoch's in-memory view slabs
 by (sample index, view slot) (numpy fancy indexing, no file reads) and moved to the device
 as compact `CachedTargets` or dense logits. So sampler order, batch size and worker count

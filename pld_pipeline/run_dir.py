@@ -78,7 +78,7 @@ class RunDir:
         if not self.is_finished():
             return None
         if self.config.exists():
-            stored = json.loads(self.config.read_text())
+            stored = self._stored_config()
             diffs = _config_diff(stored, config.model_dump(mode="json"))
             if diffs:
                 raise CheckpointError(
@@ -94,6 +94,15 @@ class RunDir:
                 f"{config.cache!r}); pick another run_dir or sweep_dir for this cache."
             )
         return result
+
+    def _stored_config(self) -> dict[str, Any]:
+        """config.json as a config of this version: fields added since it was written
+        (e.g. views_per_image) take their defaults, so an older run is not "another config"."""
+        stored = json.loads(self.config.read_text())
+        try:
+            return TrainConfig.model_validate(stored).model_dump(mode="json")
+        except ValueError:  # a field since removed or renamed: compare as written
+            return stored
 
     def prepare(self, config: TrainConfig, write: bool = True) -> bool:
         """Check the folder, create it and write config.json; say whether to resume.
@@ -114,7 +123,7 @@ class RunDir:
                 "result.json); set resume=true to continue it or pick another run_dir."
             )
         if config.resume and self.config.exists():
-            stored = json.loads(self.config.read_text())
+            stored = self._stored_config()
             diffs = _config_diff(stored, config.model_dump(mode="json"))
             if diffs:
                 raise CheckpointError(

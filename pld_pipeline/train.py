@@ -45,6 +45,7 @@ from pld_pipeline.train_setup import (
     split_batch,
     train_views,
 )
+from pld_pipeline.view_order import resume_offsets, spread_views
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -164,10 +165,12 @@ def fit(
         totals = None
         if in_epoch is not None and int(in_epoch["epoch"]) == epoch:
             totals = EpochTotals.from_state(in_epoch["totals"], place.device, ctx.is_main)
-        skip = totals.steps * (batch // m) if totals is not None else 0
+        skip, drop = resume_offsets(totals.steps if totals else 0, m, config.views_layout)
         views = train_views(config, plan, epoch_slabs, epoch)
-        loaders.train_sampler.set_epoch(epoch, views, skip=skip)
+        loaders.train_sampler.set_epoch(epoch, views, skip=skip * (batch // m))
         batches = device_batches(iter(loaders.train))  # workers start before the prefetch
+        if m > 1 and config.views_layout == "spread":
+            batches = spread_views(batches, m, place.device, drop_first=drop)
         if epoch + 1 < config.epochs:
             slabs.prefetch(epoch + 1)
         view_ids = slabs.views_of(epoch)

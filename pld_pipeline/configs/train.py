@@ -182,7 +182,12 @@ class TrainConfig(_Strict):
         1,
         gt=0,
         description="cached views trained per decoded image (m <= the cache's views); epoch e "
-        "uses views (e*m + j) mod V, j < m, in the same batch. m = 1: view e mod V",
+        "uses views (e*m + j) mod V, j < m. m = 1: view e mod V",
+    )
+    views_layout: Literal["spread", "same_batch"] = Field(
+        "spread",
+        description="where an image's m views train: 'spread' = one in each of m neighbouring "
+        "batches (every batch holds distinct images), 'same_batch' = side by side in one batch",
     )
     batch_size: int = Field(
         128, gt=0, description="global batch size (split evenly over DDP ranks)"

@@ -95,3 +95,20 @@ def test_worker_count_does_not_change_training(
         for n in (0, 2)
     ]
     assert without_timing(runs[0].history) == without_timing(runs[1].history)
+
+
+def test_a_run_written_before_newer_config_fields_still_resumes(
+    replay_cache, color_folder, color_val_folder, tmp_path
+):
+    cfg = config(replay_cache, color_folder, color_val_folder, tmp_path / "old", epochs=2)
+    with pytest.raises(Crash):
+        fit(cfg, progress_callback=crash_after(0))
+    stored = json.loads((tmp_path / "old" / "config.json").read_text())
+    for newer in ("views_per_image", "views_layout", "decode", "checkpoint_every"):
+        del stored[newer]  # as written before these fields existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(stored))
+    resumed = fit(cfg.model_copy(update={"resume": True}))
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    changed = cfg.model_copy(update={"resume": True, "views_per_image": 2})
+    with pytest.raises(CheckpointError, match="views_per_image: 1 -> 2"):
+        fit(changed)  # a real change is still refused

@@ -20,12 +20,14 @@ from conftest import make_cache, train_config
 
 import storage
 from pld_pipeline.cache_check import check_cache
+from pld_pipeline.cached_dataset import ViewBatch
 from pld_pipeline.datasets import ImageFolderDataset, load_rgb
 from pld_pipeline.ddp import DistContext
 from pld_pipeline.epoch_views import EpochSlabs, distinct_views, epoch_view_ids
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.train import fit
 from pld_pipeline.train_setup import build_loaders, split_batch, train_views
+from pld_pipeline.view_order import resume_offsets, spread_views
 from pld_pipeline.views import replay_view, sample_view
 
 TIMING = {"epoch_time_s", "data_time_s", "target_time_s", "target_share", "images_per_s"}
@@ -116,17 +118,26 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("crash_at", [4, 10])  # mid first epoch; mid second epoch
+@pytest.mark.parametrize(
+    ("layout", "every", "crash_at"),
+    [
+        ("same_batch", 2, 4),  # mid first epoch
+        ("same_batch", 2, 10),  # mid second epoch
+        ("spread", 1, 4),  # 3 steps done: in the middle of a group of 2 regrouped batches
+        ("spread", 2, 10),
+    ],
+)
 def test_mid_epoch_resume_with_two_views_equals_uninterrupted(
-    crash_at, three_view_cache, tiny_imagefolder, tmp_path, monkeypatch
+    layout, every, crash_at, three_view_cache, tiny_imagefolder, tmp_path, monkeypatch
 ):
-    # 12 images, 2 views, batch 4 (2 images): 6 steps per epoch, a checkpoint every 2
-    # steps. Dropout draws from the global RNG, so its restore is tested too.
+    # 12 images, 2 views, batch 4 (2 images): 6 steps per epoch, a checkpoint every
+    # `every` steps. Dropout draws from the global RNG, so its restore is tested too.
     settings = {
         "views_per_image": 2,
+        "views_layout": layout,
         "batch_size": 4,
         "epochs": 2,
-        "checkpoint_every": 2,
+        "checkpoint_every": every,
         "student": {"name": "pld_test_models:dropout_cnn", "image_size": 16},
         "optim": {"name": "sgd", "lr": 0.05, "warmup_epochs": 1, "weight_decay": 1e-4},
     }
@@ -148,7 +159,7 @@ def test_mid_epoch_resume_with_two_views_equals_uninterrupted(
         fit(cut)
     monkeypatch.setattr(train_module, "train_step", real_step)
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
-    done = crash_at - 1 - (crash_at - 1) % 2  # steps covered by the last checkpoint
+    done = crash_at - 1 - (crash_at - 1) % every  # steps covered by the last checkpoint
     assert saved["in_epoch"]["epoch"] == done // 6 and saved["epoch"] == done // 6 - 1
     assert saved["in_epoch"]["totals"]["steps"] == done % 6
 
@@ -210,3 +221,43 @@ def test_decode_cuda_without_a_gpu_decodes_on_the_cpu_and_says_so(
     with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
         r = fit(cfg)
     assert r.samples_seen == 12 and "decode='cuda' but the run is on cpu" in caplog.text
+
+
+def _batches(images_per_batch: int, m: int, count: int) -> list[ViewBatch]:
+    """Loader-like batches: image-major rows; pixel value = image index, then slot."""
+    out = []
+    for k in range(count):
+        index = torch.arange(k * images_per_batch, (k + 1) * images_per_batch)
+        index = index.repeat_interleave(m)
+        slot = torch.arange(m).repeat(images_per_batch)
+        pixels = (index * 10 + slot).to(torch.uint8)[:, None, None, None].expand(-1, 3, 2, 2)
+        out.append(ViewBatch(pixels.clone(), index % 7, index, slot, pixels.clone()))
+    return out
+
+
+def test_spread_layout_puts_one_view_of_distinct_images_in_each_batch():
+    m, b = 3, 2
+    loader = _batches(b, m, 7)  # two full groups of 3 batches and one of 1
+    spread = list(spread_views(loader, m, torch.device("cpu")))
+    assert len(spread) == 7 and all(len(x.index) == m * b for x in spread)
+    for g in range(2):
+        group = spread[g * m : (g + 1) * m]
+        images = set(range(g * m * b, (g + 1) * m * b))
+        for j, batch in enumerate(group):  # batch j of a group: slot j of all its images
+            assert set(batch.index.tolist()) == images and batch.slot.tolist() == [j] * m * b
+            assert torch.equal(batch.images[:, 0, 0, 0], (batch.index * 10 + j).to(torch.uint8))
+            assert torch.equal(batch.labels, batch.index % 7)
+            assert torch.equal(batch.teacher_images, batch.images)
+    rows = sorted((int(i), int(s)) for x in spread for i, s in zip(x.index, x.slot, strict=True))
+    assert rows == sorted((int(i), int(s)) for x in loader for i, s in zip(x.index, x.slot,
+                                                                             strict=True))  # fmt: skip
+    assert spread[6].index.tolist() == [12, 13] * m  # a short last group keeps its rows
+    resumed = list(spread_views(loader[3:], m, torch.device("cpu"), drop_first=2))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(resumed, spread[5:], strict=True))
+
+
+def test_resume_offsets_restart_a_spread_group_at_its_first_batch():
+    assert resume_offsets(7, 3, "spread") == (6, 1)
+    assert resume_offsets(6, 3, "spread") == (6, 0)
+    assert resume_offsets(7, 3, "same_batch") == (7, 0)
+    assert resume_offsets(7, 1, "spread") == (7, 0)
