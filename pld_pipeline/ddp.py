@@ -49,13 +49,15 @@ class DistContext:
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(requested)
-        if device.type == "cuda" and self.enabled and device.index is None:
-            device = torch.device("cuda", self.local_rank)
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ConfigError(
                     f"device={requested!r} but CUDA is not available; use device='cpu'."
                 )
+            if device.index is None:
+                # torch.cuda.set_device refuses a device without an index (torch >= 2.11).
+                index = self.local_rank if self.enabled else torch.cuda.current_device()
+                device = torch.device("cuda", index)
             torch.cuda.set_device(device)
         return device
 
