@@ -1,12 +1,20 @@
-"""The `pld` command: subcommand -> pydantic config -> flow (or a plain library call)."""
+"""The `pld` command: subcommand -> pydantic config -> preflight checks -> flow.
+
+Config, dataset, cache, weights and temperature/K errors are found before a flow run (and
+Prefect's server) starts: reading a config imports no torch and no Prefect, and the
+library's preflight checks run next. A user's error ends as one `pld <cmd>: error: ...`
+line with exit status 2 (`--verbose`: with its traceback); an unexpected error keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from flows import console
 
 # Prefect reads these at import: no telemetry (no internet here) and patience with the
 # temporary local server on small machines. A user's own settings win.
@@ -68,25 +76,33 @@ def build_parser() -> argparse.ArgumentParser:
         "limit keeps its slots unless this is given)",
     )  # fmt: skip
     _add_report_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="store_true",
+            help="show tracebacks on the terminal (Prefect's logs and UI always keep them)",
+        )  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "distributed", "urllib3"):  # per-request chatter
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from pld_pipeline.errors import PLDError
-    from storage import CacheError
-
+    console.configure_logging(args.verbose)
     try:
         return _dispatch(args)
-    except (PLDError, CacheError) as exc:
-        print(f"pld {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        console.stop_temporary_server()
+        print(f"pld {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not console.is_user_error(exc):
+            raise  # a bug, not a user's mistake: keep its traceback
+        console.report_error(args.command, exc, args.verbose)
         return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # Each command reads its config (pydantic only), runs the library's preflight checks,
+    # and only then imports Prefect and starts the flow.
     from pld_pipeline.configs.loading import load_config
 
     if args.command == "report":
@@ -97,7 +113,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(inspect(args.path))
         return 0
     if args.command == "cache":
-        from flows.cache_teacher import cache_teacher
+        from flows.placeholders import resolve_output
         from pld_pipeline.configs.cache import CacheConfig
 
         overrides = list(args.overrides)
@@ -107,35 +123,53 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides += ["task_runner=dask", f"dask_workers={args.dask_workers}"]
         if args.overwrite:
             overrides.append("overwrite=true")
-        cache_teacher(load_config(CacheConfig, args.config, overrides))
+        config = load_config(CacheConfig, args.config, overrides)
+        # The flow puts the run's scheduled date into `{date}`: for a run started now, today.
+        dated = config.model_copy(update={"output": resolve_output(config.output, None)})
+        _preflight().check_cache_pass(dated)
+        from flows.cache_teacher import cache_teacher
+
+        _run(cache_teacher, config, args)
         return 0
     if args.command == "train":
-        from flows.train_student import train_student
         from pld_pipeline.configs.train import TrainConfig
 
-        train_student(load_config(TrainConfig, args.config, args.overrides))
+        config = load_config(TrainConfig, args.config, args.overrides)
+        _preflight().check_train_run(config)
+        from flows.train_student import train_student
+
+        _run(train_student, config, args)
         return 0
     if args.command == "sweep":
-        from flows.sweep import sweep
         from pld_pipeline.configs.train import SweepConfig
 
         overrides = list(args.overrides)
         if args.max_parallel is not None:
             overrides.append(f"max_parallel={args.max_parallel}")
-        sweep(load_config(SweepConfig, args.config, overrides))
+        config = load_config(SweepConfig, args.config, overrides)
+        _preflight().check_sweep(config)
+        from flows.sweep import sweep
+
+        _run(sweep, config, args)
         return 0
     if args.command == "demo":
-        from flows.demo import DemoConfig, demo
+        from pld_pipeline.configs.demo import DemoConfig
 
         overrides = list(args.overrides)
         if args.workdir:
             overrides.append(f"workdir={args.workdir}")
         base = DemoConfig.quick_defaults() if args.quick else {}
-        demo(load_config(DemoConfig, None, overrides, base=base))
+        config = load_config(DemoConfig, None, overrides, base=base)
+        _preflight().check_demo(config)
+        from flows.demo import demo
+
+        _run(demo, config, args)
         return 0
     if args.command == "serve":
         from flows.deployments import serve_all
 
+        if not args.verbose:
+            console.hide_tracebacks()
         serve_all(args.schedules, gpu_limit=args.gpu_limit, gpu_slots=args.gpu_slots)
         return 0
     raise AssertionError(f"unhandled command {args.command}")
@@ -160,6 +194,19 @@ def _report(args: argparse.Namespace) -> int:
     summaries = [read_summary(path) for path in args.sweep_dirs]
     print(report_text(summaries, args.sweep_dirs, baseline=args.baseline))
     return 0
+
+
+def _preflight():  # noqa: ANN202 - the module, imported once a config has been read
+    from pld_pipeline import preflight
+
+    return preflight
+
+
+def _run(flow, config, args: argparse.Namespace) -> None:  # noqa: ANN001 - a Prefect flow, its config
+    """Start the flow; Prefect's terminal handlers (set up on its import) lose tracebacks."""
+    if not args.verbose:
+        console.hide_tracebacks()
+    flow(config)
 
 
 if __name__ == "__main__":

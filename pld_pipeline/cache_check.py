@@ -16,6 +16,7 @@ from pld_pipeline import label_order
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError
+from pld_pipeline.losses import make_loss
 from pld_pipeline.losses.errors import TemperatureNotCachedError
 from pld_pipeline.losses.targets import temperature_index
 
@@ -67,21 +68,36 @@ def manifest_hash(manifest) -> str:  # noqa: ANN001 - storage.Manifest
 def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> TargetPlan:  # noqa: ANN001
     """Validate `reader`'s cache for this run and decide the target plan.
 
+    `check_cache_data`, then `plan_targets`; warns when the student's views will differ from
+    the teacher's (an eval cache read offline).
+
+    Raises:
+        The errors of `check_cache_data` and `plan_targets`.
+    """
+    check_cache_data(reader, images, config)
+    plan = plan_targets(reader.manifest, images, config)
+    if not plan.views_match:
+        logger.warning(
+            "Cache %s holds the teacher's eval view only: the student trains on its own random "
+            "crops, so teacher and student views differ (the 'fixed teacher' setting).",
+            config.cache,
+        )
+    return plan
+
+
+def check_cache_data(reader, images: ImageFolderDataset, config: TrainConfig) -> None:  # noqa: ANN001
+    """Check that the cache was made from this run's images and may be trained from.
+
     Checks, in order: every (view, shard) written, keys and fingerprint equal to the dataset's,
     the student's class count, the pass's label flag and the dataset's labels equal to the
-    cache's (`label_order.check_run_labels`), labels inside the teacher's classes, K' <= K,
-    dense targets only from a full cache, and the loss temperature among the cached ones
-    (compact targets).
+    cache's (`label_order.check_run_labels`).
 
     Raises:
         storage.IncompleteCacheError / DatasetMismatchError / ManifestMismatchError: from
             `reader.validate`.
         LabelOrderError: the pass flagged the cache and allow_label_mismatch is off.
         ClassListError: the dataset maps its folders to other labels than the cache.
-        ConfigError: K' too large, dense targets from a top-K cache, labels out of range.
-        TemperatureNotCachedError: the loss temperature was not cached.
     """
-    m = reader.manifest
     expect = {}
     if config.student.num_classes is not None:
         expect["teacher.num_classes"] = config.student.num_classes
@@ -91,6 +107,21 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
     label_order.check_run_labels(
         reader, images, str(config.cache), config.dataset_root, config.allow_label_mismatch
     )
+
+
+def plan_targets(manifest, images: ImageFolderDataset, config: TrainConfig) -> TargetPlan:  # noqa: ANN001
+    """Decide what the run reads from a cache with this manifest (storage.Manifest).
+
+    Checks labels inside the teacher's classes, K' <= K, dense targets only from a full cache,
+    and the loss's temperature (the configured one, else the loss's default) among the cached
+    ones (compact targets read offline).
+
+    Raises:
+        ConfigError: K' too large, dense targets from a top-K cache, labels out of range.
+        TemperatureNotCachedError: the loss temperature was not cached.
+        LossInputError: the loss's parameters are invalid.
+    """
+    m = manifest
     num_classes = int(m.teacher.num_classes)
     if len(images.labels) and int(images.labels.max()) >= num_classes:
         raise ConfigError(
@@ -115,32 +146,14 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
         used_k = k if k is not None else limit
         # A top-K cache truncates at load only when asked; a full cache computes top-K at load.
         load_k = k if m.format == "topk" else used_k
-    temperature = config.loss.temperature
-    if (
-        form == "compact"
-        and config.online_teacher is None
-        and temperature is not None
-        and config.loss.name != "ce"
-        and temperature_index(m.temperatures, temperature) is None
-    ):
-        raise TemperatureNotCachedError(
-            f"loss temperature {temperature:g} is not cached in {config.cache!r} (cached: "
-            f"{', '.join(f'{t:g}' for t in m.temperatures)}); pick one of these, use a full cache "
-            "with target_form='dense', or re-run the teacher pass with it."
-        )
+    if form == "compact" and config.online_teacher is None and config.loss.name != "ce":
+        _check_temperature_cached(m, config)
     replay_cache = m.views.mode == "replay"
     if replay_cache and config.views_per_image > int(m.views.num_views):
         raise ConfigError(
             f"views_per_image={config.views_per_image} but {config.cache!r} holds "
             f"{m.views.num_views} views per image; use views_per_image <= "
             f"{m.views.num_views} or cache more views (views.num_views)."
-        )
-    views_match = replay_cache or config.online_teacher is not None
-    if not views_match:
-        logger.warning(
-            "Cache %s holds the teacher's eval view only: the student trains on its own random "
-            "crops, so teacher and student views differ (the 'fixed teacher' setting).",
-            config.cache,
         )
     return TargetPlan(
         num_classes=num_classes,
@@ -150,8 +163,23 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
         k=used_k,
         num_views=int(m.views.num_views),
         replay_cache=replay_cache,
-        views_match=views_match,
+        views_match=replay_cache or config.online_teacher is not None,
         manifest_hash=manifest_hash(m),
+    )
+
+
+def _check_temperature_cached(manifest, config: TrainConfig) -> None:  # noqa: ANN001
+    """The loss's temperature must be one whose logsumexp the cache holds."""
+    temperature, what = config.loss.temperature, "loss temperature"
+    if temperature is None:  # the loss's own default, e.g. T=4 for kd
+        temperature = make_loss(config.loss.name, **config.loss.params).params.get("temperature")
+        what = f"{config.loss.name}'s default temperature"
+    if temperature is None or temperature_index(manifest.temperatures, temperature) is not None:
+        return
+    raise TemperatureNotCachedError(
+        f"{what} {temperature:g} is not cached in {config.cache!r} (cached: "
+        f"{', '.join(f'{t:g}' for t in manifest.temperatures)}); set loss.temperature to one of "
+        "these, use a full cache with target_form='dense', or re-run the teacher pass with it."
     )
 
 

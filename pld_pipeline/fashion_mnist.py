@@ -18,6 +18,7 @@ CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 )
+MARKER = ".complete"  # written last into a finished split folder: its settings, its size
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -39,6 +40,11 @@ def load_split(split: str, source: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.nd
     Raises:
         ConfigError: when the Debian package's files are missing.
     """
+    images_path, labels_path = _source_files(split, source)
+    return read_idx(images_path), read_idx(labels_path)
+
+
+def _source_files(split: str, source: Path) -> tuple[Path, Path]:
     images_name, labels_name = FILES[split]
     images_path, labels_path = source / images_name, source / labels_name
     if not images_path.is_file() or not labels_path.is_file():
@@ -46,7 +52,34 @@ def load_split(split: str, source: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.nd
             f"Fashion-MNIST not found at {source} (looked for {images_name}); install it with "
             "`apt-get install dataset-fashion-mnist` (make demo does this) or pass its folder."
         )
-    return read_idx(images_path), read_idx(labels_path)
+    return images_path, labels_path
+
+
+def _settings(per_class: int | None, seed: int) -> str:
+    return f"per_class={per_class} seed={seed}"
+
+
+def check_image_folder(
+    root: Path, split: str, per_class: int | None, seed: int, source: Path = DEBIAN_DIR
+) -> bool:
+    """Whether `write_image_folder` would find the split complete (True) or write it (False).
+
+    Raises:
+        ConfigError: the folder was written with other settings, or it must be written and
+            the source files are missing.
+    """
+    marker = Path(root) / split / MARKER
+    settings = _settings(per_class, seed)
+    if marker.is_file():
+        written = marker.read_text().splitlines()[0]
+        if written != settings:
+            raise ConfigError(
+                f"{marker.parent} was written with {written}, not {settings}; use another "
+                "workdir or delete that folder (and what was trained from it) to rewrite it."
+            )
+        return True
+    _source_files(split, source)
+    return False
 
 
 def balanced_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
@@ -73,15 +106,7 @@ def write_image_folder(
     half-written one (killed mid-way) is finished, since files are written atomically.
     """
     out = Path(root) / split
-    marker = out / ".complete"
-    settings = f"per_class={per_class} seed={seed}"
-    if marker.is_file():
-        written = marker.read_text().splitlines()[0]
-        if written != settings:
-            raise ConfigError(
-                f"{out} was written with {written}, not {settings}; use another workdir or "
-                "delete that folder (and what was trained from it) to rewrite it."
-            )
+    if check_image_folder(root, split, per_class, seed, source):
         return out
     images, labels = load_split(split, source)
     picked = balanced_subset(labels, per_class, seed)
@@ -94,6 +119,6 @@ def write_image_folder(
         tmp = path.with_suffix(".tmp")
         Image.fromarray(images[index], mode="L").save(tmp, format="PNG")
         tmp.replace(path)
-    marker.write_text(f"{settings}\n{len(picked)} images\n")
+    (out / MARKER).write_text(f"{_settings(per_class, seed)}\n{len(picked)} images\n")
     logger.info("Wrote %d %s images to %s", len(picked), split, out)
     return out

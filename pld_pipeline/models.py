@@ -20,6 +20,7 @@ from torch import nn
 
 from pld_pipeline.errors import ConfigError, ModelNotFoundError
 from pld_pipeline.weights import (
+    checkpoint_file,
     load_checkpoint,
     local_weights_only,
     resolve_weights,
@@ -90,7 +91,38 @@ def create_model(
     return model.eval()
 
 
-def _call_factory(ref: str, num_classes: int | None) -> nn.Module:
+def check_model_available(
+    name_or_factory: str,
+    weights: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> None:
+    """Fail now, without building anything, where `create_model` would fail to find the model.
+
+    Checks the torchvision name or imports the factory, and that a weights enum's file or a
+    checkpoint file is on this machine; a run calls it before it starts.
+
+    Raises:
+        ModelNotFoundError: unknown name or unimportable factory.
+        ConfigError: unknown weights enum, or weights with a factory.
+        WeightsNotFoundError: the weights or checkpoint file is missing (says where to put it).
+    """
+    if is_factory(name_or_factory):
+        _find_factory(name_or_factory)
+        if weights is not None:
+            raise ConfigError(
+                f"weights={weights!r} names a torchvision weights enum, but the model "
+                f"{name_or_factory!r} is a factory; load its weights in the factory or "
+                "pass checkpoint=PATH."
+            )
+    else:
+        _check_torchvision_name(name_or_factory)
+        if weights is not None:
+            weights_file(resolve_weights(weights, name_or_factory))
+    if checkpoint is not None:
+        checkpoint_file(checkpoint)
+
+
+def _find_factory(ref: str) -> Any:
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -108,6 +140,11 @@ def _call_factory(ref: str, num_classes: int | None) -> nn.Module:
             )
     if not callable(factory):
         raise ModelNotFoundError(f"Model factory {ref!r} is not callable.")
+    return factory
+
+
+def _call_factory(ref: str, num_classes: int | None) -> nn.Module:
+    factory = _find_factory(ref)
     model = factory(num_classes=num_classes) if num_classes is not None else factory()
     if not isinstance(model, nn.Module):
         raise ModelNotFoundError(
@@ -116,7 +153,7 @@ def _call_factory(ref: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def _build_torchvision(name: str, num_classes: int | None, weights: str | None) -> nn.Module:
+def _check_torchvision_name(name: str) -> None:
     available = tvm.list_models(module=tvm)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=3)
@@ -124,6 +161,10 @@ def _build_torchvision(name: str, num_classes: int | None, weights: str | None) 
             f"Unknown torchvision classification model {name!r} (close: {close}); use a name "
             "from torchvision.models.list_models() or a 'module:callable' factory."
         )
+
+
+def _build_torchvision(name: str, num_classes: int | None, weights: str | None) -> nn.Module:
+    _check_torchvision_name(name)
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

@@ -107,6 +107,16 @@ def _load_local(url: str, *args: Any, check_hash: bool = False, **kwargs: Any) -
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint's path; raises WeightsNotFoundError when it is not a file."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"Checkpoint {str(path)!r} does not exist; pass the path of a saved state dict."
+        )
+    return path
+
+
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
     """Load a state dict (or a training checkpoint holding one) into `model`, strictly.
 
@@ -114,11 +124,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> nn.Modul
         WeightsNotFoundError: the file does not exist.
         WeightsCorruptError: not loadable with weights_only=True, or keys/shapes differ.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"Checkpoint {str(path)!r} does not exist; pass the path of a saved state dict."
-        )
+    path = checkpoint_file(checkpoint)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types

@@ -165,9 +165,15 @@ def read_manifest(path: PathOrLocation, mode: str = "r") -> tuple[Manifest, zarr
     kind, attrs = probe(path)
     where = os.fspath(path)
     if kind == "absent":
-        raise NotACacheError(f"no cache at {where}: the path does not exist")
+        raise NotACacheError(
+            f"no cache at {where}: the path does not exist; give the path of a cache a "
+            "teacher pass wrote (its folder holds zarr.json)"
+        )
     if kind in ("empty", "other"):
-        raise NotACacheError(f"{where} is not a cache: it holds no zarr group (zarr.json)")
+        raise NotACacheError(
+            f"{where} is not a cache: it holds no zarr group (zarr.json); give the path of a "
+            "cache a teacher pass wrote"
+        )
     if kind == "zarr":
         raise NotACacheError(
             f"{where} is a zarr node without a pld_cache manifest: not a logit cache, or "

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pld_pipeline.configs.train import LossName
+
 DEMO_LOSSES = ("ce", "kd", "dist", "dkd", "pld")
 
 
@@ -48,7 +50,7 @@ class DemoConfig(BaseModel):
     temperatures: tuple[float, ...] = Field(
         (1.0, 2.0, 4.0), description="temperatures whose logsumexp is cached"
     )
-    losses: tuple[str, ...] = Field(DEMO_LOSSES, description="student losses to compare")
+    losses: tuple[LossName, ...] = Field(DEMO_LOSSES, description="student losses to compare")
     batch_size: int = Field(128, gt=0, description="batch size for teacher and students")
     lr: float = Field(0.05, gt=0, description="peak SGD learning rate (cosine, 1 warmup epoch)")
     seed: int = Field(0, description="seed of data subset, views and runs")

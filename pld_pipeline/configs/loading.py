@@ -52,10 +52,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {str(file)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(
+            f"Config file {str(file)!r} is not valid YAML: {_yaml_problem(exc)}; fix its syntax."
+        ) from exc
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(file)!r} must hold a mapping, not {type(data).__name__}.")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and where it is (line and column from 1), on one line."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_config(
@@ -70,7 +82,7 @@ def load_config(
 
     Raises:
         ConfigError: unreadable file, malformed override, or values the model rejects
-            (the message lists each bad field and why).
+            (the message lists each bad field and why, on one line).
     """
     data: dict[str, Any] = dict(base or {})
     if path is not None:
@@ -86,10 +98,21 @@ def validate_config(model: type[ModelT], data: dict[str, Any]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+            if err["type"] == "missing":  # its input is the whole enclosing mapping
+                problems.append(f"{where}: required, not given")
+            elif err["type"] == "extra_forbidden":
+                problems.append(f"{where}: unknown field (a typo?)")
+            else:
+                problems.append(f"{where}: {err['msg']} (got {_short(err.get('input'))})")
         raise ConfigError(
-            f"Invalid {model.__name__}:\n" + "\n".join(lines) + "\nFix these fields and retry."
+            f"Invalid {model.__name__}: " + "; ".join(problems) + "; fix these fields and retry."
         ) from exc
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a rejected value, cut short (a whole mapping can be the input)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

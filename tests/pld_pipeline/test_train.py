@@ -231,6 +231,7 @@ def test_mismatches_fail_before_the_first_step(
     cache, root = replay_cache, color_folder
     if case == "incomplete":
         cache = make_cache(tmp_path / "half.zarr", color_folder, views_done=1)
+    override = dict(override)  # the table's dicts are shared by both tests
     if override.pop("dataset", None) == "val":
         root = color_val_folder
     if case == "default temperature not cached":  # kd defaults to T=4: a cache without it
@@ -244,6 +245,36 @@ def test_mismatches_fail_before_the_first_step(
     with pytest.raises(error, match=fragment):
         fit(train_config(cache, root, run_dir, **override))
     assert _no_step_taken(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("case", "override", "error", "fragment"), MISMATCHES, ids=[m[0] for m in MISMATCHES]
+)
+def test_preflight_finds_the_same_mismatches_writing_nothing(
+    case, override, error, fragment, replay_cache, color_folder, color_val_folder, tmp_path
+):
+    """`pld` runs this before a flow starts: the same errors as `fit`, and no run folder."""
+    from pld_pipeline.preflight import check_train_run
+
+    cache, root = replay_cache, color_folder
+    if case == "incomplete":
+        cache = make_cache(tmp_path / "half.zarr", color_folder, views_done=1)
+    override = dict(override)  # the table's dicts are shared by both tests
+    if override.pop("dataset", None) == "val":
+        root = color_val_folder
+    if case == "default temperature not cached":
+        cache = make_cache(tmp_path / "t12.zarr", color_folder, temperatures=(1.0, 2.0))
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match=fragment):
+        check_train_run(train_config(cache, root, run_dir, **override))
+    assert not run_dir.exists()
+
+
+def test_preflight_passes_a_good_run_and_writes_nothing(replay_cache, color_folder, tmp_path):
+    from pld_pipeline.preflight import check_train_run
+
+    check_train_run(train_config(replay_cache, color_folder, tmp_path / "run"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cached_training_never_builds_a_teacher(replay_cache, color_folder, tmp_path, monkeypatch):

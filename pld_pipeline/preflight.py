@@ -1,0 +1,155 @@
+"""Checks before a run starts: everything a config names exists and fits the run.
+
+The `pld` command calls these after reading a config and before it starts a flow (and
+Prefect's server), so a missing dataset, a cache that does not fit the run, missing
+weights or an uncached temperature is one clear error within seconds instead of a failed
+flow run. Each check is the library's own, the one the run makes again when it starts;
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import storage
+from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.configs.demo import DemoConfig
+from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.label_order import load_dataset
+
+
+def check_cache_pass(config: CacheConfig) -> str:
+    """Check a teacher pass: dataset and class list, teacher and weights, K, the output.
+
+    Builds the manifest the pass will write (the dataset listing and the teacher are kept
+    for the pass in this process, see `cache_build.dataset_of` / `teacher_of`) and makes
+    the checks `storage.create` makes at `output`, writing nothing.
+
+    Returns:
+        What the pass will do at `output`: "create", "resume" or "replace".
+
+    Raises:
+        DatasetError, ClassListError, ModelNotFoundError, WeightsNotFoundError,
+        WeightsCorruptError, ConfigError (K above the teacher's classes), and
+        storage.NotACacheError / ManifestMismatchError / DatasetMismatchError /
+        CacheLocationError for an output that holds something else.
+    """
+    from pld_pipeline import cache_build  # noqa: PLC0415 - torch, only for this command
+
+    dataset = cache_build.dataset_of(config)
+    manifest = cache_build.make_manifest(config)
+    return storage.check_create(
+        config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
+    )
+
+
+@dataclass
+class _Seen:
+    """What a sweep's points share, checked once: dataset listings and caches."""
+
+    datasets: dict[str, ImageFolderDataset] = field(default_factory=dict)
+    readers: dict[str, Any] = field(default_factory=dict)  # storage.CacheReader
+    num_good: dict[str, int] = field(default_factory=dict)  # samples training does not skip
+    checked: set[str] = field(default_factory=set)
+
+    def dataset(self, root: str, split: str | None, classes: Any) -> ImageFolderDataset:
+        key = json.dumps([root, split, classes])
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(root, split, classes)
+        return self.datasets[key]
+
+
+def check_train_run(config: TrainConfig, seen: _Seen | None = None) -> None:
+    """Check a student run: its datasets, the cache against them and the run, the loss, the
+    student model, an online teacher's weights, the batch size and the run folder.
+
+    Raises:
+        DatasetError; storage.NotACacheError / IncompleteCacheError / DatasetMismatchError /
+        ManifestMismatchError / CacheLocationError; ClassListError, LabelOrderError;
+        ConfigError (K, dense targets, labels, batch size); TemperatureNotCachedError;
+        LossInputError; ModelNotFoundError, WeightsNotFoundError; CheckpointError (the run
+        folder holds another run).
+    """
+    # torch (losses, models) is only needed past the config checks.
+    from pld_pipeline.cache_check import (  # noqa: PLC0415
+        check_cache_data,
+        plan_targets,
+        supervised_plan,
+    )
+    from pld_pipeline.cached_dataset import good_indices  # noqa: PLC0415
+    from pld_pipeline.losses import make_loss  # noqa: PLC0415
+    from pld_pipeline.models import check_model_available  # noqa: PLC0415
+    from pld_pipeline.run_dir import RunDir  # noqa: PLC0415
+    from pld_pipeline.train_setup import split_batch  # noqa: PLC0415
+
+    seen = seen or _Seen()
+    images = seen.dataset(config.dataset_root, config.dataset_split, config.classes)
+    if config.val_root:
+        ImageFolderDataset(config.val_root, config.val_split, images.classes)
+    make_loss(config.loss.name, **config.loss.make_kwargs())
+    if config.cache is None:
+        supervised_plan(images, config)
+        num_train = len(images)
+    else:
+        location = config.cache_location()
+        key = json.dumps([location.url, dict(location.options)], default=str, sort_keys=True)
+        if key not in seen.readers:
+            seen.readers[key] = storage.open_cache(location)
+        reader = seen.readers[key]
+        data_key = json.dumps(
+            [key, config.dataset_root, config.dataset_split, config.classes,
+             config.student.num_classes, config.allow_label_mismatch]
+        )  # fmt: skip
+        if data_key not in seen.checked:
+            check_cache_data(reader, images, config)
+            seen.checked.add(data_key)
+        plan_targets(reader.manifest, images, config)
+        if key not in seen.num_good:
+            seen.num_good[key] = len(good_indices(reader.bad_mask(), reader.num_samples))
+        num_train = seen.num_good[key]
+    split_batch(config.batch_size, num_train, world_size=1)
+    check_model_available(config.student.name)
+    teacher = config.online_teacher
+    if teacher is not None:
+        check_model_available(teacher.name, teacher.weights, teacher.checkpoint)
+    RunDir(config.run_dir).prepare(config, write=False)
+
+
+def check_sweep(config: SweepConfig) -> None:
+    """Check every grid point as `check_train_run` does (with `resume` on, as the sweep
+    runs them), and that no finished run in `sweep_dir` belongs to another config or cache.
+
+    Raises:
+        The errors of `check_train_run`; CheckpointError for a finished run of another
+        config or cache.
+    """
+    from pld_pipeline.run_dir import RunDir  # noqa: PLC0415
+
+    seen = _Seen()
+    for _, point in expand_grid(config):
+        run = point.model_copy(update={"resume": True})
+        if RunDir(run.run_dir).finished_result(run) is None:
+            check_train_run(run, seen)
+
+
+def check_demo(config: DemoConfig) -> None:
+    """Check the demo's inputs: Fashion-MNIST files (unless already written out) and models.
+
+    Raises:
+        ConfigError: the Fashion-MNIST files are missing, or the workdir holds data written
+            with other settings.
+        ModelNotFoundError: the teacher or student factory cannot be imported.
+    """
+    from pld_pipeline import fashion_mnist  # noqa: PLC0415
+    from pld_pipeline.models import check_model_available  # noqa: PLC0415
+
+    data = Path(config.workdir) / "data" / "fashion-mnist"
+    source = Path(config.source)
+    fashion_mnist.check_image_folder(data, "train", config.train_per_class, config.seed, source)
+    fashion_mnist.check_image_folder(data, "val", config.val_per_class, config.seed, source)
+    check_model_available(config.teacher_model)
+    check_model_available(config.student_model)
