@@ -34,6 +34,29 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 ALPHA_BACKGROUND = (255, 255, 255)
 
 
+def split_folder(root: str | os.PathLike, split: str | None = None) -> Path:
+    """The folder holding the class folders: `root`, or `root/split`.
+
+    Raises:
+        DatasetNotFoundError: root or split folder missing.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise DatasetNotFoundError(
+            f"Dataset root {str(base)!r} is not a folder; pass the folder that holds "
+            "<class>/<image> files (or the ImageNet root with split='train'/'val')."
+        )
+    if split is None:
+        return base
+    found = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not (base / split).is_dir():
+        raise DatasetNotFoundError(
+            f"Split folder {str(base / split)!r} does not exist (sub-folders of the root: "
+            f"{found[:10]}); pass an existing split or split=None for root/<class>/<image>."
+        )
+    return base / split
+
+
 class ImageFolderDataset:
     """A listing of an ImageNet-layout folder with decoding to RGB.
 
@@ -70,20 +93,7 @@ class ImageFolderDataset:
             DatasetNotFoundError: root or split folder missing.
             DatasetError: no class folders, an empty class, no images, or a folder not in `classes`.
         """
-        base = Path(root)
-        if not base.is_dir():
-            raise DatasetNotFoundError(
-                f"Dataset root {str(base)!r} is not a folder; pass the folder that holds "
-                "<class>/<image> files (or the ImageNet root with split='train'/'val')."
-            )
-        if split is not None:
-            found = sorted(p.name for p in base.iterdir() if p.is_dir())
-            base = base / split
-            if not base.is_dir():
-                raise DatasetNotFoundError(
-                    f"Split folder {str(base)!r} does not exist (sub-folders of the root: "
-                    f"{found[:10]}); pass an existing split or split=None for root/<class>/<image>."
-                )
+        base = split_folder(root, split)
         self.root = base
         self.split = split
         found_classes = sorted(e.name for e in os.scandir(base) if e.is_dir())

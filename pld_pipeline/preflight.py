@@ -18,7 +18,7 @@ import storage
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.configs.demo import DemoConfig
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
-from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.datasets import ImageFolderDataset, split_folder
 from pld_pipeline.label_order import load_dataset
 
 
@@ -38,6 +38,7 @@ def check_cache_pass(config: CacheConfig) -> str:
         storage.NotACacheError / ManifestMismatchError / DatasetMismatchError /
         CacheLocationError for an output that holds something else.
     """
+    split_folder(config.dataset_root, config.split)  # a wrong path: found before torch loads
     from pld_pipeline import cache_build  # noqa: PLC0415 - torch, only for this command
 
     dataset = cache_build.dataset_of(config)
@@ -53,8 +54,14 @@ class _Seen:
 
     datasets: dict[str, ImageFolderDataset] = field(default_factory=dict)
     readers: dict[str, Any] = field(default_factory=dict)  # storage.CacheReader
-    num_good: dict[str, int] = field(default_factory=dict)  # samples training does not skip
+    num_good: dict[str, int] = field(default_factory=dict)  # per cache: samples not skipped
     checked: set[str] = field(default_factory=set)
+
+    def reader(self, location: storage.Location) -> Any:  # storage.CacheReader
+        key = json.dumps([location.url, dict(location.options)], default=str, sort_keys=True)
+        if key not in self.readers:
+            self.readers[key] = storage.open_cache(location)
+        return self.readers[key]
 
     def dataset(self, root: str, split: str | None, classes: Any) -> ImageFolderDataset:
         key = json.dumps([root, split, classes])
@@ -74,7 +81,13 @@ def check_train_run(config: TrainConfig, seen: _Seen | None = None) -> None:
         LossInputError; ModelNotFoundError, WeightsNotFoundError; CheckpointError (the run
         folder holds another run).
     """
-    # torch (losses, models) is only needed past the config checks.
+    # Wrong paths first, before torch loads (losses, models): that takes seconds.
+    split_folder(config.dataset_root, config.dataset_split)
+    if config.val_root:
+        split_folder(config.val_root, config.val_split)
+    seen = seen or _Seen()
+    reader = None if config.cache is None else seen.reader(config.cache_location())
+
     from pld_pipeline.cache_check import (  # noqa: PLC0415
         check_cache_data,
         plan_targets,
@@ -86,7 +99,6 @@ def check_train_run(config: TrainConfig, seen: _Seen | None = None) -> None:
     from pld_pipeline.run_dir import RunDir  # noqa: PLC0415
     from pld_pipeline.train_setup import split_batch  # noqa: PLC0415
 
-    seen = seen or _Seen()
     images = seen.dataset(config.dataset_root, config.dataset_split, config.classes)
     if config.val_root:
         ImageFolderDataset(config.val_root, config.val_split, images.classes)
@@ -95,22 +107,17 @@ def check_train_run(config: TrainConfig, seen: _Seen | None = None) -> None:
         supervised_plan(images, config)
         num_train = len(images)
     else:
-        location = config.cache_location()
-        key = json.dumps([location.url, dict(location.options)], default=str, sort_keys=True)
-        if key not in seen.readers:
-            seen.readers[key] = storage.open_cache(location)
-        reader = seen.readers[key]
         data_key = json.dumps(
-            [key, config.dataset_root, config.dataset_split, config.classes,
+            [reader.path, config.dataset_root, config.dataset_split, config.classes,
              config.student.num_classes, config.allow_label_mismatch]
         )  # fmt: skip
         if data_key not in seen.checked:
             check_cache_data(reader, images, config)
             seen.checked.add(data_key)
         plan_targets(reader.manifest, images, config)
-        if key not in seen.num_good:
-            seen.num_good[key] = len(good_indices(reader.bad_mask(), reader.num_samples))
-        num_train = seen.num_good[key]
+        if reader.path not in seen.num_good:
+            seen.num_good[reader.path] = len(good_indices(reader.bad_mask(), reader.num_samples))
+        num_train = seen.num_good[reader.path]
     split_batch(config.batch_size, num_train, world_size=1)
     check_model_available(config.student.name)
     teacher = config.online_teacher
