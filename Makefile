@@ -13,7 +13,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= pld_pipeline,storage
 
-.PHONY: test demo demo-quick bench lint install clean-venv fashion-mnist system-deps
+.PHONY: test test-fast demo demo-quick bench lint install clean-venv fashion-mnist system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ install: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests
+
+# The inner loop: no servers, no subprocesses, no pretrained networks.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not integration and not slow"
 
 # The main job: Fashion-MNIST -> teacher -> cache -> sweep of students, on CPU.
 demo: $(STAMP) fashion-mnist

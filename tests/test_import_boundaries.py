@@ -33,6 +33,7 @@ def _modules_loaded_by(package: str) -> set[str]:
     return set(out.split())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_never_imports_upward(package: str) -> None:
     loaded = _modules_loaded_by(package)

@@ -1,4 +1,8 @@
-"""One Prefect test harness (temporary server, temp PREFECT_HOME) for every flow test."""
+"""One Prefect test harness (temporary server, temp PREFECT_HOME) for every flow test.
+
+A test that requests the harness runs against a Prefect server: it is marked
+`integration`, so `pytest -m "not integration and not slow"` stays Prefect-server-free.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +42,9 @@ def installed_reference(tiny_imagefolder, tmp_path_factory) -> dict:
     result = run_pld(["cache", "--config", str(config)], work, user_env(work))
     assert result.returncode == 0, result.stderr[-4000:]
     return arrays_of(str(out))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "prefect_harness" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

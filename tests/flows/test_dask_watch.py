@@ -15,6 +15,8 @@ from flows import worker_probe
 from flows.dask_watch import ClusterWatch
 from pld_pipeline.errors import SchedulerUnreachableError, WorkerEnvironmentError, WorkersLostError
 
+pytestmark = pytest.mark.integration  # Dask schedulers on loopback, a subprocess probe
+
 
 @pytest.fixture
 def empty_cluster():

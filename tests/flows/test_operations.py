@@ -25,7 +25,7 @@ import torch
 import yaml
 from prefect_server import api, chromium, prefect_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

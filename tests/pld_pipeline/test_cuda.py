@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from conftest import make_cache, train_config
+from train_testlib import make_cache, train_config
 from PIL import Image
 
 import storage

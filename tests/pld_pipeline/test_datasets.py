@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torchvision
+from images_testlib import CORRUPT_KEY, TINY_CLASSES
 from PIL import Image
 
 import storage
 from pld_pipeline.datasets import ImageFolderDataset, load_rgb, to_rgb
 from pld_pipeline.errors import BadImageError, DatasetError, DatasetNotFoundError
-
-CORRUPT_KEY = "cup/zz_corrupt.jpg"  # written by tests/conftest.py
-TINY_CLASSES = ("cat", "cup", "rocket")
 
 
 def test_listing_matches_torchvision_imagefolder(tiny_imagefolder: Path) -> None:

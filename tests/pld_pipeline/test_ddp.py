@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import train_config
+from train_testlib import train_config
 
 from pld_pipeline.ddp import DistContext, init_from_env
 from pld_pipeline.errors import ConfigError
@@ -32,6 +32,7 @@ def test_global_batch_must_split_evenly(replay_cache, color_folder, tmp_path):
         )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("m", [1, 2], ids=["1-view", "2-views-per-image"])
 def test_two_gloo_ranks_match_one_process(
     m, replay_cache, color_folder, color_val_folder, tmp_path

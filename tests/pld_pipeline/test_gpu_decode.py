@@ -17,7 +17,7 @@ import pytest
 import skimage.data
 import torch
 import torchvision.transforms.v2.functional as TF
-from conftest import make_cache
+from train_testlib import make_cache
 from PIL import Image
 
 import pld_pipeline.gpu_decode as gpu_decode

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import train_config
+from train_testlib import train_config
 
 import storage
 from pld_pipeline import cache_build

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import make_cache, train_config
 from pydantic import ValidationError
+from train_testlib import make_cache, train_config
 
 import storage
 from pld_pipeline import label_order
@@ -236,6 +236,7 @@ def test_student_labels_must_match_the_cache(color_folder: Path, tmp_path: Path)
     assert np.array_equal(storage.open_cache(str(cache)).labels, images.labels)
 
 
+@pytest.mark.integration
 def test_readme_wnid_script_reads_a_torchvision_imagenet_root(tmp_path: Path) -> None:
     """The README's script, run as written on a root holding torchvision's meta.bin."""
     import re

@@ -20,6 +20,7 @@ from pld_pipeline.errors import ClassListError, LabelOrderError
 from pld_pipeline.views import replay_view
 
 pytest.importorskip("efficientnet_lite_pytorch")
+pytestmark = pytest.mark.slow  # a real 1000-class network over full-size photos
 TEACHER = "pld_pipeline.zoo:efficientnet_lite0"
 
 

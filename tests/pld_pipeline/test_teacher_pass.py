@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from images_testlib import CORRUPT_KEY
 from torch import nn
 
 import storage
@@ -19,7 +20,6 @@ from pld_pipeline.teacher_pass import compute_shard, compute_views
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
 from pld_pipeline.zoo import tiny_convnet
 
-CORRUPT_KEY = "cup/zz_corrupt.jpg"  # written by tests/conftest.py
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
 SIZE = 24
 TEMPS = (1.0, 2.0, 0.5)
@@ -298,6 +298,7 @@ def test_labels_beyond_the_teacher_are_refused(tiny_imagefolder: Path) -> None:
         _run(two_class, data, k=1)
 
 
+@pytest.mark.slow  # a real 1000-class network over full-size photos
 def test_pretrained_efficientnet_lite0_on_real_photos(real_photos: Path) -> None:
     pytest.importorskip("efficientnet_lite_pytorch")
     name = "pld_pipeline.zoo:efficientnet_lite0"

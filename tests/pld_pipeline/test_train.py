@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import build_color_folder, make_cache, train_config
+from train_testlib import build_color_folder, make_cache, train_config
 
 import storage
 from pld_pipeline.checkpoint import CheckpointError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEACHER_SIZE, make_cache, train_config
 from pld_test_models import fixed_teacher
+from train_testlib import TEACHER_SIZE, make_cache, train_config
 
 import storage
 from pld_pipeline.cached_dataset import StoredViews, ViewDataset, gather_targets

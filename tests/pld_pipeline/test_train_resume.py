@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import train_config
+from train_testlib import train_config
 
 from pld_pipeline.checkpoint import CheckpointError
 from pld_pipeline.train import fit

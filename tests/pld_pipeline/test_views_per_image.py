@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from conftest import make_cache, train_config
+from train_testlib import make_cache, train_config
 
 import storage
 from pld_pipeline.cache_check import check_cache

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import storage
 from storage.synthetic import make_labels, make_manifest, make_records
@@ -43,6 +44,7 @@ def _setup(path):
     return m, labels, storage.create(path, m, [f"k{i:05d}" for i in range(N)], labels)
 
 
+@pytest.mark.integration
 def test_two_processes_write_one_view_like_one_process(tmp_path):
     parallel = tmp_path / "parallel.zarr"
     _setup(parallel)

@@ -478,6 +478,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_sigkill_mid_shard_then_resume_equals_uninterrupted_write(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed.zarr"

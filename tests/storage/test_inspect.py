@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from storage_testlib import C, N, S, keys_for
 
@@ -52,6 +53,7 @@ def test_summary_figures(cache_copy):
     assert storage.inspect(cache_copy) == text
 
 
+@pytest.mark.integration
 def test_cli_prints_the_summary_and_fails_cleanly(cache_copy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ok = subprocess.run(
@@ -77,6 +79,7 @@ def test_cli_prints_the_summary_and_fails_cleanly(cache_copy, tmp_path):
     assert "does not exist" in lines[0]
 
 
+@pytest.mark.integration
 def test_no_submodule_shadows_the_inspect_function():
     # A module storage/inspect.py would replace the attribute storage.inspect (the function)
     # once imported; the command line lives in storage/__main__.py instead.

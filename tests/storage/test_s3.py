@@ -16,6 +16,8 @@ from storage_testlib import C, K, N, S, keys_for, write_cache, zarr_arrays
 import storage
 from storage.synthetic import make_labels, make_manifest
 
+pytestmark = pytest.mark.integration  # a real S3 server (moto) on loopback
+
 pytest.importorskip("s3fs", reason="the [s3] extra is part of `make test`")
 
 

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.integration
 def test_storage_does_not_import_torch_prefect_or_pld_pipeline():
     code = (
         "import sys, storage, storage.__main__, storage.synthetic\n"
