@@ -61,9 +61,11 @@ def cache_shard(config: CacheConfig, shard: int, views: list[int]) -> dict[str, 
     On CUDA it first takes its GPU slot(s) of `gpu_limit`; then `shard_timeout_s` runs.
     """
     slots = max(1, config.gpus_per_task)
-    with gpu_slot(config.gpu_limit, config.device, f"Shard {shard}", slots=slots):
-        with shard_time_limit(config.shard_timeout_s, shard, views, config.output):
-            return cache_build.build_shard(config, shard, views).as_dict()
+    with (
+        gpu_slot(config.gpu_limit, config.device, f"Shard {shard}", slots=slots),
+        shard_time_limit(config.shard_timeout_s, shard, views, config.output),
+    ):
+        return cache_build.build_shard(config, shard, views).as_dict()
 
 
 @task(name="finalize-cache")

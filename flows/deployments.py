@@ -16,16 +16,17 @@ from pld_pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# Deployment name -> flow, imported lazily so `pld serve --help` stays fast.
+# Deployment names; the flows are imported when deployments are built (after the schedule
+# file is read, so its errors come before torch loads).
 DEPLOYMENTS = ("cache-teacher", "train-student", "sweep", "demo")
 ENTRY_KEYS = ("cron", "parameters", "paused", "tags", "trigger")
 
 
 def _flows() -> dict[str, Any]:
-    from flows.cache_teacher import cache_teacher
-    from flows.demo import demo
-    from flows.sweep import sweep
-    from flows.train_student import train_student
+    from flows.cache_teacher import cache_teacher  # noqa: PLC0415
+    from flows.demo import demo  # noqa: PLC0415
+    from flows.sweep import sweep  # noqa: PLC0415
+    from flows.train_student import train_student  # noqa: PLC0415
 
     return {"cache-teacher": cache_teacher, "train-student": train_student, "sweep": sweep, "demo": demo}
 

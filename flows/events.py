@@ -90,10 +90,8 @@ def cache_failed_hook(flow, flow_run, state) -> None:  # noqa: ANN001 (Prefect's
     if hasattr(config, "model_dump"):
         config = config.model_dump()
     output = config.get("output") if isinstance(config, dict) else None
-    if not output:
-        output = "unknown-cache"  # the config itself was unreadable; the reason says why
-    else:
-        output = resolve_output(output, flow_run.expected_start_time)
+    # No output: the config itself was unreadable; the reason says why.
+    output = resolve_output(output, flow_run.expected_start_time) if output else "unknown-cache"
     error = _exception_of(state)
     reason = str(error) if isinstance(error, BaseException) and str(error) else state.message
     payload = {

@@ -28,10 +28,10 @@ def shard_task_runner(config: CacheConfig) -> Iterator[tuple[TaskRunner, str | N
     if config.task_runner == "threads":
         yield ThreadPoolTaskRunner(max_workers=max(1, config.max_workers)), None
         return
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask import DaskTaskRunner  # noqa: PLC0415 - Dask loads for Dask runs only
 
     share_api_url_with_workers()
-    from flows.dask_watch import ClusterWatch, local_cluster
+    from flows.dask_watch import ClusterWatch, local_cluster  # noqa: PLC0415 - as above
 
     if config.dask_address:
         # Reach the scheduler first (bounded): Prefect's own client would fail with a bare
@@ -51,7 +51,7 @@ def gpu_restriction(kind: RunnerKind, gpus_per_task: int) -> Iterator[None]:
     if kind != "dask" or gpus_per_task <= 0:
         yield
         return
-    import dask
+    import dask  # noqa: PLC0415 - as above
 
     with dask.annotate(resources={"GPU": gpus_per_task}):
         yield
@@ -65,7 +65,7 @@ def share_api_url_with_workers() -> None:
     """
     if os.environ.get("PREFECT_API_URL"):
         return
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client  # noqa: PLC0415 - rarely needed
 
     with get_client(sync_client=True) as client:
         url = str(client.api_url)

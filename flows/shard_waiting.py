@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +61,6 @@ def wait_for_workers(watch: ClusterWatch, poll_seconds: float = POLL_SECONDS) ->
         WorkersLostError: none within `lost_workers_timeout`.
         WorkerEnvironmentError: a worker imports something else as this project.
     """
-    import time
-
     while True:
         count = watch.check()
         if count:

@@ -20,7 +20,7 @@ from prefect.utilities.timeout import timeout
 from pld_pipeline.errors import RunTimeoutError, ShardTimeoutError
 
 
-class _Expired(TimeoutError):
+class _ExpiredError(TimeoutError):
     """Prefect's scope expired (told apart from a TimeoutError the work raises itself)."""
 
 
@@ -30,9 +30,9 @@ def shard_time_limit(
 ) -> Iterator[None]:
     """Stop one teacher-pass shard after `seconds` with a ShardTimeoutError (None: no limit)."""
     try:
-        with timeout(seconds, timeout_exc_type=_Expired):
+        with timeout(seconds, timeout_exc_type=_ExpiredError):
             yield
-    except _Expired as exc:
+    except _ExpiredError as exc:
         raise ShardTimeoutError(shard_timeout_message(seconds, shard, views, output)) from exc
 
 
@@ -40,9 +40,9 @@ def shard_time_limit(
 def run_time_limit(seconds: float | None, name: str, run_dir: str) -> Iterator[None]:
     """Stop one student run after `seconds` with a RunTimeoutError (None: no limit)."""
     try:
-        with timeout(seconds, timeout_exc_type=_Expired):
+        with timeout(seconds, timeout_exc_type=_ExpiredError):
             yield
-    except _Expired as exc:
+    except _ExpiredError as exc:
         raise RunTimeoutError(run_timeout_message(seconds, name, run_dir)) from exc
 
 

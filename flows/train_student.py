@@ -58,9 +58,11 @@ def train_run(config: TrainConfig, name: str) -> dict[str, Any]:
             record.get("val_top1"), record.get("val_top5"),
         )  # fmt: skip
 
-    with gpu_slot(config.gpu_limit, config.device, f"Student run {name!r}"):
-        with run_time_limit(config.timeout_s, name, config.run_dir):
-            result = fit(config, progress_callback=on_epoch).to_dict()
+    with (
+        gpu_slot(config.gpu_limit, config.device, f"Student run {name!r}"),
+        run_time_limit(config.timeout_s, name, config.run_dir),
+    ):
+        result = fit(config, progress_callback=on_epoch).to_dict()
     emit_run_finished(config, name, result)
     return result
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 
 import storage
-from pld_pipeline import errors, label_order
-from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline import __version__, errors, label_order
+from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.models import LoadedTeacher, load_teacher
 from pld_pipeline.teacher_pass import compute_views
@@ -85,8 +86,6 @@ def _dataset(
 
 @functools.lru_cache(maxsize=2)
 def _teacher(teacher_json: str) -> LoadedTeacher:
-    from pld_pipeline.configs.cache import TeacherConfig
-
     return load_teacher(TeacherConfig.model_validate_json(teacher_json))
 
 
@@ -136,10 +135,6 @@ def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
 
 def _producer_versions() -> dict[str, str]:
     """torch and torchvision versions (storage adds its own: numpy, zarr, ...)."""
-    import torchvision
-
-    from pld_pipeline import __version__
-
     return {"torch": torch.__version__, "torchvision": torchvision.__version__,
             "pld-pipeline": __version__}  # fmt: skip
 

@@ -167,7 +167,7 @@ class ImageFolderDataset:
 
     def fingerprint(self) -> str:
         """The dataset fingerprint stored in the cache manifest (storage.fingerprint of keys, sizes)."""
-        import storage
+        import storage  # noqa: PLC0415 - zarr loads only when a fingerprint is needed
 
         return storage.fingerprint(self.keys, [int(s) for s in self.sizes])
 

@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """torchrun entry: read the config, join the group, fit, leave the group."""
-    from pld_pipeline.configs.loading import load_config
-    from pld_pipeline.configs.train import TrainConfig
-    from pld_pipeline.train import fit
+    # pld_pipeline.train imports this module: importing it at the top would be a cycle.
+    from pld_pipeline.configs.loading import load_config  # noqa: PLC0415
+    from pld_pipeline.configs.train import TrainConfig  # noqa: PLC0415
+    from pld_pipeline.train import fit  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -28,10 +28,10 @@ from pld_pipeline.weights import (
     state_dict_sha256,
     weights_file,
 )
+from storage import TeacherInfo
 
 if TYPE_CHECKING:
     from pld_pipeline.configs.cache import TeacherConfig
-    from storage import TeacherInfo
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +304,6 @@ def teacher_info(
     Raises:
         ConfigError: the class count cannot be found (set num_classes).
     """
-    from storage import TeacherInfo
-
     pre = preprocess or resolve_preprocess(name_or_factory, model, weights)
     classes = num_classes or count_classes(model)
     if classes is None:

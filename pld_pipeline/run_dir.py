@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pld_pipeline.checkpoint import (
     CheckpointError,
@@ -21,6 +21,10 @@ from pld_pipeline.checkpoint import (
 )
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.metrics import MetricsLog
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +142,10 @@ class RunDir:
     def save_state(
         self,
         manifest_hash: str,
-        model,
-        optimizer,
-        scheduler,
-        scaler,  # noqa: ANN001
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
         epoch: int,
         best: dict[str, Any],
         history: list[dict[str, Any]],
@@ -177,10 +181,10 @@ class RunDir:
         self,
         state: dict[str, Any],
         manifest_hash: str,
-        model,
-        optimizer,
-        scheduler,
-        scaler,  # noqa: ANN001
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Load a checkpoint's state into the run's objects and RNGs.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -75,8 +76,6 @@ def seeded_tiny_cnn(num_classes: int = 10, seed: int = 11) -> nn.Module:
 
     Seeds a private generator, so building it leaves the global RNG untouched.
     """
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return tiny_cnn(num_classes, width=4)

@@ -14,10 +14,11 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str = "") 
 
     `summary` is `seed_summary.summarize`'s output; a group with one seed has no error bar.
     """
-    import matplotlib
+    # matplotlib loads only for a plot (it is slow to import); the backend before pyplot.
+    import matplotlib  # noqa: PLC0415
 
-    matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     groups = summary["groups"]
     names = [g["name"] for g in groups]

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torchvision.models as tvm
+import torchvision.models._api as tv_api
 from torch import nn
 
 from pld_pipeline.errors import ConfigError, WeightsCorruptError, WeightsNotFoundError
@@ -80,14 +81,12 @@ class local_weights_only:  # noqa: N801 (a context manager)
     """
 
     def __enter__(self) -> None:
-        import torchvision.models._api as api
-
         _PATCH_LOCK.acquire()
-        self._api, self._saved = api, api.load_state_dict_from_url
-        api.load_state_dict_from_url = _load_local
+        self._saved = tv_api.load_state_dict_from_url
+        tv_api.load_state_dict_from_url = _load_local
 
     def __exit__(self, *exc: object) -> None:
-        self._api.load_state_dict_from_url = self._saved
+        tv_api.load_state_dict_from_url = self._saved
         _PATCH_LOCK.release()
 
 

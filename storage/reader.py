@@ -82,7 +82,7 @@ class CacheReader:
         self._labels: np.ndarray | None = None
         self._pool: ThreadPoolExecutor | None = None
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return (open_cache, (self.location,))
 
     def __enter__(self) -> CacheReader:

@@ -29,7 +29,9 @@ def record_keys(manifest: Manifest, view: int) -> tuple[set[str], set[str]]:
     return required, optional
 
 
-def _array(records: Mapping, name: str, shape: tuple[int, ...], kinds: str, where: str):
+def _array(
+    records: Mapping, name: str, shape: tuple[int, ...], kinds: str, where: str
+) -> np.ndarray:
     value = np.asarray(records[name])
     if value.shape != shape:
         raise RecordError(

@@ -61,7 +61,9 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
     s = min(s, n)
     nan = float("nan")
 
-    def view(name, trailing, dtype, fill, dims, doc):
+    def view(
+        name: str, trailing: tuple[int, ...], dtype: Any, fill: Any, dims: tuple[str, ...], doc: str
+    ) -> ArraySpec:
         return ArraySpec(
             name, (v, n, *trailing), (1, s, *trailing), dtype, fill, ("view", "sample", *dims), doc
         )

@@ -8,6 +8,8 @@ right most of the time and the top-K log-probabilities look like a trained model
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from storage.manifest import Manifest, TeacherInfo, ViewInfo
@@ -21,7 +23,7 @@ def make_manifest(
     num_views: int = 2,
     shard_size: int = 16,
     temperatures: tuple[float, ...] = (1.0, 4.0),
-    **overrides,
+    **overrides: Any,
 ) -> Manifest:
     """A small valid manifest; ``overrides`` replace top-level fields."""
     teacher = TeacherInfo(

@@ -77,7 +77,7 @@ class CacheWriter:
             name: group[name].with_config(WRITE_CONFIG) for name in array_specs(manifest)
         }
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         # Pickles as "reopen this path" so Dask/multiprocessing workers get a live writer.
         return (open_writer, (self.location, self.manifest))
 
@@ -320,7 +320,9 @@ def _create_action(path: location.Location, overwrite: bool) -> str:
     return "replace" if kind in ("cache", "zarr") else "create"
 
 
-def _create_new(path, manifest: Manifest, keys, labels, compressor: str) -> CacheWriter:
+def _create_new(
+    path: location.Location, manifest: Manifest, keys: np.ndarray, labels: np.ndarray, compressor: str
+) -> CacheWriter:
     filled = Manifest.from_dict(
         {
             **manifest.to_dict(),

@@ -296,13 +296,13 @@ class CacheConfig(BaseModel):
 
     def location(self):  # noqa: ANN201 (storage.Location, imported lazily)
         """Where the cache lives: `output` and its fsspec `storage_options`."""
-        from storage import Location
+        from storage import Location  # noqa: PLC0415 - reading a config loads no zarr
 
         return Location(self.output, dict(self.storage_options or {}))
 
     def view_info(self, crop_pct: float):  # noqa: ANN201 (storage.ViewInfo, imported lazily)
         """The manifest's view entry (crop_pct: the teacher's resolved eval crop fraction)."""
-        from storage import ViewInfo
+        from storage import ViewInfo  # noqa: PLC0415 - reading a config loads no zarr
 
         return ViewInfo(
             mode=self.views.mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -55,8 +56,6 @@ def markdown_reference() -> str:
 
 def update_readme(path: str) -> None:
     """Replace the text between the README's config-reference markers."""
-    from pathlib import Path
-
     file = Path(path)
     text = file.read_text()
     start_mark, end_mark = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"

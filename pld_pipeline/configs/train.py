@@ -281,13 +281,13 @@ class TrainConfig(_Strict):
         """Where the cache lives (`cache` and its fsspec `storage_options`); None without one."""
         if self.cache is None:
             return None
-        from storage import Location
+        from storage import Location  # noqa: PLC0415 - reading a config loads no zarr
 
         return Location(self.cache, dict(self.storage_options or {}))
 
     def resolved_device(self) -> str:
         """The device string with 'auto' resolved (imports torch)."""
-        import torch
+        import torch  # noqa: PLC0415 - reading a config loads no torch
 
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"

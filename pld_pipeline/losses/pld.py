@@ -40,7 +40,9 @@ from .validation import check_labels, check_temperature
 __all__ = ["pld_loss", "pld_dropped_weight", "pld_loss_and_dropped_weight"]
 
 
-def _dense(student_logits, teacher_logits, labels, temperature):
+def _dense(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Exact PLD: the label, then the teacher's order (stable: ties go to the lower index)."""
     rest = label_first_order(teacher_logits, labels)[:, 1:]
     scaled = teacher_logits.to(compute_dtype(student_logits))
@@ -53,7 +55,9 @@ def _dense(student_logits, teacher_logits, labels, temperature):
     )
 
 
-def _compact(student_logits, targets, labels, temperature):
+def _compact(
+    student_logits: torch.Tensor, targets: CachedTargets, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PLD over the label and the cached classes; returns (loss, dropped weight [B])."""
     classes = student_logits.shape[1]
     ranked = ranked_weights(targets, labels, temperature, compute_dtype(student_logits))

@@ -54,7 +54,9 @@ _MIN_LAST_SUFFIX = {torch.float32: 1.0e-28, torch.float64: 1.0e-290}
 _TINY = {torch.float32: 1.0e-37, torch.float64: 1.0e-300}
 
 
-def _rest_logsumexp(s: torch.Tensor, label: torch.Tensor, idx: torch.Tensor):
+def _rest_logsumexp(
+    s: torch.Tensor, label: torch.Tensor, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax over the unranked classes [B, C], their logsumexp [B]); 0 and -inf if none."""
     s_unranked = s.scatter(1, idx, -math.inf).scatter_(1, label[:, None], -math.inf)
     # softmax copes with -inf fast (exp and logsumexp of -inf are slow on CPU); its row max
@@ -75,8 +77,19 @@ class _RankedPLD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, label, label_weight, idx, weight, invalid, unranked, tail, work,
-                on_device=False):  # fmt: skip
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        student: torch.Tensor,
+        label: torch.Tensor,
+        label_weight: torch.Tensor,
+        idx: torch.Tensor,
+        weight: torch.Tensor,
+        invalid: torch.Tensor | None,
+        unranked: str,
+        tail: torch.Tensor | None,
+        work: torch.dtype,
+        on_device: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = student.to(work)
         batch = s.shape[0]
         x_label = s.gather(1, label[:, None])[:, 0]
@@ -132,7 +145,9 @@ class _RankedPLD(torch.autograd.Function):
         return loss, flag
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_flag):
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor, _grad_flag: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         out_dtype, shape = ctx.out
         (label, label_weight, idx, weight, e, suffix, e_label, suffix_0, p_unranked, rest, tail) = (
             ctx.saved_tensors
@@ -160,7 +175,16 @@ class _RankedPLD(torch.autograd.Function):
         return grad.to(out_dtype), None, None, None, None, None, None, None, None, None
 
 
-def _log_domain_pld(student, label, label_weight, idx, weight, invalid, unranked, tail):
+def _log_domain_pld(
+    student: torch.Tensor,
+    label: torch.Tensor,
+    label_weight: torch.Tensor,
+    idx: torch.Tensor,
+    weight: torch.Tensor,
+    invalid: torch.Tensor | None,
+    unranked: str,
+    tail: torch.Tensor | None,
+) -> torch.Tensor:
     """Same loss via logcumsumexp and autograd in float64, exact for any spread (slow)."""
     s = student.double()
     weight, label_weight = weight.double(), label_weight.double()

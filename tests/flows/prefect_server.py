@@ -49,7 +49,7 @@ def prefect_server(home: Path) -> Iterator[dict]:
                # The UI's own API address defaults to port 4200; point it at this port.
                PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")  # fmt: skip
     env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
          "--port", str(port)],

@@ -27,15 +27,19 @@ def test_a_slot_is_held_once_per_context_released_after_and_never_taken_on_cpu(m
         with gpu_slot("gpu-slot-test", "cpu", "inner") as again:
             assert not again and active_slots("gpu-slot-test") == 1
     assert active_slots("gpu-slot-test") == 0
-    with pytest.raises(RuntimeError, match="boom"):  # released on errors too
-        with gpu_slot("gpu-slot-test", "cpu", "failing", slots=2):
-            assert active_slots("gpu-slot-test") == 2
-            raise RuntimeError("boom")
+    with (  # noqa: PT012 - released on errors too
+        pytest.raises(RuntimeError, match="boom"),
+        gpu_slot("gpu-slot-test", "cpu", "failing", slots=2),
+    ):
+        assert active_slots("gpu-slot-test") == 2
+        raise RuntimeError("boom")
     assert active_slots("gpu-slot-test") == 0
     # More slots than the limit has would wait forever: refused, naming the fix.
-    with pytest.raises(ConfigError, match=r"needs 3 slot\(s\) of the 'gpu-slot-test' .* has 2"):
-        with gpu_slot("gpu-slot-test", "cpu", "Shard 4", slots=3):
-            pass
+    with (
+        pytest.raises(ConfigError, match=r"needs 3 slot\(s\) of the 'gpu-slot-test' .* has 2"),
+        gpu_slot("gpu-slot-test", "cpu", "Shard 4", slots=3),
+    ):
+        pass
     with gpu_slot("no-such-limit", "cpu", "unlimited") as held:  # missing limit: no wait
         assert not held
     with gpu_slot(None, "cpu", "opted out") as held:

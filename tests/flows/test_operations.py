@@ -138,7 +138,7 @@ def served(server, env, workdir, tiny_imagefolder):
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "serve", "--schedules", str(schedules),
          "--gpu-slots", "1"],
-        env=env, cwd=REPO, stdout=open(workdir / "serve.log", "w"), stderr=subprocess.STDOUT,
+        env=env, cwd=REPO, stdout=open(workdir / "serve.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the server's log for its lifetime
         start_new_session=True,
     )  # fmt: skip
 

@@ -22,9 +22,8 @@ def test_shard_time_limit_stops_work_in_the_main_thread_with_the_documented_mess
     from flows.timeouts import shard_time_limit
 
     started = time.monotonic()
-    with pytest.raises(ShardTimeoutError) as info:
-        with shard_time_limit(0.3, 7, [0, 2], "/caches/c1"):
-            busy(30)
+    with pytest.raises(ShardTimeoutError) as info, shard_time_limit(0.3, 7, [0, 2], "/caches/c1"):
+        busy(30)
     assert time.monotonic() - started < 20  # stopped, not run to the end
     message = str(info.value)
     assert message.startswith("Shard 7 (views [0, 2]) of the teacher pass into /caches/c1 timed out")
@@ -59,9 +58,8 @@ def test_no_limit_and_the_works_own_timeout_errors_pass_through():
 
     with shard_time_limit(None, 0, [0], "x"):
         busy(0.05)
-    with pytest.raises(TimeoutError, match="socket") as info:
-        with run_time_limit(30, "r", "d"):
-            raise TimeoutError("socket read timed out")
+    with pytest.raises(TimeoutError, match="socket") as info, run_time_limit(30, "r", "d"):
+        raise TimeoutError("socket read timed out")
     assert not isinstance(info.value, PLDError)
 
 

@@ -14,14 +14,14 @@ from pld_pipeline.train import fit
 TIMING = {"epoch_time_s", "data_time_s", "target_time_s", "target_share", "images_per_s"}
 
 
-class Crash(Exception):
+class CrashError(Exception):
     pass
 
 
 def crash_after(epoch: int):
     def callback(record):
         if record["epoch"] == epoch:
-            raise Crash(f"simulated crash after epoch {epoch}")
+            raise CrashError(f"simulated crash after epoch {epoch}")
 
     return callback
 
@@ -49,7 +49,7 @@ def test_resume_equals_uninterrupted(replay_cache, color_folder, color_val_folde
     full = fit(config(replay_cache, color_folder, color_val_folder, tmp_path / "full"))
 
     cut = config(replay_cache, color_folder, color_val_folder, tmp_path / "cut")
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         fit(cut, progress_callback=crash_after(0))
     assert not (tmp_path / "cut" / "result.json").exists()
     resumed = fit(cut.model_copy(update={"resume": True}))
@@ -71,7 +71,7 @@ def test_resume_equals_uninterrupted(replay_cache, color_folder, color_val_folde
 
 def test_resume_refuses_a_changed_config(replay_cache, color_folder, color_val_folder, tmp_path):
     cfg = config(replay_cache, color_folder, color_val_folder, tmp_path / "r")
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         fit(cfg, progress_callback=crash_after(0))
     changed = cfg.model_copy(update={"resume": True, "seed": 1})
     with pytest.raises(CheckpointError, match="seed: 0 -> 1"):
