@@ -126,7 +126,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(CacheConfig, args.config, overrides)
         # The flow puts the run's scheduled date into `{date}`: for a run started now, today.
         dated = config.model_copy(update={"output": resolve_output(config.output, None)})
-        _preflight().check_cache_pass(dated)
+        from pld_pipeline import preflight  # after the config: it loads zarr
+
+        preflight.check_cache_pass(dated)
         from flows.cache_teacher import cache_teacher
 
         _run(cache_teacher, config, args)
@@ -135,7 +137,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pld_pipeline.configs.train import TrainConfig
 
         config = load_config(TrainConfig, args.config, args.overrides)
-        _preflight().check_train_run(config)
+        from pld_pipeline import preflight  # after the config: it loads zarr
+
+        preflight.check_train_run(config)
         from flows.train_student import train_student
 
         _run(train_student, config, args)
@@ -147,7 +151,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.max_parallel is not None:
             overrides.append(f"max_parallel={args.max_parallel}")
         config = load_config(SweepConfig, args.config, overrides)
-        _preflight().check_sweep(config)
+        from pld_pipeline import preflight  # after the config: it loads zarr
+
+        preflight.check_sweep(config)
         from flows.sweep import sweep
 
         _run(sweep, config, args)
@@ -160,7 +166,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides.append(f"workdir={args.workdir}")
         base = DemoConfig.quick_defaults() if args.quick else {}
         config = load_config(DemoConfig, None, overrides, base=base)
-        _preflight().check_demo(config)
+        from pld_pipeline import preflight  # after the config: it loads zarr
+
+        preflight.check_demo(config)
         from flows.demo import demo
 
         _run(demo, config, args)
@@ -194,12 +202,6 @@ def _report(args: argparse.Namespace) -> int:
     summaries = [read_summary(path) for path in args.sweep_dirs]
     print(report_text(summaries, args.sweep_dirs, baseline=args.baseline))
     return 0
-
-
-def _preflight():  # noqa: ANN202 - the module, imported once a config has been read
-    from pld_pipeline import preflight
-
-    return preflight
 
 
 def _run(flow, config, args: argparse.Namespace) -> None:  # noqa: ANN001 - a Prefect flow, its config
