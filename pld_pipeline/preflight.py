@@ -53,15 +53,19 @@ class _Seen:
     """What a sweep's points share, checked once: dataset listings and caches."""
 
     datasets: dict[str, ImageFolderDataset] = field(default_factory=dict)
-    readers: dict[str, Any] = field(default_factory=dict)  # storage.CacheReader
+    readers: dict[str, storage.CacheReader] = field(default_factory=dict)
     num_good: dict[str, int] = field(default_factory=dict)  # per cache: samples not skipped
     checked: set[str] = field(default_factory=set)
 
-    def reader(self, location: storage.Location) -> Any:  # storage.CacheReader
+    def reader(self, location: storage.Location) -> storage.CacheReader:
         key = json.dumps([location.url, dict(location.options)], default=str, sort_keys=True)
         if key not in self.readers:
             self.readers[key] = storage.open_cache(location)
         return self.readers[key]
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
 
     def dataset(self, root: str, split: str | None, classes: Any) -> ImageFolderDataset:
         key = json.dumps([root, split, classes])
@@ -70,7 +74,7 @@ class _Seen:
         return self.datasets[key]
 
 
-def check_train_run(config: TrainConfig, seen: _Seen | None = None) -> None:
+def check_train_run(config: TrainConfig) -> None:
     """Check a student run: its datasets, the cache against them and the run, the loss, the
     student model, an online teacher's weights, the batch size and the run folder.
 
@@ -81,11 +85,19 @@ def check_train_run(config: TrainConfig, seen: _Seen | None = None) -> None:
         LossInputError; ModelNotFoundError, WeightsNotFoundError; CheckpointError (the run
         folder holds another run).
     """
+    seen = _Seen()
+    try:
+        _check_train_run(config, seen)
+    finally:
+        seen.close()
+
+
+def _check_train_run(config: TrainConfig, seen: _Seen) -> None:
+    """`check_train_run`, reusing what `seen` already listed, opened or checked."""
     # Wrong paths first, before torch loads (losses, models): that takes seconds.
     split_folder(config.dataset_root, config.dataset_split)
     if config.val_root:
         split_folder(config.val_root, config.val_split)
-    seen = seen or _Seen()
     reader = None if config.cache is None else seen.reader(config.cache_location())
 
     from pld_pipeline.cache_check import (  # noqa: PLC0415
@@ -137,10 +149,13 @@ def check_sweep(config: SweepConfig) -> None:
     from pld_pipeline.run_dir import RunDir  # noqa: PLC0415
 
     seen = _Seen()
-    for _, point in expand_grid(config):
-        run = point.model_copy(update={"resume": True})
-        if RunDir(run.run_dir).finished_result(run) is None:
-            check_train_run(run, seen)
+    try:
+        for _, point in expand_grid(config):
+            run = point.model_copy(update={"resume": True})
+            if RunDir(run.run_dir).finished_result(run) is None:
+                _check_train_run(run, seen)
+    finally:
+        seen.close()
 
 
 def check_demo(config: DemoConfig) -> None:
