@@ -87,16 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console.configure_logging(args.verbose)
+    # A temporary Prefect server running already (main called in a test harness) is not ours.
+    owns_server = not console.temporary_server_running()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        console.stop_temporary_server()
+        if owns_server:
+            console.stop_temporary_server()
         print(f"pld {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if not console.is_user_error(exc):
             raise  # a bug, not a user's mistake: keep its traceback
-        console.report_error(args.command, exc, args.verbose)
+        console.report_error(args.command, exc, args.verbose, stop_server=owns_server)
         return 2
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Per-request and cluster chatter that buries the run's own messages.
@@ -85,13 +86,32 @@ def error_line(command: str, exc: BaseException) -> str:
     return f"pld {command}: error: {message or type(exc).__name__}"
 
 
-def report_error(command: str, exc: BaseException, verbose: bool) -> None:
-    """Print the error as the last line on stderr (its traceback first with `verbose`)."""
-    stop_temporary_server()
+def report_error(command: str, exc: BaseException, verbose: bool, stop_server: bool) -> None:
+    """Print the error as the last line on stderr (its traceback first with `verbose`).
+
+    `stop_server`: stop the temporary Prefect server first (see `stop_temporary_server`);
+    only when this command started it, not a server running before (a test harness).
+    """
+    if stop_server:
+        stop_temporary_server()
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     print(error_line(command, exc), file=sys.stderr)
+
+
+def _temporary_server() -> Any:
+    """Prefect's temporary server object (SubprocessASGIServer), or None when Prefect's
+    server module was never imported (then no temporary server can be running)."""
+    module = sys.modules.get("prefect.server.api.server")
+    # The instance for "no port given" is the temporary server Prefect starts for flows.
+    return None if module is None else module.SubprocessASGIServer()
+
+
+def temporary_server_running() -> bool:
+    """Whether Prefect's temporary server is running in this process now."""
+    server = _temporary_server()
+    return bool(server is not None and server.running)
 
 
 def stop_temporary_server() -> None:
@@ -100,14 +120,12 @@ def stop_temporary_server() -> None:
     It would otherwise log "Stopping temporary server" after the error line. Nothing
     happens when no temporary server was started (e.g. PREFECT_API_URL names a server).
     """
-    server = sys.modules.get("prefect.server.api.server")
-    if server is None:
+    if not temporary_server_running():
         return
     try:
         from prefect.logging.handlers import APILogWorker  # noqa: PLC0415
 
         APILogWorker.drain_all(timeout=5)  # the failed run's logs reach the server first
-        # The instance for "no port given" is the temporary server Prefect started.
-        server.SubprocessASGIServer().stop()
+        _temporary_server().stop()
     except Exception:  # noqa: BLE001 - best effort: Prefect stops it at exit anyway
         logging.getLogger(__name__).debug("could not stop the temporary server", exc_info=True)
