@@ -58,6 +58,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pld_pipeline storage flows tests bench
+	$(VENV)/bin/ruff format --check pld_pipeline storage flows tests bench
 
 clean-venv:
 	rm -rf $(VENV)
