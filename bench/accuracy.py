@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, float] = {}
     out["cpu_s"] = cpu  # CPU seconds of this process and its finished children (loaders)
 
-    def stage(name: str, fn, *a):  # noqa: ANN001, ANN202
+    def stage(name: str, fn, *a):
         started, cpu_started = time.perf_counter(), cpu_seconds()
         value = fn(*a)
         times[name] = round(time.perf_counter() - started, 1)

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import median_time, peak_memory  # noqa: E402
+from timing import median_time, peak_memory
 
-from pld_pipeline.losses import CachedTargets, dist_loss, dkd_loss, kd_loss, pld_loss  # noqa: E402
+from pld_pipeline.losses import CachedTargets, dist_loss, dkd_loss, kd_loss, pld_loss
 
 
 def naive_pld(student, teacher, labels, temperature=1.0):

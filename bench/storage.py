@@ -34,8 +34,8 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import storage  # noqa: E402
-from storage.synthetic import make_labels, make_logits, make_manifest, records_from_logits  # noqa: E402
+import storage
+from storage.synthetic import make_labels, make_logits, make_manifest, records_from_logits
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 
@@ -268,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None,
                         help="also measure top-100 at this fsspec URL (e.g. s3://bucket/prefix), "
                         "side by side with local disk; skips the codec and layout sweeps")  # fmt: skip
-    parser.add_argument("--moto", action="store_true",
-                        help="start a loopback S3 server (moto, fake keys) for --url s3://...")
+    parser.add_argument(
+        "--moto",
+        action="store_true",
+        help="start a loopback S3 server (moto, fake keys) for --url s3://...",
+    )
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()

@@ -49,21 +49,21 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import sync  # noqa: E402
+from timing import sync
 
-import storage  # noqa: E402
-from pld_pipeline.cache_build import build_shard, prepare_cache  # noqa: E402
-from pld_pipeline.cache_check import check_cache  # noqa: E402
-from pld_pipeline.cached_dataset import good_indices  # noqa: E402
-from pld_pipeline.configs.cache import CacheConfig, TeacherConfig  # noqa: E402
-from pld_pipeline.configs.train import TrainConfig  # noqa: E402
-from pld_pipeline.datasets import ImageFolderDataset  # noqa: E402
-from pld_pipeline.ddp import DistContext  # noqa: E402
-from pld_pipeline.losses import make_loss  # noqa: E402
-from pld_pipeline.models import create_model  # noqa: E402
-from pld_pipeline.optim import make_optimizer, make_scheduler  # noqa: E402
-from pld_pipeline.train import Step, fit, train_step  # noqa: E402
-from pld_pipeline.train_setup import (  # noqa: E402
+import storage
+from pld_pipeline.cache_build import build_shard, prepare_cache
+from pld_pipeline.cache_check import check_cache
+from pld_pipeline.cached_dataset import good_indices
+from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.ddp import DistContext
+from pld_pipeline.losses import make_loss
+from pld_pipeline.models import create_model
+from pld_pipeline.optim import make_optimizer, make_scheduler
+from pld_pipeline.train import Step, fit, train_step
+from pld_pipeline.train_setup import (
     build_loaders,
     make_online_teacher,
     make_placement,
@@ -124,7 +124,7 @@ def build_cache(
 
 def train_config(
     args, cache: Path, images: Path, run_dir: Path, online: TeacherConfig | None
-) -> TrainConfig:  # noqa: ANN001
+) -> TrainConfig:
     return TrainConfig(
         cache=str(cache), dataset_root=str(images), run_dir=str(run_dir),
         student={"name": args.student, "image_size": args.size},
@@ -135,7 +135,7 @@ def train_config(
     )  # fmt: skip
 
 
-def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Path) -> dict:  # noqa: ANN001
+def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Path) -> dict:
     """Measurement 1: every batch trained by the cached and the online student in turn."""
     config = train_config(args, cache, images, work / "paired", tconf)
     ctx = DistContext()
@@ -201,7 +201,7 @@ def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Pa
     }
 
 
-def fit_epochs(args, cache: Path, images: Path, tconf: TeacherConfig, work: Path) -> dict:  # noqa: ANN001
+def fit_epochs(args, cache: Path, images: Path, tconf: TeacherConfig, work: Path) -> dict:
     """Measurement 2: whole `fit` epochs per mode, alternating, data loading included."""
     epochs: dict[str, list[dict]] = {"cached": [], "online": []}
     for r in range(args.fit_rounds):

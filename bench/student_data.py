@@ -43,10 +43,10 @@ import torchvision.transforms.v2.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from photos import make_folder  # noqa: E402
+from photos import make_folder
 
-import storage  # noqa: E402
-from pld_pipeline.cached_dataset import (  # noqa: E402
+import storage
+from pld_pipeline.cached_dataset import (
     EpochViewSampler,
     ShuffleSampler,
     StoredViews,
@@ -54,10 +54,10 @@ from pld_pipeline.cached_dataset import (  # noqa: E402
     collate_views,
     gather_targets,
 )
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb  # noqa: E402
-from pld_pipeline.decoding import jpeg_header, read_bytes  # noqa: E402
-from pld_pipeline.views import normalize_batch, sample_view  # noqa: E402
-from storage.synthetic import make_manifest, make_records  # noqa: E402
+from pld_pipeline.datasets import ImageFolderDataset, load_rgb
+from pld_pipeline.decoding import jpeg_header, read_bytes
+from pld_pipeline.views import normalize_batch, sample_view
+from storage.synthetic import make_manifest, make_records
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VIEW_SEED = 0
@@ -90,7 +90,7 @@ class Counting(ViewDataset):
 
     decodes = 0
 
-    def __getitem__(self, item):  # noqa: ANN001, ANN204
+    def __getitem__(self, item):
         Counting.decodes += 1
         return super().__getitem__(item)
 

@@ -38,24 +38,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from photos import make_folder  # noqa: E402
-from timing import sync  # noqa: E402
+from photos import make_folder
+from timing import sync
 
-from pld_pipeline.datasets import ImageFolderDataset  # noqa: E402
-from pld_pipeline.models import create_model  # noqa: E402
-from pld_pipeline.teacher_device import (  # noqa: E402
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.models import create_model
+from pld_pipeline.teacher_device import (
     prepare_model,
     resolve_amp,
     resolve_device,
 )
-from pld_pipeline.teacher_pass import compute_shard, run_batches  # noqa: E402
-from pld_pipeline.view_images import ViewImages, make_loader  # noqa: E402
-from pld_pipeline.views import normalize_batch  # noqa: E402
+from pld_pipeline.teacher_pass import compute_shard, run_batches
+from pld_pipeline.view_images import ViewImages, make_loader
+from pld_pipeline.views import normalize_batch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VIEWS = SimpleNamespace(
     mode="replay", num_views=1, seed=0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
 )
+
+
 def decoded_batches(
     data: ImageFolderDataset, n: int, size: int, batch: int, workers: int, device: torch.device
 ) -> tuple[list, list]:
@@ -74,7 +76,7 @@ def decoded_batches(
     return list(plain), list(loader)
 
 
-def paired_ratios(  # noqa: ANN201
+def paired_ratios(
     model,
     batches,
     pass_batches,
@@ -83,7 +85,7 @@ def paired_ratios(  # noqa: ANN201
     args,
     device,
     amp,
-    timed,  # noqa: ANN001
+    timed,
 ):
     """Median over batches and repeats of bare/pass and plain/pass, each pair timed back to
     back (in rotating order): robust to load that changes during the run."""
@@ -173,7 +175,7 @@ def bench(args: argparse.Namespace) -> dict:
             MEAN, STD, "bilinear", device, batch, workers, amp,
         )  # fmt: skip
 
-    def timed(fn) -> tuple[float, float]:  # noqa: ANN001
+    def timed(fn) -> tuple[float, float]:
         """(wall seconds, this process's CPU seconds) of one call."""
         sync(device)
         wall, cpu = time.perf_counter(), time.process_time()

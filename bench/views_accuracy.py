@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import storage  # noqa: E402
-from pld_pipeline import demo_plan  # noqa: E402
-from pld_pipeline.cache_build import build_shard, finalize_cache, prepare_cache  # noqa: E402
-from pld_pipeline.configs.demo import DemoConfig  # noqa: E402
-from pld_pipeline.fashion_mnist import write_image_folder  # noqa: E402
-from pld_pipeline.run_dir import RunDir  # noqa: E402
-from pld_pipeline.train import fit  # noqa: E402
+import storage
+from pld_pipeline import demo_plan
+from pld_pipeline.cache_build import build_shard, finalize_cache, prepare_cache
+from pld_pipeline.configs.demo import DemoConfig
+from pld_pipeline.fashion_mnist import write_image_folder
+from pld_pipeline.run_dir import RunDir
+from pld_pipeline.train import fit
 
 
 def prepare(config: DemoConfig) -> str:

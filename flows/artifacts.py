@@ -60,7 +60,9 @@ class Progress:
         self.done = done
         percent = min(100.0, 100.0 * done / self.total)
         try:
-            update_progress_artifact(self.artifact_id, percent, description=note or self.description)
+            update_progress_artifact(
+                self.artifact_id, percent, description=note or self.description
+            )
         except Exception as exc:  # noqa: BLE001 - progress must never stop the work it reports
             logger.warning("progress artifact not updated (Prefect API unreachable?): %s", exc)
 

@@ -43,7 +43,11 @@ def plan_shards(config: CacheConfig, producer: str) -> cache_build.CachePlan:
     plan = cache_build.prepare_cache(config, producer=producer)
     get_run_logger().info(
         "Cache %s: %d views x %d shards, %d done, %d to compute",
-        plan.path, plan.num_views, plan.num_shards, plan.num_done, len(plan.todo),
+        plan.path,
+        plan.num_views,
+        plan.num_shards,
+        plan.num_done,
+        len(plan.todo),
     )
     return plan
 
@@ -104,7 +108,9 @@ def run_shards(
     try:
         if watch is not None:
             ready = wait_for_workers(watch)
-            logger.info("%d Dask worker(s) ready at %s; their imports are checked", ready, dask_address)
+            logger.info(
+                "%d Dask worker(s) ready at %s; their imports are checked", ready, dask_address
+            )
         with gpu_restriction(config.task_runner, config.gpus_per_task):
             futures = {cache_shard.submit(config, shard, views): shard for shard, views in tasks}
         results: list[dict[str, Any]] = []

@@ -30,7 +30,9 @@ for _name, _value in {
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, help="YAML config file")
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value",
+        "overrides",
+        nargs="*",
+        metavar="key=value",
         help="dotted overrides applied after the file, e.g. views.num_views=4 k=20",
     )
 
@@ -43,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = sub.add_parser("cache", help="run the teacher once and fill the logit cache")
     _add_config_args(cache)
-    cache.add_argument("--dask-workers", type=int, help="run shards on a local Dask cluster of N workers")
-    cache.add_argument("--dask-address", help="run shards on an existing Dask scheduler (tcp://host:8786)")
-    cache.add_argument("--overwrite", action="store_true", help="replace an existing cache at output")
+    cache.add_argument(
+        "--dask-workers", type=int, help="run shards on a local Dask cluster of N workers"
+    )
+    cache.add_argument(
+        "--dask-address", help="run shards on an existing Dask scheduler (tcp://host:8786)"
+    )
+    cache.add_argument(
+        "--overwrite", action="store_true", help="replace an existing cache at output"
+    )
 
     inspect = sub.add_parser("inspect", help="summarise a cache")
     inspect.add_argument("path", help="cache path or fsspec URL")
@@ -58,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-parallel", type=int, help="student runs at once")
 
     demo = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, on CPU")
-    demo.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")
+    demo.add_argument(
+        "--quick", action="store_true", help="a few-minute version (what the tests run)"
+    )
     demo.add_argument("--workdir", help="where everything is written (default ./workdir)")
-    demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted DemoConfig overrides")
+    demo.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted DemoConfig overrides"
+    )
 
     serve = sub.add_parser("serve", help="serve the flows as deployments (UI forms, schedules)")
     serve.add_argument(
-        "--schedules", help="YAML mapping deployment name -> {cron, parameters, paused, tags, trigger}"
+        "--schedules",
+        help="YAML mapping deployment name -> {cron, parameters, paused, tags, trigger}",
     )
     serve.add_argument(
         "--gpu-limit", default="gpu",
@@ -190,7 +203,9 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser(
         "report", help="seed-aggregated results of one or several sweeps, side by side"
     )
-    report.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep_dir of a finished sweep")
+    report.add_argument(
+        "sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep_dir of a finished sweep"
+    )
     report.add_argument(
         "--baseline", metavar="GRID_POINT",
         help="one sweep: compare every grid point with this one (e.g. loss.name=kd); default: the best",

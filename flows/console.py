@@ -127,5 +127,5 @@ def stop_temporary_server() -> None:
 
         APILogWorker.drain_all(timeout=5)  # the failed run's logs reach the server first
         _temporary_server().stop()
-    except Exception:  # noqa: BLE001 - best effort: Prefect stops it at exit anyway
+    except Exception:  # best effort: Prefect stops it at exit anyway
         logging.getLogger(__name__).debug("could not stop the temporary server", exc_info=True)

@@ -188,7 +188,9 @@ class ClusterWatch:
                     else "no Dask worker joined")  # fmt: skip
             if self.last_error:
                 what += f"; last error: {self.last_error}"
-            need = f" with {self.gpus_per_task} free 'GPU' resource(s)" if self.gpus_per_task else ""
+            need = (
+                f" with {self.gpus_per_task} free 'GPU' resource(s)" if self.gpus_per_task else ""
+            )
             raise WorkersLostError(
                 f"{what} ({self.address}): no usable worker{need} for {waited:.0f} s "
                 f"(lost_workers_timeout={self.lost_workers_timeout:g}). The shards written so "

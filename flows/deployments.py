@@ -28,7 +28,12 @@ def _flows() -> dict[str, Any]:
     from flows.sweep import sweep  # noqa: PLC0415
     from flows.train_student import train_student  # noqa: PLC0415
 
-    return {"cache-teacher": cache_teacher, "train-student": train_student, "sweep": sweep, "demo": demo}
+    return {
+        "cache-teacher": cache_teacher,
+        "train-student": train_student,
+        "sweep": sweep,
+        "demo": demo,
+    }
 
 
 def read_schedules(path: str | Path | None) -> dict[str, dict[str, Any]]:

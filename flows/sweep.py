@@ -60,8 +60,14 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
             finished[name] = result
         else:
             todo.append((name, run))
-    logger.info("Sweep %s: %d runs, %d finished before, %d to train (max %d at once)",
-                sweep_dir, len(points), len(finished), len(todo), config.max_parallel)
+    logger.info(
+        "Sweep %s: %d runs, %d finished before, %d to train (max %d at once)",
+        sweep_dir,
+        len(points),
+        len(finished),
+        len(todo),
+        config.max_parallel,
+    )
     trained = {}
     if todo:
         runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)

@@ -196,8 +196,12 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
     outcome.bad_keys = [dataset.keys[start + i] for i in bad]
     outcome.seconds = time.perf_counter() - started
     if outcome.bad_keys:
-        logger.warning("Shard %d: %d undecodable images recorded as bad: %s",
-                       shard, len(outcome.bad_keys), outcome.bad_keys[:5])
+        logger.warning(
+            "Shard %d: %d undecodable images recorded as bad: %s",
+            shard,
+            len(outcome.bad_keys),
+            outcome.bad_keys[:5],
+        )
     return outcome
 
 

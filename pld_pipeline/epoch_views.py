@@ -42,9 +42,7 @@ def own_crop_ids(epoch: int, views_per_image: int) -> tuple[int, ...]:
     return tuple(epoch * views_per_image + j for j in range(views_per_image))
 
 
-def distinct_views(
-    epochs: int, num_views: int, start: int = 0, views_per_image: int = 1
-) -> int:
+def distinct_views(epochs: int, num_views: int, start: int = 0, views_per_image: int = 1) -> int:
     """How many different cached views epochs [start, epochs) visit."""
     seen: set[int] = set()
     for e in range(start, epochs):

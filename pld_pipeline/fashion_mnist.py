@@ -15,8 +15,16 @@ logger = logging.getLogger(__name__)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
 )
 MARKER = ".complete"  # written last into a finished split folder: its settings, its size
 FILES = {
@@ -87,9 +95,7 @@ def balanced_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.
     if per_class is None:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    chosen = [
-        rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(CLASSES))
-    ]
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(CLASSES))]
     return np.sort(np.concatenate(chosen))
 
 

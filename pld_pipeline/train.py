@@ -185,8 +185,15 @@ def fit(
 
         record.update(
             train_one_epoch(
-                step, batches, epoch_slabs, epoch, config.log_every, ctx, totals,
-                config.checkpoint_every, save_mid_epoch,
+                step,
+                batches,
+                epoch_slabs,
+                epoch,
+                config.log_every,
+                ctx,
+                totals,
+                config.checkpoint_every,
+                save_mid_epoch,
             )  # fmt: skip
         )
         last = epoch + 1 == config.epochs

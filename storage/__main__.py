@@ -17,9 +17,7 @@ PROG = "python -m storage"
 
 def main(argv: list[str] | None = None) -> int:
     """Print ``inspect(PATH)``; on a bad cache, one ``error:`` line and exit status 2."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Print the summary of a logit cache."
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description="Print the summary of a logit cache.")
     parser.add_argument("path", help="cache directory or fsspec URL")
     args = parser.parse_args(argv)
     try:

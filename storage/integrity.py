@@ -102,7 +102,7 @@ def read_checked(
         lo, hi = shard * shard_size, min((shard + 1) * shard_size, array.shape[len(lead)])
         try:
             array[(*lead, slice(lo, hi))]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             key = chunk_key(array, _coords(array, view, shard))
             raise CorruptChunkError(
                 f"{os.fspath(path)}: chunk {name}/{key} cannot be decoded "
@@ -139,7 +139,7 @@ def read_done(
     for cell in cells:
         try:
             done[cell]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             key = chunk_key(done, cell)
             raise CorruptChunkError(
                 f"{os.fspath(path)}: chunk done/{key} cannot be decoded "

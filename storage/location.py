@@ -95,7 +95,7 @@ def probe(path: PathOrLocation) -> tuple[str, dict]:
     fs, root = _fs(path)
     try:
         exists = fs.exists(root)
-    except Exception as exc:  # noqa: BLE001 - any backend's auth/endpoint failure
+    except Exception as exc:  # any backend's auth/endpoint failure
         raise CacheLocationError(
             f"cannot reach {os.fspath(path)}: {type(exc).__name__}: {exc}. Check the endpoint "
             "and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for "

@@ -94,7 +94,6 @@ class CacheSummary:
         lines.append(f"libraries  {json.dumps(m['library_versions'], sort_keys=True)}")
         return "\n".join(lines)
 
-
     def bad_text(self) -> str:
         """One line on the samples the pass recorded as undecodable (training skips them)."""
         if not self.bad_count:

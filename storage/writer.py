@@ -303,7 +303,7 @@ def check_create(
 
 
 def _create_action(path: location.Location, overwrite: bool) -> str:
-    """"create", "resume" or "replace" for what is at ``path``; refuses what is no cache."""
+    """ "create", "resume" or "replace" for what is at ``path``; refuses what is no cache."""
     kind, _ = location.probe(path)
     if kind == "other":
         raise NotACacheError(
@@ -321,7 +321,11 @@ def _create_action(path: location.Location, overwrite: bool) -> str:
 
 
 def _create_new(
-    path: location.Location, manifest: Manifest, keys: np.ndarray, labels: np.ndarray, compressor: str
+    path: location.Location,
+    manifest: Manifest,
+    keys: np.ndarray,
+    labels: np.ndarray,
+    compressor: str,
 ) -> CacheWriter:
     filled = Manifest.from_dict(
         {
@@ -394,7 +398,9 @@ def _check_compatible(path: location.Location, stored: Manifest, given: Manifest
         )
 
 
-def _check_same_dataset(where: str, group: zarr.Group, keys: np.ndarray, labels: np.ndarray) -> None:
+def _check_same_dataset(
+    where: str, group: zarr.Group, keys: np.ndarray, labels: np.ndarray
+) -> None:
     stored_keys = group["key"][...]
     stored_labels = group["label"][...]
     if not np.array_equal(stored_keys, keys) or not np.array_equal(stored_labels, labels):

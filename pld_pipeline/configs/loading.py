@@ -56,7 +56,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"Config file {str(file)!r} is not valid YAML: {_yaml_problem(exc)}; fix its syntax."
         ) from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file {str(file)!r} must hold a mapping, not {type(data).__name__}.")
+        raise ConfigError(
+            f"Config file {str(file)!r} must hold a mapping, not {type(data).__name__}."
+        )
     return data
 
 

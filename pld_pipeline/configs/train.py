@@ -264,9 +264,7 @@ class TrainConfig(_Strict):
                 f"cache=null trains without a teacher, so loss must be 'ce' (got "
                 f"{self.loss.name!r}) and online_teacher unset; give a cache for distillation"
             )
-        if self.decode == "cuda" and not (
-            self.device == "auto" or self.device.startswith("cuda")
-        ):
+        if self.decode == "cuda" and not (self.device == "auto" or self.device.startswith("cuda")):
             raise ValueError(
                 f"decode='cuda' decodes on the GPU but device={self.device!r}; set device "
                 "to 'cuda' (or 'auto') or decode='cpu'"

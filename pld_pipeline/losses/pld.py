@@ -41,7 +41,10 @@ __all__ = ["pld_loss", "pld_dropped_weight", "pld_loss_and_dropped_weight"]
 
 
 def _dense(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
     """Exact PLD: the label, then the teacher's order (stable: ties go to the lower index)."""
     rest = label_first_order(teacher_logits, labels)[:, 1:]

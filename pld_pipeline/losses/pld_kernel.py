@@ -146,7 +146,9 @@ class _RankedPLD(torch.autograd.Function):
 
     @staticmethod
     def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor, _grad_flag: torch.Tensor | None
+        ctx: torch.autograd.function.FunctionCtx,
+        grad_loss: torch.Tensor,
+        _grad_flag: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
         out_dtype, shape = ctx.out
         (label, label_weight, idx, weight, e, suffix, e_label, suffix_0, p_unranked, rest, tail) = (

@@ -8,6 +8,7 @@ group (so a test can SIGKILL one like a machine dying), an S3 server (moto), and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
 
 # A user's own teacher module, outside the repository: the package's seeded tiny CNN,
 # slowed down so a pass can be interrupted mid-shard. Its outputs equal TEACHER's.
-USER_TEACHER = '''
+USER_TEACHER = """
 import os, time
 from torch import nn
 from pld_pipeline.small_models import seeded_tiny_cnn
@@ -43,7 +44,7 @@ class Slow(nn.Module):
 
 def slow_tiny_cnn(num_classes: int = 10) -> nn.Module:
     return Slow(seeded_tiny_cnn(num_classes))
-'''
+"""
 
 
 def free_port() -> int:
@@ -117,10 +118,8 @@ class Proc:
     log: Path
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             self.popen.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -146,7 +145,9 @@ def wait_until(condition, timeout: float, what: str, proc: Proc | None = None) -
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.popen.poll() is not None:
-            raise AssertionError(f"{proc.name} exited while waiting for {what}:\n{proc.output()[-4000:]}")
+            raise AssertionError(
+                f"{proc.name} exited while waiting for {what}:\n{proc.output()[-4000:]}"
+            )
         if time.monotonic() > deadline:
             detail = proc.output()[-4000:] if proc is not None else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
@@ -232,9 +233,12 @@ def start_prefect_server(
     return proc, url
 
 
-def run_pld(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run_pld(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
     """`.venv/bin/pld ARGS` in a subprocess from `cwd` (outside the repository)."""
-    assert REPO not in cwd.resolve().parents and cwd.resolve() != REPO
+    assert REPO not in cwd.resolve().parents
+    assert cwd.resolve() != REPO
     return subprocess.run(
         [str(BIN / "pld"), *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout, stdin=subprocess.DEVNULL,
@@ -296,13 +300,13 @@ class S3Server:
     def url(self, name: str) -> str:
         return f"s3://{self.bucket}/{name}"
 
-    def filesystem(self):  # noqa: ANN201 - s3fs.S3FileSystem
+    def filesystem(self):  # s3fs.S3FileSystem
         import s3fs
 
         return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
 
 
-def start_s3_server(bucket: str = "pld-caches"):  # noqa: ANN201 - (ThreadedMotoServer, S3Server)
+def start_s3_server(bucket: str = "pld-caches"):  # (ThreadedMotoServer, S3Server)
     import logging
 
     import boto3

@@ -64,7 +64,9 @@ def prefect_server(home: Path) -> Iterator[dict]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail("Prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+                pytest.fail(
+                    "Prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
+                )
             time.sleep(1)
     try:
         yield {"url": url, "ui": f"http://127.0.0.1:{port}", "home": home}

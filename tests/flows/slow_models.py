@@ -15,7 +15,7 @@ class Slow(nn.Module):
         self.inner = inner
         self.seconds = seconds
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         time.sleep(self.seconds)
         return self.inner(x)
 

@@ -83,7 +83,8 @@ def test_reference_cache_is_complete_and_matches_dataset(reference_cache: Path, 
     import torch
 
     versions = reader.manifest.library_versions
-    assert versions["torch"] == torch.__version__ and "zarr" in versions
+    assert versions["torch"] == torch.__version__
+    assert "zarr" in versions
     assert reader.manifest.producer.startswith("prefect flow run ")
 
 
@@ -101,8 +102,9 @@ def test_local_dask_cluster_gives_the_same_cache(reference_cache: Path, tiny_ima
     out = tmp_path / "cache"
     # gpus_per_task: each task needs a 'GPU' resource, which each local worker advertises
     # (only a label on CPU: a task with an unmet restriction would never run).
-    cache_teacher(make_config(tiny_imagefolder, out, task_runner="dask", dask_workers=2,
-                              gpus_per_task=1))
+    cache_teacher(
+        make_config(tiny_imagefolder, out, task_runner="dask", dask_workers=2, gpus_per_task=1)
+    )
     assert_same_cache(reference_cache, out)
 
 
@@ -111,8 +113,13 @@ def test_rerun_with_another_manifest_is_refused(reference_cache: Path, tiny_imag
 
     before = {p: p.stat().st_mtime_ns for p in reference_cache.rglob("*") if p.is_file()}
     with pytest.raises(storage.ManifestMismatchError, match="views"):
-        cache_teacher(make_config(tiny_imagefolder, reference_cache, views={
-            "mode": "replay", "num_views": 3, "seed": 3}))
+        cache_teacher(
+            make_config(
+                tiny_imagefolder,
+                reference_cache,
+                views={"mode": "replay", "num_views": 3, "seed": 3},
+            )
+        )
     after = {p: p.stat().st_mtime_ns for p in reference_cache.rglob("*") if p.is_file()}
     assert before == after
 
@@ -151,7 +158,10 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_imagefolder, tmp_path):
     env.pop("PREFECT_API_URL", None)  # the child runs on its own temporary server
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "cache", "--config", str(config_file)],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     total = 2 * 12
     deadline = time.monotonic() + 240
@@ -196,7 +206,8 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     bad_index = list(reader.keys).index("cup/zz_corrupt.jpg")
     assert reader.bad_mask()[:, bad_index].all()
     kept = good_indices(reader.bad_mask(), reader.num_samples)
-    assert bad_index not in kept and len(kept) == reader.num_samples - 1
+    assert bad_index not in kept
+    assert len(kept) == reader.num_samples - 1
     # `pld inspect` tells a user before training what the run will skip.
     assert (
         "bad        1 sample(s) could not be decoded and are skipped by training: "
@@ -204,7 +215,9 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     )
 
 
-def test_replay_check_fails_when_cached_outputs_were_altered(reference_cache: Path, tiny_imagefolder, tmp_path):
+def test_replay_check_fails_when_cached_outputs_were_altered(
+    reference_cache: Path, tiny_imagefolder, tmp_path
+):
     """Shift every cached log-prob of view 0 by -0.5 nats (still a valid cache): the check,
     recomputing the teacher, must notice and name the error."""
     import shutil
@@ -222,5 +235,6 @@ def test_replay_check_fails_when_cached_outputs_were_altered(reference_cache: Pa
     with pytest.raises(ReplayCheckError, match=r"differ by up to 0\.5"):
         cache_build.replay_check(config, seed=0)
     # The untouched cache passes the same check.
-    assert cache_build.replay_check(make_config(tiny_imagefolder, reference_cache,
-                                                replay_check_samples=12)).passed
+    assert cache_build.replay_check(
+        make_config(tiny_imagefolder, reference_cache, replay_check_samples=12)
+    ).passed

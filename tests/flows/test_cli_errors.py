@@ -217,14 +217,18 @@ def batch_too_large(w: World, tmp: Path) -> list[str]:
 def sweep_uncached_temperature(w: World, tmp: Path) -> list[str]:
     base = w.train_config(tmp)
     grid = {"loss.name": ["kd"], "loss.temperature": [1.0, 3.0]}
-    config = write_yaml(tmp / "sweep.yaml", {"base": base, "grid": grid, "sweep_dir": str(tmp / "s")})
+    config = write_yaml(
+        tmp / "sweep.yaml", {"base": base, "grid": grid, "sweep_dir": str(tmp / "s")}
+    )
     return ["sweep", "--config", str(config)]
 
 
 def sweep_bad_grid_key(w: World, tmp: Path) -> list[str]:
     base = w.train_config(tmp)
     grid = {"loss.nam": ["kd", "pld"]}
-    config = write_yaml(tmp / "sweep.yaml", {"base": base, "grid": grid, "sweep_dir": str(tmp / "s")})
+    config = write_yaml(
+        tmp / "sweep.yaml", {"base": base, "grid": grid, "sweep_dir": str(tmp / "s")}
+    )
     return ["sweep", "--config", str(config)]
 
 
@@ -381,13 +385,17 @@ def test_an_error_inside_a_run_is_one_line_and_prefect_keeps_the_traceback(world
     failed_before = failed_runs(server["url"])
     env = dict(world.env, PREFECT_API_URL=server["url"])
     result = run_pld(args, tmp_path, env, timeout=600)
-    assert_one_error_line(result.returncode, result.stderr, "train", "topk_logp/c/0/1/0 cannot be decoded")
+    assert_one_error_line(
+        result.returncode, result.stderr, "train", "topk_logp/c/0/1/0 cannot be decoded"
+    )
     after = file_hashes(world.root, tmp_path)
     assert {path: after.get(path) for path in before} == before  # only new files (run/)
     new_runs = sorted(failed_runs(server["url"]) - failed_before)
     assert len(new_runs) == 1
     logs = api(server["url"], "/logs/filter", {"logs": {"flow_run_id": {"any_": new_runs}}})
-    tracebacks = [log["message"] for log in logs if "Traceback (most recent call last)" in log["message"]]
+    tracebacks = [
+        log["message"] for log in logs if "Traceback (most recent call last)" in log["message"]
+    ]
     assert any("CorruptChunkError" in text for text in tracebacks), [log["message"] for log in logs]
 
 
@@ -395,7 +403,11 @@ def failed_runs(url: str) -> set[str]:
     """Ids of the server's failed train-student flow runs."""
     body = {"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}}
     flows = {f["id"]: f["name"] for f in api(url, "/flows/filter", {})}
-    return {r["id"] for r in api(url, "/flow_runs/filter", body) if flows[r["flow_id"]] == "train-student"}
+    return {
+        r["id"]
+        for r in api(url, "/flow_runs/filter", body)
+        if flows[r["flow_id"]] == "train-student"
+    }
 
 
 @pytest.mark.slow
@@ -458,4 +470,6 @@ def test_a_config_error_imports_no_torch_and_no_prefect(world, tmp_path):
         text=True, timeout=120,
     )  # fmt: skip
     assert out.stdout.strip() == "2 []", out.stdout + out.stderr
-    assert out.stderr.strip().endswith("epochs: Input should be greater than 0 (got 0); fix these fields and retry.")
+    assert out.stderr.strip().endswith(
+        "epochs: Input should be greater than 0 (got 0); fix these fields and retry."
+    )

@@ -82,7 +82,8 @@ def test_probe_reports_a_shadowing_package(tmp_path):
 
     found = json.loads(out.stdout)
     assert "another package of that name" in found["storage"]["error"]
-    assert found["pld_pipeline"]["error"] is None and found["flows"]["error"] is None
+    assert found["pld_pipeline"]["error"] is None
+    assert found["flows"]["error"] is None
     assert worker_probe.probe_project_imports()["storage"]["error"] is None  # this process
 
 
@@ -96,6 +97,7 @@ def test_a_worker_that_imports_the_project_passes_the_probe():
 
 def test_a_shadowed_worker_is_refused(monkeypatch):
     """The probe's answer for a worker that resolves `storage` elsewhere becomes the error."""
+
     def fake_probe():
         return {"storage": {"file": None, "error": "'storage' resolves to a namespace folder (/w/storage), not this project"},
                 "pld_pipeline": {"file": "x", "error": None}, "flows": {"file": "y", "error": None},
@@ -105,6 +107,9 @@ def test_a_shadowed_worker_is_refused(monkeypatch):
     with (
         distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
         ClusterWatch(cluster.scheduler_address, lost_workers_timeout=5) as watch,
-        pytest.raises(WorkerEnvironmentError, match=r"cannot import this project: 'storage' resolves to a namespace folder \(/w/storage\).*install pld-pipeline"),
+        pytest.raises(
+            WorkerEnvironmentError,
+            match=r"cannot import this project: 'storage' resolves to a namespace folder \(/w/storage\).*install pld-pipeline",
+        ),
     ):
         watch.check()

@@ -22,7 +22,8 @@ def test_every_flow_gets_a_deployment_and_schedules_apply(tmp_path):
     crons = {name: [s.schedule.cron for s in d.schedules] for name, d in deployments.items()}
     assert crons["cache-teacher"] == ["0 2 * * 0"]
     assert crons["sweep"] == ["30 3 * * *"]
-    assert crons["demo"] == [] and crons["train-student"] == []
+    assert crons["demo"] == []
+    assert crons["train-student"] == []
     assert deployments["cache-teacher"].parameters["config"]["output"] == "/caches/r50"
     # The flow docstring is the deployment's description in the UI.
     assert "teacher" in deployments["cache-teacher"].description.lower()
@@ -34,12 +35,16 @@ def test_every_flow_gets_a_deployment_and_schedules_apply(tmp_path):
     schema = parameter_schema(train_student.fn).model_dump()
     assert list(schema["properties"]) == ["config"]
     fields = schema["definitions"]["TrainConfig"]["properties"]
-    assert "peak learning rate" in schema["definitions"]["OptimConfig"]["properties"]["lr"]["description"]
-    assert fields["loss"] and fields["epochs"]["description"]
+    assert (
+        "peak learning rate"
+        in schema["definitions"]["OptimConfig"]["properties"]["lr"]["description"]
+    )
+    assert fields["loss"]
+    assert fields["epochs"]["description"]
 
 
 @pytest.mark.parametrize(
-    "text, fragment",
+    ("text", "fragment"),
     [
         ("nonsense:\n  cron: '* * * * *'\n", "names deployment 'nonsense'"),
         ("sweep:\n  cronn: '* * * * *'\n", "must be a mapping with keys"),
@@ -67,4 +72,3 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "oops"]) == 2
     assert "not of the form key=value" in capsys.readouterr().err
-

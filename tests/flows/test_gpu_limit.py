@@ -22,10 +22,12 @@ def test_a_slot_is_held_once_per_context_released_after_and_never_taken_on_cpu(m
     assert ensure_gpu_limit("gpu-slot-test", 2) == 2
     monkeypatch.setenv(TAKE_ON_CPU_ENV, "1")  # CPU work asks for the limit as CUDA work would
     with gpu_slot("gpu-slot-test", "cpu", "outer") as held:
-        assert held and active_slots("gpu-slot-test") == 1
+        assert held
+        assert active_slots("gpu-slot-test") == 1
         # A student run's task inside its flow's slot does not take a second one.
         with gpu_slot("gpu-slot-test", "cpu", "inner") as again:
-            assert not again and active_slots("gpu-slot-test") == 1
+            assert not again
+            assert active_slots("gpu-slot-test") == 1
     assert active_slots("gpu-slot-test") == 0
     with (  # noqa: PT012 - released on errors too
         pytest.raises(RuntimeError, match="boom"),
@@ -46,7 +48,8 @@ def test_a_slot_is_held_once_per_context_released_after_and_never_taken_on_cpu(m
         assert not held
     monkeypatch.delenv(TAKE_ON_CPU_ENV)
     with gpu_slot("gpu-slot-test", "cpu", "plain CPU work") as held:
-        assert not held and active_slots("gpu-slot-test") == 0
+        assert not held
+        assert active_slots("gpu-slot-test") == 0
 
 
 def test_serve_creates_a_missing_limit_and_keeps_slots_set_elsewhere():
@@ -57,7 +60,9 @@ def test_serve_creates_a_missing_limit_and_keeps_slots_set_elsewhere():
 
     assert ensure_gpu_limit("gpu-serve-test") == max(1, visible_gpu_count())
     with get_client(sync_client=True) as client:  # someone sets 5 slots in the UI
-        client.update_global_concurrency_limit("gpu-serve-test", GlobalConcurrencyLimitUpdate(limit=5))
+        client.update_global_concurrency_limit(
+            "gpu-serve-test", GlobalConcurrencyLimitUpdate(limit=5)
+        )
     assert ensure_gpu_limit("gpu-serve-test") == 5  # kept: no slots asked for
     assert ensure_gpu_limit("gpu-serve-test", 3) == 3  # `pld serve --gpu-slots 3`
     with get_client(sync_client=True) as client:

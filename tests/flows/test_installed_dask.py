@@ -61,7 +61,9 @@ def prefect_server(work: Path):
 def test_local_dask_cluster_from_the_cli_equals_threads(work, tiny_imagefolder, reference):
     out = work / "local-dask.zarr"
     config = write_yaml(work / "local.yaml", cache_config(tiny_imagefolder, str(out)))
-    result = run_pld(["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work))
+    result = run_pld(
+        ["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same_arrays(arrays_of(str(out)), reference)
 
@@ -91,7 +93,9 @@ def test_readme_multi_machine_recipe(work, tiny_imagefolder, reference, prefect_
     assert len(shards) == 6, sorted(r["name"] for r in runs)
 
 
-def test_a_killed_worker_s_shard_is_retried_elsewhere(work, tiny_imagefolder, reference, prefect_server):
+def test_a_killed_worker_s_shard_is_retried_elsewhere(
+    work, tiny_imagefolder, reference, prefect_server
+):
     """SIGKILL one worker's process group mid-pass: the pass finishes, identical cache, and the
     retry shows in the flow run's logs (what the UI shows)."""
     teacher_dir = write_user_teacher(work / "user-code")
@@ -121,7 +125,8 @@ def test_a_killed_worker_s_shard_is_retried_elsewhere(work, tiny_imagefolder, re
                {"logs": {"level": {"ge_": 30}}, "sort": "TIMESTAMP_DESC", "limit": 200})  # fmt: skip
     messages = [entry["message"] for entry in logs]
     retried = [m for m in messages if "doomed" in m and "was lost with this shard assigned" in m]
-    assert retried and all("retrying on another worker" in m for m in retried), messages
+    assert retried, messages
+    assert all("retrying on another worker" in m for m in retried), messages
     # The retry is in the flow run's logs, which the UI shows. The AwaitingRetry state the
     # flow also sets on the shard's task run is best effort: under load the server dropped
     # it once (busy SQLite), so it is not asserted here.
@@ -153,7 +158,8 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(work, tiny_imag
         assert pld.popen.returncode == 2, output[-4000:]
         errors = [line for line in output.splitlines() if line.startswith("pld cache: error:")]
         assert len(errors) == 1, output[-4000:]
-        assert "all 2 Dask workers were lost" in errors[0] and "rerun the same command" in errors[0]
+        assert "all 2 Dask workers were lost" in errors[0]
+        assert "rerun the same command" in errors[0]
         assert bound <= waited < bound + 120
         assert written < 12, "the pass finished before the kill; nothing was tested"
         assert done_count(str(out)) >= written  # done bits already written stay
@@ -191,7 +197,8 @@ def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefo
     assert result.returncode == 2, result.stderr[-4000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("pld cache: error:")]
     assert len(errors) == 1, result.stderr[-4000:]
-    assert "cannot import this project" in errors[0] and str(shadow) in errors[0]
+    assert "cannot import this project" in errors[0]
+    assert str(shadow) in errors[0]
     assert "install pld-pipeline" in errors[0]
     assert time.monotonic() - started < 200
     assert done_count(str(out)) == 0
@@ -242,4 +249,5 @@ def test_an_unreachable_scheduler_is_one_error(work, tiny_imagefolder):
                       f"tcp://127.0.0.1:{free_port()}"], work, user_env(work), timeout=300)  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("pld cache: error:")]
-    assert len(errors) == 1 and "cannot reach the Dask scheduler" in errors[0], result.stderr[-3000:]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "cannot reach the Dask scheduler" in errors[0], result.stderr[-3000:]

@@ -161,19 +161,28 @@ def test_a_served_deployment_runs_from_a_shadowed_folder(tmp_path, tiny_imagefol
     cwd = shadowed_folder(tmp_path / "serve-cwd")
     served = start("pld-serve", [str(BIN / "pld"), "serve"], cwd, env)
     try:
+
         def deployment_id() -> str | None:
-            found = api(url, "/deployments/filter", {"deployments": {"name": {"any_": ["cache-teacher"]}}})
+            found = api(
+                url, "/deployments/filter", {"deployments": {"name": {"any_": ["cache-teacher"]}}}
+            )
             return found[0]["id"] if found else None
 
         wait_until(lambda: deployment_id() is not None, 600, "the served deployments", served)
         out = tmp_path / "served.zarr"
         config = cache_config(tiny_imagefolder, str(out), replay_check_samples=0)
-        run = api(url, f"/deployments/{deployment_id()}/create_flow_run", {"parameters": {"config": config}})
+        run = api(
+            url,
+            f"/deployments/{deployment_id()}/create_flow_run",
+            {"parameters": {"config": config}},
+        )
 
         def state() -> str:
             return api(url, f"/flow_runs/{run['id']}", method="GET")["state_type"]
 
-        wait_until(lambda: state() in ("COMPLETED", "FAILED", "CRASHED"), 600, "the served run", served)
+        wait_until(
+            lambda: state() in ("COMPLETED", "FAILED", "CRASHED"), 600, "the served run", served
+        )
         assert state() == "COMPLETED", served.output()[-4000:]
         assert (out / "zarr.json").is_file()
     finally:

@@ -65,7 +65,9 @@ def test_local_dask_cluster_to_s3_with_storage_options(work, tiny_imagefolder, s
     url = s3.url("dask")
     data = cache_config(tiny_imagefolder, url, storage_options=s3.storage_options)
     config = write_yaml(work / "dask.yaml", data)
-    result = run_pld(["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work))
+    result = run_pld(
+        ["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same_arrays(arrays_of(url, s3.storage_options), local_reference)
 
@@ -90,7 +92,8 @@ def test_inspect_and_train_from_s3(work, tiny_imagefolder, s3, s3_cache):
     env = user_env(work, **s3.env)
     shown = run_pld(["inspect", s3_cache], work, env)
     assert shown.returncode == 0, shown.stderr[-4000:]
-    assert s3_cache in shown.stdout and "12" in shown.stdout
+    assert s3_cache in shown.stdout
+    assert "12" in shown.stdout
     run_dir = work / "student"
     train = {
         "cache": s3_cache, "dataset_root": str(tiny_imagefolder), "val_root": str(tiny_imagefolder),
@@ -101,8 +104,10 @@ def test_inspect_and_train_from_s3(work, tiny_imagefolder, s3, s3_cache):
     result = run_pld(["train", "--config", str(write_yaml(work / "train.yaml", train))], work, env)
     assert result.returncode == 0, result.stderr[-4000:]
     outcome = json.loads((run_dir / "result.json").read_text())
-    assert outcome["cache"] == s3_cache and outcome["epochs"] == 2
-    assert len(outcome["history"]) == 2 and outcome["distinct_views"] == 2
+    assert outcome["cache"] == s3_cache
+    assert outcome["epochs"] == 2
+    assert len(outcome["history"]) == 2
+    assert outcome["distinct_views"] == 2
 
 
 def test_deleted_chunk_object_is_named(work, tiny_imagefolder, s3):
@@ -116,7 +121,8 @@ def test_deleted_chunk_object_is_named(work, tiny_imagefolder, s3):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("pld inspect: error:")]
     assert len(lines) == 1, result.stderr[-3000:]
-    assert "topk_logp/c/1/2/0" in lines[0] and "view 1 shard 2" in lines[0]
+    assert "topk_logp/c/1/2/0" in lines[0]
+    assert "view 1 shard 2" in lines[0]
 
 
 def test_unreachable_endpoint_is_one_clear_error(work, s3):
@@ -127,4 +133,5 @@ def test_unreachable_endpoint_is_one_clear_error(work, s3):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("pld inspect: error:")]
     assert len(lines) == 1, result.stderr[-3000:]
-    assert "cannot reach" in lines[0] and "AWS_ENDPOINT_URL" in lines[0]
+    assert "cannot reach" in lines[0]
+    assert "AWS_ENDPOINT_URL" in lines[0]

@@ -81,7 +81,7 @@ def finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str]:
     return proc.returncode, out + err
 
 
-def wait_for(what: str, probe, timeout: float = 240, every: float = 2):  # noqa: ANN001
+def wait_for(what: str, probe, timeout: float = 240, every: float = 2):
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -159,13 +159,16 @@ def served(server, env, workdir, tiny_imagefolder):
 def weekly_cache(served, env, workdir, tiny_imagefolder) -> dict:
     """`pld cache` into workdir/weekly-{date} (the date placeholder a weekly schedule uses)."""
     config = workdir / "cache.yaml"
-    config.write_text(yaml.safe_dump(cache_config(tiny_imagefolder, str(workdir / "weekly-{date}"))))
+    config.write_text(
+        yaml.safe_dump(cache_config(tiny_imagefolder, str(workdir / "weekly-{date}")))
+    )
     dates = {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")}
     code, out = finish(pld(env, "cache", "--config", str(config)))
     dates.add(dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"))
     assert code == 0, out[-4000:]
     made = sorted(workdir.glob("weekly-*"))
-    assert len(made) == 1 and made[0].name in {f"weekly-{d}" for d in dates}, made
+    assert len(made) == 1, made
+    assert made[0].name in {f"weekly-{d}" for d in dates}, made
     return {"path": made[0], "config": cache_config(tiny_imagefolder, str(made[0]))}
 
 
@@ -317,9 +320,12 @@ def test_timed_out_shard_fails_with_the_documented_message_and_resumes(
 def test_ui_shows_the_trigger_automation(server, served, tmp_path):
     (automation,) = served["automations"]
     shot = tmp_path / "automation.png"
-    dom = chromium(f"{server['ui']}/automations/automation/{automation['id']}", tmp_path / "chrome", shot)
+    dom = chromium(
+        f"{server['ui']}/automations/automation/{automation['id']}", tmp_path / "chrome", shot
+    )
     assert "sweep-on-new-cache" in dom, dom[-2000:]
     assert "pld.cache.finalized" in dom
-    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert shot.is_file()
+    assert shot.stat().st_size > 10_000
     if os.environ.get("PLD_SCREENSHOT_DIR"):
         shutil.copy(shot, Path(os.environ["PLD_SCREENSHOT_DIR"]) / "ui-trigger.png")

@@ -36,13 +36,15 @@ def test_report_prints_sweeps_side_by_side_with_the_rule(tmp_path):
     done = pld("report", str(a), str(b))
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert f"A: {a} (6 runs)" in out and f"B: {b} (6 runs)" in out
+    assert f"A: {a} (6 runs)" in out
+    assert f"B: {b} (6 runs)" in out
     # One table per figure. Final top-1: kd equal; pld +2.0 > 0.5 + 0.5 (its stds): marked.
     block = out.split("final top-1 (%)")[1].split("\n\n")[0]
     rows = {line.split()[0]: line.split() for line in block.splitlines() if "=" in line}
     assert rows["loss.name=kd"][-1] == "+0.00"
     assert rows["loss.name=pld"][-2:] == ["+2.00", "*"]
-    assert "85.00 ± 0.50 (3)" in block and "87.00 ± 0.50 (3)" in block
+    assert "85.00 ± 0.50 (3)" in block
+    assert "87.00 ± 0.50 (3)" in block
     assert DIFFERENCE_RULE in out.replace("\n", " ")
 
 
@@ -62,5 +64,6 @@ def test_report_errors_are_one_line_with_the_fix(tmp_path):
     assert "pld report: error: No summary.json" in done.stderr
     a = sweep_dir(tmp_path / "a", 0.0)
     done = pld("report", str(a), "--baseline", "loss.name=ce")
-    assert done.returncode == 2 and "not a grid point" in done.stderr
+    assert done.returncode == 2
+    assert "not a grid point" in done.stderr
     assert "loss.name=kd, loss.name=pld" in done.stderr

@@ -54,7 +54,9 @@ def test_train_student_never_builds_the_teacher(tiny_cache, tiny_imagefolder, tm
     cache_build._teacher.cache_clear()  # a fresh process would have no teacher either
     slow_models.BUILT.clear()
     run_dir = tmp_path / "run"
-    result = train_student(TrainConfig.model_validate(train_config(tiny_cache, tiny_imagefolder, run_dir)))
+    result = train_student(
+        TrainConfig.model_validate(train_config(tiny_cache, tiny_imagefolder, run_dir))
+    )
     assert slow_models.BUILT == []
     assert result["distinct_views"] == 2
     assert result["mean_dropped_weight"] is not None
@@ -64,7 +66,9 @@ def test_train_student_never_builds_the_teacher(tiny_cache, tiny_imagefolder, tm
     assert "student-result-run" in artifact_keys()
 
 
-def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_imagefolder, tmp_path):
+def test_sweep_writes_table_and_plot_then_skips_finished_runs(
+    tiny_cache, tiny_imagefolder, tmp_path
+):
     from flows.sweep import sweep
     from pld_pipeline.configs.train import SweepConfig
 
@@ -82,24 +86,29 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_i
     assert [g["name"] for g in summary["groups"]] == ["loss.name=ce", "loss.name=pld"]
     for group in summary["groups"]:
         mine = [r for r in rows if r["loss.name"] == group["point"]["loss.name"]]
-        assert group["seeds"] == [0, 1] and group["runs"] == [r["run"] for r in mine]
+        assert group["seeds"] == [0, 1]
+        assert group["runs"] == [r["run"] for r in mine]
         for metric in ("best_top1", "final_top1", "final_nll", "final_ece"):
             values = [r[metric] for r in mine]
             stats = group["stats"][metric]
-            assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(values) / 2)
+            assert stats["n"] == 2
+            assert stats["mean"] == pytest.approx(sum(values) / 2)
             assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
             assert (stats["min"], stats["max"]) == (min(values), max(values))
     assert "`loss.name=pld`" in (tmp_path / "sweep" / "summary.md").read_text()
     png = tmp_path / "sweep" / "summary.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"sweep-results", "sweep-summary", "sweep-plot"} <= artifact_keys()
-    stamps = {r["run"]: (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns
-              for r in rows}
+    stamps = {
+        r["run"]: (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns for r in rows
+    }
     again = sweep(config)
     assert all(r["status"].startswith("skipped") for r in again)
     assert [r["best_top1"] for r in again] == [r["best_top1"] for r in rows]
     for r in again:
-        assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[r["run"]]
+        assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[
+            r["run"]
+        ]
     # The same sweep_dir with another base config: refused, old results untouched.
     from pld_pipeline.checkpoint import CheckpointError
 
@@ -107,7 +116,9 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(tiny_cache, tiny_i
     with pytest.raises(CheckpointError, match="finished run of another config"):
         sweep(changed)
     for r in again:
-        assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[r["run"]]
+        assert (tmp_path / "sweep" / r["run"] / "result.json").stat().st_mtime_ns == stamps[
+            r["run"]
+        ]
 
 
 def test_sweep_refuses_results_of_another_cache(tiny_cache, tiny_imagefolder, tmp_path):
@@ -185,5 +196,7 @@ def test_student_run_timeout_fails_naming_the_run_and_resume_finishes(
     # Resuming is safe: the same run without the limit, resume=true, trains to the end.
     result = train_student(TrainConfig.model_validate(data | {"timeout_s": None, "resume": True}))
     assert result["epochs"] == 4
-    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [0, 1, 2, 3]

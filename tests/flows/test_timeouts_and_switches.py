@@ -26,9 +26,13 @@ def test_shard_time_limit_stops_work_in_the_main_thread_with_the_documented_mess
         busy(30)
     assert time.monotonic() - started < 20  # stopped, not run to the end
     message = str(info.value)
-    assert message.startswith("Shard 7 (views [0, 2]) of the teacher pass into /caches/c1 timed out")
-    assert "shard_timeout_s=0.3 s" in message and "Resuming is safe" in message
-    assert isinstance(info.value, TimeoutError) and isinstance(info.value, PLDError)
+    assert message.startswith(
+        "Shard 7 (views [0, 2]) of the teacher pass into /caches/c1 timed out"
+    )
+    assert "shard_timeout_s=0.3 s" in message
+    assert "Resuming is safe" in message
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, PLDError)
 
 
 def test_run_time_limit_stops_work_in_a_worker_thread():
@@ -47,10 +51,12 @@ def test_run_time_limit_stops_work_in_a_worker_thread():
     thread.start()
     thread.join(timeout=25)
     assert not thread.is_alive()
-    assert len(caught) == 1 and isinstance(caught[0], RunTimeoutError)
+    assert len(caught) == 1
+    assert isinstance(caught[0], RunTimeoutError)
     message = str(caught[0])
     assert message.startswith("Student run 'loss.name=pld' (/runs/s/loss.name=pld) timed out")
-    assert "timeout_s=0.3 s" in message and "resume=true" in message
+    assert "timeout_s=0.3 s" in message
+    assert "resume=true" in message
 
 
 def test_no_limit_and_the_works_own_timeout_errors_pass_through():
@@ -64,7 +70,7 @@ def test_no_limit_and_the_works_own_timeout_errors_pass_through():
 
 
 @pytest.mark.parametrize(
-    "output, scheduled, expected",
+    ("output", "scheduled", "expected"),
     [
         ("s3://caches/weekly-{date}", dt.datetime(2026, 11, 29, 2, 0, tzinfo=dt.UTC),
          "s3://caches/weekly-2026-11-29"),
@@ -86,7 +92,8 @@ def test_cuda_switch(monkeypatch):
     from flows.concurrency import TAKE_ON_CPU_ENV, uses_cuda
 
     monkeypatch.delenv(TAKE_ON_CPU_ENV, raising=False)
-    assert uses_cuda("cuda") and uses_cuda("cuda:1")
+    assert uses_cuda("cuda")
+    assert uses_cuda("cuda:1")
     assert not uses_cuda("cpu")
     assert uses_cuda("auto") == torch.cuda.is_available()
     monkeypatch.setenv(TAKE_ON_CPU_ENV, "1")

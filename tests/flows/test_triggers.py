@@ -38,7 +38,8 @@ def test_sweep_trigger_templates_the_cache_url_and_gives_each_cache_its_folder()
     assert {k: v for k, v in config["base"].items() if k != "cache"} == {
         k: v for k, v in BASE.items() if k != "cache"
     }
-    assert trigger.enabled and trigger.name == "sweep-on-new-cache"
+    assert trigger.enabled
+    assert trigger.name == "sweep-on-new-cache"
     # As an automation: one RunDeployment action with these parameters.
     trigger.set_deployment_id("00000000-0000-0000-0000-000000000001")
     automation = trigger.as_automation()
@@ -49,8 +50,9 @@ def test_sweep_trigger_templates_the_cache_url_and_gives_each_cache_its_folder()
 def test_trigger_overrides_merge_and_a_templated_folder_is_kept():
     from flows.triggers import make_trigger
 
-    entry = sweep_entry(parameters={"config": {"max_parallel": 3,
-                                               "sweep_dir": "/runs/{{ event.payload.teacher }}"}})
+    entry = sweep_entry(
+        parameters={"config": {"max_parallel": 3, "sweep_dir": "/runs/{{ event.payload.teacher }}"}}
+    )
     trigger = make_trigger("sweep", entry, "s.yaml")
     config = trigger.parameters["config"]
     assert config["max_parallel"] == 3
@@ -74,7 +76,7 @@ def test_train_student_trigger_and_local_cache_patterns_become_absolute(tmp_path
 
 
 @pytest.mark.parametrize(
-    "name, entry, fragment",
+    ("name", "entry", "fragment"),
     [
         ("cache-teacher", {"parameters": {"config": {}}, "trigger": {}}, "only sweep and train-student"),
         ("sweep", {"trigger": {"cache": "s3://c*"}}, "has a trigger but no `parameters"),

@@ -71,22 +71,27 @@ def test_rest_api_shows_flow_runs_task_runs_and_artifacts(server, demo_run):
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     keys = {a["key"] for a in api(server["url"], "/artifacts/filter", {"limit": 200})}
     assert {"cache-stats", "sweep-results", "sweep-plot", "demo-summary"} <= keys, keys
-    stats = api(server["url"], "/artifacts/filter",
-                {"artifacts": {"key": {"any_": ["cache-stats"]}}, "limit": 1})[0]
+    stats = api(
+        server["url"],
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["cache-stats"]}}, "limit": 1},
+    )[0]
     table = json.loads(stats["data"]) if isinstance(stats["data"], str) else stats["data"]
     assert table[-1]["replay_check"] == "passed"
 
 
 def test_ui_renders_the_demo_run(server, demo_run, tmp_path):
-    runs = api(server["url"], "/flow_runs/filter",
-               {"flows": {"name": {"any_": ["demo"]}}, "limit": 1})
+    runs = api(
+        server["url"], "/flow_runs/filter", {"flows": {"name": {"any_": ["demo"]}}, "limit": 1}
+    )
     run = runs[0]
     shot = tmp_path / "run.png"
     dom = chromium(f"{server['ui']}/runs/flow-run/{run['id']}", tmp_path / "chrome", shot)
     assert run["name"] in dom, dom[-2000:]
     assert "Completed" in dom
     assert "demo" in dom
-    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert shot.is_file()
+    assert shot.stat().st_size > 10_000
 
 
 def test_second_demo_reuses_teacher_cache_and_runs(server, demo_run):

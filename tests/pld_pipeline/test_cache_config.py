@@ -20,7 +20,7 @@ def test_defaults_and_descriptions() -> None:
 
 
 @pytest.mark.parametrize(
-    "change, fragment",
+    ("change", "fragment"),
     [
         ({"k": 0}, "greater than or equal to 1"),
         ({"temperatures": [2.0, 4.0]}, "must include 1.0"),

@@ -103,7 +103,8 @@ def test_cached_boxes_are_the_view_rng_boxes(teacher_pass_cache):
         for i in range(len(images)):
             img = images.load_rgb(i)
             crop, flip = sample_view("replay", 9, v, i, img.height, img.width)
-            assert tuple(slab.crop[i]) == crop and bool(slab.flip[i]) == flip
+            assert tuple(slab.crop[i]) == crop
+            assert bool(slab.flip[i]) == flip
 
 
 def test_student_size_replays_the_same_box(teacher_pass_cache):
@@ -113,9 +114,11 @@ def test_student_size_replays_the_same_box(teacher_pass_cache):
     data = ViewDataset(images, 20, teacher_size=SIZE)
     i = 4
     student, label, index, teacher = data[(i, (refs[i],))]
-    assert student.shape == (1, 3, 20, 20) and teacher.shape == (1, 3, SIZE, SIZE)
+    assert student.shape == (1, 3, 20, 20)
+    assert teacher.shape == (1, 3, SIZE, SIZE)
     student = student[0]
-    assert student.dtype == torch.uint8 and (label, index) == (int(images.labels[i]), i)
+    assert student.dtype == torch.uint8
+    assert (label, index) == (int(images.labels[i]), i)
     # Independent route: the box in source pixels, cropped and resized by PIL-free torch ops.
     top, left, h, w = (int(c) for c in slab.crop[i])
     src = torch.from_numpy(np.array(images.load_rgb(i))).permute(2, 0, 1)[
@@ -133,8 +136,10 @@ def test_gather_compact_targets_by_index(replay_cache):
     slab = storage.open_cache(replay_cache).load_view(1)
     idx = np.array([5, 0, 23, 5, 11])
     t = gather_targets(slab, idx, "compact")
-    assert isinstance(t, CachedTargets) and t.topk_idx.dtype == torch.int64
-    assert t.topk_logp.dtype == torch.float32 and t.lse.dtype == torch.float32
+    assert isinstance(t, CachedTargets)
+    assert t.topk_idx.dtype == torch.int64
+    assert t.topk_logp.dtype == torch.float32
+    assert t.lse.dtype == torch.float32
     np.testing.assert_array_equal(t.topk_idx.numpy(), slab.topk_idx[idx].astype(np.int64))
     np.testing.assert_array_equal(t.topk_logp.numpy(), slab.topk_logp[idx].astype(np.float32))
     np.testing.assert_array_equal(t.lse.numpy(), slab.lse[idx])
@@ -147,15 +152,18 @@ def test_top_k_truncates_at_load(replay_cache):
     full, cut = reader.load_view(0), reader.load_view(0, k=2)
     idx = np.arange(24)
     a, b = gather_targets(full, idx, "compact"), gather_targets(cut, idx, "compact")
-    assert b.k == 2 and torch.equal(b.topk_idx, a.topk_idx[:, :2])
-    assert torch.equal(b.topk_logp, a.topk_logp[:, :2]) and torch.equal(b.lse, a.lse)
+    assert b.k == 2
+    assert torch.equal(b.topk_idx, a.topk_idx[:, :2])
+    assert torch.equal(b.topk_logp, a.topk_logp[:, :2])
+    assert torch.equal(b.lse, a.lse)
 
 
 def test_full_cache_serves_dense_and_any_k(full_cache):
     reader = storage.open_cache(full_cache)
     idx = np.array([3, 1, 2])
     dense = gather_targets(reader.load_view(0), idx, "dense")
-    assert dense.shape == (3, 6) and dense.dtype == torch.float32
+    assert dense.shape == (3, 6)
+    assert dense.dtype == torch.float32
     z = dense.double()
     compact = gather_targets(reader.load_view(0, k=3), idx, "compact")
     assert torch.equal(compact.topk_idx, z.topk(3, dim=1).indices)
@@ -168,7 +176,8 @@ def test_shuffle_sampler_is_seeded_per_epoch_and_splits_like_one_process():
     one = ShuffleSampler(idx, seed=4)
     one.set_epoch(3)
     order = list(one)
-    assert sorted(order) == idx.tolist() and order == list(one)
+    assert sorted(order) == idx.tolist()
+    assert order == list(one)
     one.set_epoch(4)
     assert list(one) != order
     ranks = [ShuffleSampler(idx, seed=4, rank=r, world_size=2) for r in range(2)]
@@ -178,7 +187,8 @@ def test_shuffle_sampler_is_seeded_per_epoch_and_splits_like_one_process():
     assert len(r0) == len(r1) == 12 == len(ranks[0])
     # Step j of the 2-rank job sees the same samples as step j of one process at twice the batch.
     interleaved = [x for pair in zip(r0, r1, strict=True) for x in pair]
-    assert interleaved[:23] == order and interleaved[23] == order[0]  # padding wraps
+    assert interleaved[:23] == order
+    assert interleaved[23] == order[0]
 
 
 def test_epoch_view_sampler_attaches_views():
@@ -195,7 +205,9 @@ def test_epoch_view_sampler_attaches_views():
 
 
 def test_distinct_views_and_good_indices():
-    assert distinct_views(5, 2) == 2 and distinct_views(1, 4) == 1 and distinct_views(6, 4) == 4
+    assert distinct_views(5, 2) == 2
+    assert distinct_views(1, 4) == 1
+    assert distinct_views(6, 4) == 4
     bad = np.zeros((2, 5), bool)
     bad[1, 3] = True
     assert good_indices(bad, 5).tolist() == [0, 1, 2, 4]
@@ -222,11 +234,14 @@ def test_epoch_slabs_prefetch_next_view_and_reuse_a_single_view():
     slabs = EpochSlabs(reader, num_views=3, k=2)
     assert slabs.get(0) == ["slab0"]
     slabs.prefetch(1)
-    assert slabs.get(1) == ["slab1"] and reader.loads == [(0, 2)] and reader.prefetches == [(1, 2)]
+    assert slabs.get(1) == ["slab1"]
+    assert reader.loads == [(0, 2)]
+    assert reader.prefetches == [(1, 2)]
     assert slabs.get(4) == ["slab1"]  # view 4 mod 3 = 1: in memory, no read
     one = FakeReader()
     single = EpochSlabs(one, num_views=1, k=None)
     for epoch in range(3):
         single.get(epoch)
         single.prefetch(epoch + 1)
-    assert one.loads == [(0, None)] and one.prefetches == []
+    assert one.loads == [(0, None)]
+    assert one.prefetches == []

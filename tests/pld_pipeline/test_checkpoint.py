@@ -34,7 +34,8 @@ def test_round_trip_with_weights_only(tmp_path):
     path = tmp_path / "ck.pt"
     save_checkpoint(path, state)
     loaded = torch.load(path, weights_only=True)  # the strict loader must accept it
-    assert loaded["epoch"] == 3 and loaded["best"] == {"top1": 51.5, "epoch": 2}
+    assert loaded["epoch"] == 3
+    assert loaded["best"] == {"top1": 51.5, "epoch": 2}
     for k, v in model.state_dict().items():
         assert torch.equal(load_checkpoint(path)["model"][k], v)
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left

@@ -11,7 +11,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_readme_reference_is_current():
     text = README.read_text()
-    start = text.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
+    start = text.index("<!-- config-reference:start -->\n") + len(
+        "<!-- config-reference:start -->\n"
+    )
     end = text.index("<!-- config-reference:end -->")
     assert text[start:end] == markdown_reference(), (
         "README's configuration reference is stale: regenerate it with "

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from train_testlib import make_cache, train_config
 from PIL import Image
+from train_testlib import make_cache, train_config
 
 import storage
 from pld_pipeline.cached_dataset import SampledViews, ViewBatch, ViewDataset, collate_views
@@ -50,7 +50,8 @@ def test_nvjpeg_pixels_are_close_to_the_cpu_decoders():
     gpu = decoder.decode(files, range(len(files)))
     for data, image in zip(files, gpu, strict=True):
         cpu = decode_rgb_bytes(data, "x.jpg")
-        assert image.is_cuda and image.shape == cpu.shape
+        assert image.is_cuda
+        assert image.shape == cpu.shape
         diff = (image.cpu().int() - cpu.int()).abs().float()
         # Other IDCT and chroma upsampling: small differences, never a wrong image.
         assert float(diff.mean()) < 2.0, float(diff.mean())
@@ -73,7 +74,8 @@ def test_encoded_batches_decode_on_the_gpu_like_the_cpu_pipeline(tiny_imagefolde
     want = collate_views([ViewDataset(images, 32)[it] for it in items])
     enc = EncodedViewDataset(images, 32)
     got = GpuViewDecoder(CUDA, 32)(collate_encoded([enc[it] for it in items]))
-    assert got.images.is_cuda and torch.equal(got.index, want.index)
+    assert got.images.is_cuda
+    assert torch.equal(got.index, want.index)
     diff = (got.images.cpu().int() - want.images.int()).abs().float()
     assert float(diff.mean()) < 2.0
 
@@ -114,5 +116,6 @@ def test_fit_on_the_gpu_with_two_views_per_image(decode, tiny_imagefolder, tmp_p
     cfg = train_config(cache, tiny_imagefolder, tmp_path / "r", device="cuda", decode=decode,
                        views_per_image=2, batch_size=4, epochs=2, num_workers=2)  # fmt: skip
     r = fit(cfg)
-    assert r.samples_seen == 2 * 12 * 2 and all(h["nonfinite_steps"] == 0 for h in r.history)
+    assert r.samples_seen == 2 * 12 * 2
+    assert all(h["nonfinite_steps"] == 0 for h in r.history)
     assert np.isfinite([h["train_loss"] for h in r.history]).all()

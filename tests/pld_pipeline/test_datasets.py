@@ -26,7 +26,8 @@ def test_listing_matches_torchvision_imagefolder(tiny_imagefolder: Path) -> None
     )
     assert list(zip(data.keys, data.labels.tolist(), strict=True)) == expected
     assert data.classes == reference.classes == list(TINY_CLASSES)
-    assert data.keys == sorted(data.keys) and len(data) == 12
+    assert data.keys == sorted(data.keys)
+    assert len(data) == 12
     assert data.labels.dtype == np.int32
     assert data.sizes.tolist() == [os.stat(tiny_imagefolder / k).st_size for k in data.keys]
 
@@ -39,10 +40,12 @@ def test_every_mode_decodes_to_rgb(tiny_imagefolder: Path) -> None:
             modes.add(raw.mode)
             size = raw.size
         img = data.load_rgb(i)
-        assert img.mode == "RGB" and img.size == size, key
+        assert img.mode == "RGB", key
+        assert img.size == size, key
     assert {"L", "CMYK", "P", "RGBA", "RGB"} <= modes
     gray = np.asarray(data.load_rgb(data.keys.index("cat/chelsea_gray.png")))
-    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    assert np.array_equal(gray[..., 0], gray[..., 1])
+    assert np.array_equal(gray[..., 1], gray[..., 2])
 
 
 def test_cmyk_jpeg_keeps_its_colours(tiny_imagefolder: Path) -> None:
@@ -91,7 +94,8 @@ def test_imagenet_root_with_split(tmp_path: Path, tiny_imagefolder: Path) -> Non
         shutil.copytree(tiny_imagefolder, tmp_path / split)
     shutil.rmtree(tmp_path / "val" / "rocket")
     val = ImageFolderDataset(tmp_path, split="val")
-    assert val.root == tmp_path / "val" and val.classes == ["cat", "cup"]
+    assert val.root == tmp_path / "val"
+    assert val.classes == ["cat", "cup"]
     assert val.keys[0] == "cat/chelsea.jpg"
     with pytest.raises(DatasetNotFoundError, match="test"):
         ImageFolderDataset(tmp_path, split="test")
@@ -115,7 +119,8 @@ def test_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="holds no images"):
         ImageFolderDataset(tmp_path)
     data = ImageFolderDataset(tmp_path, allow_empty=True)
-    assert data.keys == ["a/x.png"] and data.classes == ["a", "b"]
+    assert data.keys == ["a/x.png"]
+    assert data.classes == ["a", "b"]
 
 
 @pytest.mark.skipif(not hasattr(storage, "fingerprint"), reason="storage.fingerprint not landed")

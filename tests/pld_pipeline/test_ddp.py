@@ -20,7 +20,9 @@ def test_single_process_context_without_torchrun(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     ctx = init_from_env()
-    assert ctx == DistContext() and ctx.is_main and not ctx.enabled
+    assert ctx == DistContext()
+    assert ctx.is_main
+    assert not ctx.enabled
     assert ctx.sum([1, 2.5], torch.device("cpu")) == [1.0, 2.5]
 
 
@@ -86,7 +88,8 @@ def test_two_gloo_ranks_match_one_process(
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
     for one, two in zip(single.history, result["history"], strict=True):
         assert two["samples"] == one["samples"] == 24 * m
-        assert two["steps"] == 3 * m == one["steps"] and two["views"] == one["views"]
+        assert two["steps"] == 3 * m == one["steps"]
+        assert two["views"] == one["views"]
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
         assert two["val_samples"] == one["val_samples"] == 9
         assert (two["val_top1"], two["val_top5"]) == (one["val_top1"], one["val_top5"])

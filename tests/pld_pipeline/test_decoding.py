@@ -52,7 +52,8 @@ def test_jpeg_pixels_equal_pils(photo, variant):
     img = _photo(photo).resize((500, 375), Image.BILINEAR)
     data = _jpeg_bytes(img, **VARIANTS[variant])
     ours = decode_rgb_bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8), "x.jpg")
-    assert ours.dtype == torch.uint8 and ours.shape == (3, 375, 500)
+    assert ours.dtype == torch.uint8
+    assert ours.shape == (3, 375, 500)
     np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), _pil_pixels(data))
 
 
@@ -80,7 +81,8 @@ def test_jpeg_header_reads_size_and_components(tmp_path: Path):
         assert jpeg_header(data) == (components, 77, 123)
     png = tmp_path / "x.png"
     Image.new("RGB", (5, 4)).save(png)
-    assert not is_jpeg(read_bytes(png)) and jpeg_header(read_bytes(png)) is None
+    assert not is_jpeg(read_bytes(png))
+    assert jpeg_header(read_bytes(png)) is None
     assert jpeg_header(torch.tensor([0xFF, 0xD8, 0xFF, 0xE0, 0, 2], dtype=torch.uint8)) is None
 
 

@@ -72,4 +72,6 @@ def test_a_perfectly_calibrated_bin_has_zero_error_and_top5_clips_to_the_class_c
 
 def test_empty_evaluation_is_nan_not_an_error():
     got = eval_metrics.finish(eval_metrics.new_sums())
-    assert got["samples"] == 0 and math.isnan(got["ece"]) and math.isnan(got["top1"])
+    assert got["samples"] == 0
+    assert math.isnan(got["ece"])
+    assert math.isnan(got["top1"])

@@ -35,7 +35,8 @@ def source(tmp_path):
 
 def test_read_idx_roundtrip(source):
     images = read_idx(source / "train-images-idx3-ubyte.gz")
-    assert images.shape == (40, 28, 28) and images.dtype == np.uint8
+    assert images.shape == (40, 28, 28)
+    assert images.dtype == np.uint8
     assert list(read_idx(source / "train-labels-idx1-ubyte.gz")[:12]) == [
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]  # fmt: skip
 

@@ -17,8 +17,8 @@ import pytest
 import skimage.data
 import torch
 import torchvision.transforms.v2.functional as TF
-from train_testlib import make_cache
 from PIL import Image
+from train_testlib import make_cache
 
 import pld_pipeline.gpu_decode as gpu_decode
 import storage
@@ -45,7 +45,9 @@ def _photo(name: str, size=(500, 375)) -> torch.Tensor:
     return TF.pil_to_tensor(img)
 
 
-@pytest.mark.parametrize(("interpolation", "max_diff"), [("bilinear", 1), ("nearest", 0), ("bicubic", 2)])
+@pytest.mark.parametrize(
+    ("interpolation", "max_diff"), [("bilinear", 1), ("nearest", 0), ("bicubic", 2)]
+)
 def test_float_replay_is_within_rounding_of_replay_view(interpolation, max_diff):
     differing = total = 0
     for photo in ("coffee", "astronaut", "rocket"):
@@ -56,7 +58,8 @@ def test_float_replay_is_within_rounding_of_replay_view(interpolation, max_diff)
             for size in (112, 24, 240):  # down- and upscaling
                 a = replay_view(pixels, crop, flip, size, interpolation)
                 b = replay_view_float(image, crop, flip, size, interpolation)
-                assert a.shape == b.shape == (3, size, size) and b.dtype == torch.uint8
+                assert a.shape == b.shape == (3, size, size)
+                assert b.dtype == torch.uint8
                 diff = (a.int() - b.int()).abs()
                 assert int(diff.max()) <= max_diff, (photo, i, size)
                 differing += int((diff > 1).sum())
@@ -88,11 +91,13 @@ def test_decoder_gives_the_cpu_pipelines_views(tiny_imagefolder, mixed_cache):
     assert on_worker == {k for k in images.keys if not k.endswith(".jpg")} | {"cup/coffee_cmyk.jpg"}
     want = collate_views([cpu[item] for item in items])
     got = GpuViewDecoder(CPU, 20, teacher_size=12)(collate_encoded(encoded))
-    assert torch.equal(got.index, want.index) and torch.equal(got.slot, want.slot)
+    assert torch.equal(got.index, want.index)
+    assert torch.equal(got.slot, want.slot)
     assert torch.equal(got.labels, want.labels)
     for name in ("images", "teacher_images"):
         a, b = getattr(got, name), getattr(want, name)
-        assert a.shape == b.shape and a.dtype == torch.uint8
+        assert a.shape == b.shape
+        assert a.dtype == torch.uint8
         assert int((a.int() - b.int()).abs().max()) <= 1
     rows_done_on_worker = torch.tensor([images.keys[i] in on_worker for i in want.index.tolist()])
     assert torch.equal(got.images[rows_done_on_worker], want.images[rows_done_on_worker])
@@ -122,7 +127,8 @@ def test_a_file_the_decoder_refuses_is_decoded_on_the_cpu(
     decoder = GpuViewDecoder(CPU, 20)
     with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
         got = decoder(batch)
-    assert decoder.cpu_fallbacks == 1 and f"sample {refused}" in caplog.text
+    assert decoder.cpu_fallbacks == 1
+    assert f"sample {refused}" in caplog.text
     want = collate_views([ViewDataset(images, 20)[item] for item in items])
     assert int((got.images.int() - want.images.int()).abs().max()) <= 1
 
@@ -136,7 +142,8 @@ def test_device_batches_decode_ahead_in_order_and_pass_errors_on(tiny_imagefolde
     ahead = list(DeviceBatches(decoder, ahead=2)(iter(batches)))
     assert len(ahead) == 4
     for a, b in zip(ahead, direct, strict=True):
-        assert torch.equal(a.images, b.images) and torch.equal(a.index, b.index)
+        assert torch.equal(a.images, b.images)
+        assert torch.equal(a.index, b.index)
 
     def failing():
         yield batches[0]
@@ -163,6 +170,7 @@ def test_collated_encoded_rows_are_image_major():
                                    crops, torch.zeros(3, dtype=torch.bool), 2, 9)  # fmt: skip
     other = item._replace(label=1, index=4)
     batch = collate_encoded([item, other])
-    assert batch.index.tolist() == [9, 9, 9, 4, 4, 4] and batch.labels.tolist() == [2] * 3 + [1] * 3
+    assert batch.index.tolist() == [9, 9, 9, 4, 4, 4]
+    assert batch.labels.tolist() == [2] * 3 + [1] * 3
     assert batch.slot.tolist() == [0, 1, 2] * 2
     assert np.array_equal(GpuViewDecoder(CPU, 4)(batch).images.numpy(), np.zeros((6, 3, 4, 4)))

@@ -62,7 +62,8 @@ def test_the_right_class_list_passes(color_folder: Path, tmp_path: Path) -> None
     report = run_pass(cache_config(color_folder, out, IN_ORDER))
     check = report["label_check"]
     assert check["top1"] == pytest.approx(agreement_by_hand(out), abs=1e-12)
-    assert check["top1"] > 0.9 and not check["flagged"]
+    assert check["top1"] > 0.9
+    assert not check["flagged"]
     assert check["min_agreement"] == pytest.approx(2 / 3)  # C = 3: halfway from chance to 1
     assert check["records"] == 2 * 24
     cache_build.require_label_agreement(report)  # no error
@@ -112,7 +113,8 @@ def test_a_rerun_with_a_lower_threshold_accepts_the_cache(
     plan = cache_build.prepare_cache(config)  # the threshold is not part of the identity
     assert plan.todo == []
     report = cache_build.finalize_cache(config).as_dict()
-    assert not report["label_check"]["flagged"] and report["label_check"]["min_agreement"] == 0
+    assert not report["label_check"]["flagged"]
+    assert report["label_check"]["min_agreement"] == 0
     assert not storage.open_cache(str(copy)).manifest.label_mismatch
 
 

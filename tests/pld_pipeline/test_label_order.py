@@ -36,7 +36,7 @@ def test_class_list_file_is_read_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "classes, fragment",
+    ("classes", "fragment"),
     [
         ([], "classes is empty"),
         (["blue", "green", "blue"], "names 'blue' twice \\(positions 0 and 2\\)"),
@@ -114,7 +114,7 @@ def test_guard_refuses_lists_of_another_length_and_too_many_folders(color_folder
 
 
 @pytest.mark.parametrize(
-    "num_classes, expected",
+    ("num_classes", "expected"),
     [(1000, 0.005), (100, 0.05), (10, 0.5), (9, 5 / 9), (5, 0.6), (3, 2 / 3), (2, 0.75)],
 )
 def test_default_min_agreement_is_five_times_chance(num_classes: int, expected: float) -> None:
@@ -162,12 +162,15 @@ def old_cache(tmp_path_factory: pytest.TempPathFactory, color_folder: Path) -> P
 def test_a_cache_written_before_class_lists_still_reads(old_cache: Path, color_folder: Path):
     reader = storage.open_cache(str(old_cache))
     m = reader.manifest
-    assert m.class_list is None and m.label_check is None and not m.label_mismatch
+    assert m.class_list is None
+    assert m.label_check is None
+    assert not m.label_mismatch
     assert m.to_dict() == _old_manifest(color_folder)
     images = ImageFolderDataset(color_folder)
     reader.validate(dataset_keys=images.keys, dataset_fingerprint=images.fingerprint())
     text = storage.inspect(str(old_cache))
-    assert "classes    not recorded" in text and "labels     not checked" in text
+    assert "classes    not recorded" in text
+    assert "labels     not checked" in text
     # A student run's identity of the cache is unchanged, so runs started before resume.
     by_hand = hashlib.sha256(
         json.dumps(_old_manifest(color_folder), sort_keys=True).encode()
@@ -193,15 +196,18 @@ def test_a_student_trains_from_a_cache_written_before_class_lists(
     by_hand = hashlib.sha256(
         json.dumps(_old_manifest(color_folder), sort_keys=True).encode()
     ).hexdigest()
-    assert result.epochs == 1 and result.manifest_hash == by_hand
+    assert result.epochs == 1
+    assert result.manifest_hash == by_hand
     # A run directory written before class lists (config.json without the new fields) resumes.
     stored = tmp_path / "run" / "config.json"
     config = json.loads(stored.read_text())
-    assert config.pop("classes") is None and config.pop("allow_label_mismatch") is False
+    assert config.pop("classes") is None
+    assert config.pop("allow_label_mismatch") is False
     stored.write_text(json.dumps(config))
     (tmp_path / "run" / "result.json").unlink()
     resumed = fit(train_config(old_cache, color_folder, tmp_path / "run", epochs=1, resume=True))
-    assert resumed.manifest_hash == by_hand and len(resumed.history) == 1
+    assert resumed.manifest_hash == by_hand
+    assert len(resumed.history) == 1
     # Recording a label check later (a finishing rerun) keeps the run's cache identity.
     before = manifest_hash(storage.open_cache(str(old_cache)).manifest)
     check = label_order.agreement_check(0.9, 48, 6, None)

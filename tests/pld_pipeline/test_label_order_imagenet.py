@@ -70,9 +70,11 @@ def test_a_class_list_gives_the_teacher_indices(wnid_photos: Path, tmp_path: Pat
     np.testing.assert_allclose(group["gt_logit"][0], ref[np.arange(len(keys)), labels],
                                rtol=1e-3, atol=1e-3)  # fmt: skip
     # The teacher agrees with labels it can now read: far above 5x chance (0.005).
-    assert report["label_check"]["top1"] >= 0.5 and not report["label_check"]["flagged"]
+    assert report["label_check"]["top1"] >= 0.5
+    assert not report["label_check"]["flagged"]
     manifest = storage.open_cache(str(out)).manifest
-    assert manifest.class_list.num_classes == 1000 and manifest.class_list.source == "list"
+    assert manifest.class_list.num_classes == 1000
+    assert manifest.class_list.source == "list"
 
 
 def test_without_a_class_list_the_pass_stops_before_computing(
@@ -88,7 +90,8 @@ def test_sorted_folder_labels_are_flagged_after_the_pass(wnid_photos: Path, tmp_
     out = tmp_path / "cache"
     report = run_pass(config_for(wnid_photos, out, "sorted-folders"))
     assert zarr.open_group(str(out), mode="r")["label"][...].tolist() == [0, 0, 1, 1, 2, 2]
-    assert report["label_check"]["flagged"] and report["label_check"]["top1"] == 0.0
+    assert report["label_check"]["flagged"]
+    assert report["label_check"]["top1"] == 0.0
     with pytest.raises(LabelOrderError, match="top-1 against the labels .* is 0.0000"):
         cache_build.require_label_agreement(report)
     assert "FLAGGED: LABEL MISMATCH" in storage.inspect(str(out))

@@ -102,7 +102,8 @@ def test_float32_and_half_students(name):
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
         s = student.to(dtype)
         loss, grad = run(fn, s, teacher.float(), labels, **params)
-        assert loss.dtype == torch.float32 and grad.dtype == dtype
+        assert loss.dtype == torch.float32
+        assert grad.dtype == dtype
         ref_loss, ref_grad = reference(ref, s.double(), probs, labels, params)
         assert rel_error(loss.item(), ref_loss) <= tol
         assert rel_error(grad, ref_grad) <= tol
@@ -150,4 +151,5 @@ def test_dkd_teacher_sure_of_the_label():
     teacher[torch.arange(3), labels] = 1000.0
     for targets in (teacher, cached_from_dense(teacher, labels, 2)):
         loss, grad = run(dkd_loss, student, targets, labels, temperature=1.0)
-        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        assert torch.isfinite(loss)
+        assert torch.isfinite(grad).all()

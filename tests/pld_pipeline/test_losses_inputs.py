@@ -29,7 +29,7 @@ FUNCTIONS = {"ce": ce_loss, "kd": kd_loss, "dist": dist_loss, "dkd": dkd_loss, "
 TEACHER_LOSSES = ["kd", "dist", "dkd", "pld"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def batch():
     gen = torch.Generator().manual_seed(0)
     student = torch.randn(B, C, generator=gen)
@@ -124,7 +124,7 @@ def test_ce_checks_labels_and_given_targets(batch, case):
 
 
 @pytest.mark.parametrize(
-    "changes, fragment",
+    ("changes", "fragment"),
     [
         ({"topk_logp": torch.zeros(B, K + 1)}, "topk_logp must have the shape of topk_idx"),
         ({"topk_idx": torch.zeros(B, K)}, "topk_idx must be an integer tensor"),
@@ -158,7 +158,8 @@ def test_uncached_temperature(batch, name):
 def test_cached_targets_methods(batch):
     _, teacher, labels = batch
     targets = cached(teacher, labels)
-    assert targets.batch_size == B and targets.k == K
+    assert targets.batch_size == B
+    assert targets.k == K
     assert targets.temperatures == (1.0, 4.0)
     assert torch.equal(targets.lse_at(4.0), targets.lse[:, 1])
     assert torch.equal(targets.lse_at(4.0 + 1e-9), targets.lse[:, 1])
@@ -166,11 +167,13 @@ def test_cached_targets_methods(batch):
         targets.lse_at(3.0)
     assert not isinstance(TemperatureNotCachedError("x"), KeyError)
     short = targets.truncate(1)
-    assert short.k == 1 and torch.equal(short.topk_idx, targets.topk_idx[:, :1])
+    assert short.k == 1
+    assert torch.equal(short.topk_idx, targets.topk_idx[:, :1])
     with pytest.raises(LossInputError, match="1 <= k <= K = 2"):
         targets.truncate(3)
     moved = targets.to("cpu")
-    assert torch.equal(moved.topk_logp, targets.topk_logp) and moved.temperatures == (1.0, 4.0)
+    assert torch.equal(moved.topk_logp, targets.topk_logp)
+    assert moved.temperatures == (1.0, 4.0)
 
 
 def test_make_loss(batch):
@@ -178,7 +181,8 @@ def test_make_loss(batch):
     assert set(LOSS_NAMES) == set(FUNCTIONS)
     for name in LOSS_NAMES:
         fn = make_loss(name)
-        assert fn.name == name and fn.last_dropped_weight is None
+        assert fn.name == name
+        assert fn.last_dropped_weight is None
         assert torch.equal(fn(student, teacher, labels), FUNCTIONS[name](student, teacher, labels))
     kd = make_loss("kd", temperature=2.0, ce_weight=0.5)
     assert kd.params == {"temperature": 2.0, "ce_weight": 0.5}
@@ -200,7 +204,7 @@ def test_make_loss(batch):
 
 
 @pytest.mark.parametrize(
-    "name, params, fragment",
+    ("name", "params", "fragment"),
     [
         ("mse", {}, "unknown loss 'mse'; choose one of ce, kd, dist, dkd, pld"),
         ("kd", {"alpha": 1.0}, "loss 'kd' has no parameter 'alpha'"),

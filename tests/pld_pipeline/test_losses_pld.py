@@ -60,7 +60,8 @@ def test_dense_matches_reference_float32():
     student, teacher, labels = make_batch(6, 40, seed=1, dtype=torch.float32)
     teacher32 = teacher.float()
     loss, grad = loss_and_grad(student, teacher32, labels, temperature=2.0)
-    assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+    assert loss.dtype == torch.float32
+    assert grad.dtype == torch.float32
     ref_loss, ref_grad = pld_reference(student, teacher32, labels, 2.0)
     assert rel_error(loss.item(), ref_loss) <= 1e-4
     assert rel_error(grad, ref_grad) <= 1e-4
@@ -70,14 +71,17 @@ def test_dense_matches_reference_float32():
 def test_half_student_logits_computed_in_float32(dtype):
     student, teacher, labels = make_batch(4, 12, seed=2, dtype=dtype)
     loss, grad = loss_and_grad(student, teacher.float(), labels)
-    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    assert loss.dtype == torch.float32
+    assert grad.dtype == dtype
     # The reference sees the same (rounded) logits; only the returned gradient is rounded.
     ref_loss, ref_grad = pld_reference(student.double(), teacher, labels)
     assert rel_error(loss.item(), ref_loss) <= 1e-4
     assert rel_error(grad, ref_grad) <= (1e-3 if dtype == torch.float16 else 8e-3)
     cached = cached_from_dense(teacher, labels, 5, logp_dtype=torch.float16)
     loss_c, grad_c = loss_and_grad(student, cached, labels)
-    assert loss_c.dtype == torch.float32 and grad_c.dtype == dtype and torch.isfinite(grad_c).all()
+    assert loss_c.dtype == torch.float32
+    assert grad_c.dtype == dtype
+    assert torch.isfinite(grad_c).all()
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -100,7 +104,8 @@ def test_compact_truncated_matches_reference(k, temperature):
     labels[0] = teacher[0].argmax()  # label inside the top-K
     labels[1] = teacher[1].argmin()  # label outside it
     keep = kept_positions(teacher, labels, k)
-    assert keep[0] == k and keep[1] == k + 1
+    assert keep[0] == k
+    assert keep[1] == k + 1
     cached = cached_from_dense(teacher, labels, k, temperatures=(1.0, 4.0))
     assert_matches(student, cached, labels, temperature, keep=keep, teacher=teacher)
 
@@ -230,7 +235,8 @@ def test_dropped_weight():
     cached = cached_from_dense(teacher, labels, 3, temperatures=(1.0, 2.0))
     want = dropped_weight(teacher, labels, 3, 2.0)
     got = pld_dropped_weight(cached, labels, temperature=2.0)
-    assert got.shape == (5,) and rel_error(got, want) <= 1e-6
+    assert got.shape == (5,)
+    assert rel_error(got, want) <= 1e-6
     assert pld_dropped_weight(teacher, labels).abs().max().item() == 0.0
     full = cached_from_dense(teacher, labels, 10)
     assert pld_dropped_weight(full, labels).abs().max().item() <= 1e-12

@@ -60,14 +60,15 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_torchvision_by_name_and_factory() -> None:
     model = create_model("mobilenet_v3_small", num_classes=7)
-    assert isinstance(model, torchvision.models.MobileNetV3) and not model.training
+    assert isinstance(model, torchvision.models.MobileNetV3)
+    assert not model.training
     assert count_classes(model) == 7
     tiny = create_model(TINY, num_classes=5)
     assert tiny(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
 
 
 @pytest.mark.parametrize(
-    "name, fragment",
+    ("name", "fragment"),
     [
         ("resnet5O", "close: \\['resnet50'"),
         ("no_such_module_xyz:make", "Cannot import module"),
@@ -103,7 +104,7 @@ def test_enum_weights_load_from_the_hub_folder_weights_only(
     calls = []
     real_load = torch.load
 
-    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def spy(*args, **kwargs):
         calls.append(kwargs.get("weights_only"))
         return real_load(*args, **kwargs)
 
@@ -147,8 +148,10 @@ def test_checkpoints(tmp_path: Path) -> None:
 
 def test_preprocess_resolution() -> None:
     pre = resolve_preprocess("resnet50", None, "ResNet50_Weights.IMAGENET1K_V2")
-    assert pre.input_size == 224 and pre.crop_pct == pytest.approx(224 / 232)
-    assert pre.interpolation == "bilinear" and pre.mean == (0.485, 0.456, 0.406)
+    assert pre.input_size == 224
+    assert pre.crop_pct == pytest.approx(224 / 232)
+    assert pre.interpolation == "bilinear"
+    assert pre.mean == (0.485, 0.456, 0.406)
     tiny = tiny_convnet(3)
     pre = resolve_preprocess(TINY, tiny, input_size=20)
     assert (pre.input_size, pre.mean, pre.std) == (20, (0.5,) * 3, (0.25,) * 3)
@@ -178,5 +181,7 @@ def test_load_teacher_from_config(tmp_path: Path) -> None:
     loaded = load_teacher(
         TeacherConfig(name=TINY, num_classes=6, input_size=24, interpolation="bicubic")
     )
-    assert loaded.info.num_classes == 6 and loaded.preprocess.input_size == 24
-    assert loaded.info.interpolation == "bicubic" and loaded.preprocess.crop_pct == 0.875
+    assert loaded.info.num_classes == 6
+    assert loaded.preprocess.input_size == 24
+    assert loaded.info.interpolation == "bicubic"
+    assert loaded.preprocess.crop_pct == 0.875

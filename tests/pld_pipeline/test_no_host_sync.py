@@ -37,7 +37,7 @@ class ReadBacks(TorchDispatchMode):
         super().__init__()
         self.calls: list[str] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
             self.calls.append("item")
@@ -117,9 +117,11 @@ def test_an_epoch_reads_back_only_at_logging_intervals_and_at_its_end(slab):
             train_one_epoch(step, batches, [slab], 0, log_every, DistContext())
         counts[(steps, log_every)] = len(counter.calls)
     end = counts[(3, 100)]
-    assert end > 0 and counts[(6, 100)] == end  # twice the steps, no more read-backs
+    assert end > 0
+    assert counts[(6, 100)] == end
     per_log = (counts[(6, 2)] - end) / 3  # three logging points in six steps
-    assert per_log == int(per_log) and 0 < per_log <= 3
+    assert per_log == int(per_log)
+    assert 0 < per_log <= 3
 
 
 def test_the_step_keeps_the_losses_value_checks_off_but_shape_checks_on(slab):
@@ -160,9 +162,12 @@ def test_on_device_pld_kernel_equals_the_read_back_kernel():
     got, flag = _RankedPLD.apply(s3, label, label_weight, idx, weight, invalid, "rest", None,
                                  torch.float64, True)  # fmt: skip
     got.backward()
-    assert not bool(flag) and torch.isfinite(got) and torch.isfinite(s3.grad).all()
+    assert not bool(flag)
+    assert torch.isfinite(got)
+    assert torch.isfinite(s3.grad).all()
 
 
 def test_gathered_targets_for_a_device_are_compact_until_there(slab):
     t = gather_targets([slab, slab], np.arange(4), "compact", META, slot=np.array([0, 1, 0, 1]))
-    assert t.topk_idx.device.type == "meta" and t.topk_idx.dtype == torch.int64
+    assert t.topk_idx.device.type == "meta"
+    assert t.topk_idx.dtype == torch.int64

@@ -60,7 +60,8 @@ def test_param_groups_skip_decay_on_biases_and_norms():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     decay, no_decay = param_groups(model, 0.1, decay_all=False)
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
-    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 3
+    assert no_decay["weight_decay"] == 0.0
     [everything] = param_groups(model, 0.1, decay_all=True)
     assert len(everything["params"]) == 4
 
@@ -70,17 +71,18 @@ def test_param_groups_skip_decay_on_biases_and_norms():
 )
 def test_make_optimizer_by_name(name, cls):
     opt = make_optimizer(nn.Linear(2, 2), OptimConfig(name=name, lr=0.5, weight_decay=0.01))
-    assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.5
-    assert (
-        opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[1]["weight_decay"] == 0.0
-    )
+    assert isinstance(opt, cls)
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert opt.param_groups[0]["weight_decay"] == 0.01
+    assert opt.param_groups[1]["weight_decay"] == 0.0
 
 
 def test_sgd_nesterov_momentum_passed():
     opt = make_optimizer(
         nn.Linear(2, 2), OptimConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=True)
     )
-    assert opt.defaults["momentum"] == 0.8 and opt.defaults["nesterov"] is True
+    assert opt.defaults["momentum"] == 0.8
+    assert opt.defaults["nesterov"] is True
 
 
 def test_warmup_then_cosine_per_step():
@@ -101,7 +103,8 @@ def test_warmup_then_cosine_per_step():
         for s in range(total)
     ]
     assert seen == pytest.approx(expected, rel=1e-12)
-    assert seen[w] == pytest.approx(lr) and opt.param_groups[0]["lr"] == pytest.approx(min_lr)
+    assert seen[w] == pytest.approx(lr)
+    assert opt.param_groups[0]["lr"] == pytest.approx(min_lr)
 
 
 def test_scheduler_state_round_trips():
@@ -119,5 +122,5 @@ def test_scheduler_state_round_trips():
     opt.step()
     sched.step()
     opt2.step()
-    sched2.step()  # noqa: E702
+    sched2.step()
     assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]

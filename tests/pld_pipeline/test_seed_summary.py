@@ -40,7 +40,8 @@ def test_groups_by_every_grid_field_but_seed_with_sample_std():
     groups = {g["name"]: g for g in summary["groups"]}
     assert list(groups) == ["loss.name=kd,k=5", "loss.name=pld,k=5", "loss.name=ce,k=5"]
     kd = groups["loss.name=kd,k=5"]
-    assert kd["seeds"] == [0, 1, 2] and kd["point"] == {"loss.name": "kd", "k": 5}
+    assert kd["seeds"] == [0, 1, 2]
+    assert kd["point"] == {"loss.name": "kd", "k": 5}
     # 80, 82, 84: mean 82, sample variance (4 + 0 + 4) / (3 - 1) = 4, std 2.
     assert kd["stats"]["final_top1"] == {"n": 3, "mean": 82.0, "std": 2.0, "min": 80.0, "max": 84.0}
     assert kd["stats"]["best_top1"]["mean"] == 83.0
@@ -55,7 +56,8 @@ def test_groups_by_every_grid_field_but_seed_with_sample_std():
 def test_only_seeds_varied_is_one_group_and_missing_values_are_not_counted():
     rows = [dict(row("pld", s, 80.0 + s, 1.0), final_ece=None if s == 1 else 1.0) for s in range(3)]
     (group,) = summarize(rows, ["seed"])["groups"]
-    assert group["name"] == "all" and len(group["runs"]) == 3
+    assert group["name"] == "all"
+    assert len(group["runs"]) == 3
     assert group["stats"]["final_ece"]["n"] == 2
     assert Stats.of([]) == Stats(0, None, None, None, None)
 
@@ -86,7 +88,8 @@ def test_report_of_one_sweep_marks_only_supported_differences():
     assert "reference" in lines["loss.name=pld,k=5"]
     assert lines["loss.name=kd,k=5"].rstrip().endswith("-3.50 *")
     assert lines["loss.name=ce,k=5"].rstrip().endswith("-1.00")  # n = 1: never marked
-    assert DIFFERENCE_RULE in text and "A: runs/sw (7 runs)" in text
+    assert DIFFERENCE_RULE in text
+    assert "A: runs/sw (7 runs)" in text
     # ECE: lower is better, so the best is pld (2.5), and kd's +2.5 exceeds 1.0 + 0.5.
     text = report_text([summary], ["runs/sw"], metrics=["final_ece"])
     assert "vs loss.name=ce,k=5 (best)" in text  # ce's single seed has the lowest ECE

@@ -100,8 +100,11 @@ def test_topk_records_equal_an_independent_forward(
         assert np.allclose(rec["lse"][:, j], torch.logsumexp(z / t, dim=1).numpy(), atol=1e-4)
     labels = torch.as_tensor(data.labels, dtype=torch.int64)
     assert np.allclose(rec["gt_logit"], z[torch.arange(n), labels].numpy(), atol=1e-4)
-    assert rec["topk_idx"].dtype == np.int32 and rec["topk_logp"].dtype == np.float32
-    assert rec["crop"].shape == (n, 4) and rec["flip"].dtype == np.uint8 and not rec["bad"].any()
+    assert rec["topk_idx"].dtype == np.int32
+    assert rec["topk_logp"].dtype == np.float32
+    assert rec["crop"].shape == (n, 4)
+    assert rec["flip"].dtype == np.uint8
+    assert not rec["bad"].any()
     assert rec["hw"].tolist() == [list(data.load_rgb(i).size[::-1]) for i in range(n)]
 
 
@@ -230,11 +233,11 @@ class _Subset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def load_rgb(self, i: int):  # noqa: ANN201
+    def load_rgb(self, i: int):
         return self.data.load_rgb(self.rows[i])
 
 
-def _manifest(data: ImageFolderDataset, k: int):  # noqa: ANN202
+def _manifest(data: ImageFolderDataset, k: int):
     teacher = storage.TeacherInfo("tiny", "none", "", 3, SIZE, MEAN, STD, "bilinear")
     views = storage.ViewInfo("replay", 3, 5, REPLAY.scale, REPLAY.ratio, 0.875)
     return storage.Manifest(
@@ -274,7 +277,7 @@ def test_non_finite_teacher_is_refused_naming_the_sample(
 
 
 @pytest.mark.parametrize(
-    "kw, fragment",
+    ("kw", "fragment"),
     [
         ({"k": 4}, "k=4 is larger than the teacher's 3 classes"),
         ({"k": 0}, "k must be >= 1"),

@@ -34,7 +34,8 @@ def test_each_loss_trains_and_the_loss_decreases(loss, replay_cache, color_folde
     )
     result = fit(cfg)
     losses = [r["train_loss"] for r in result.history]
-    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(losses) == 8
+    assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0], losses
     assert (result.loss, result.k, result.distinct_views, result.views_match) == (loss, 4, 2, True)
     if loss == "pld":  # compact targets drop the teacher mass outside top-K and the label
@@ -70,32 +71,36 @@ def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, 
     assert evaluated | {"train_loss", "lr", "target_time_s"} <= set(lines[0])
     stored = json.loads((run / "result.json").read_text())
     assert stored == json.loads(json.dumps(result.to_dict()))
-    assert stored["manifest_hash"] == result.manifest_hash and len(result.manifest_hash) == 64
+    assert stored["manifest_hash"] == result.manifest_hash
+    assert len(result.manifest_hash) == 64
     assert (stored["cache_format"], stored["k"], stored["loss"], stored["temperature"]) == (
         "topk",
         4,
         "kd",
         2.0,
     )
-    assert stored["loss_params"]["ce_weight"] == 0.2 and lines[0]["val_samples"] == 9
-    assert result.final_top1 == lines[-1]["val_top1"] and result.best_top1 == max(
-        r["val_top1"] for r in lines
-    )
+    assert stored["loss_params"]["ce_weight"] == 0.2
+    assert lines[0]["val_samples"] == 9
+    assert result.final_top1 == lines[-1]["val_top1"]
+    assert result.best_top1 == max(r["val_top1"] for r in lines)
     # Per metric: best over epochs (max for accuracies, min for NLL/ECE), final, at best top-1.
     for name, pick in (("top1", max), ("top5", max), ("nll", min), ("ece", min)):
         values = [r[f"val_{name}"] for r in lines]
         entry = stored["metrics"][name]
-        assert entry["best"] == pick(values) and values[entry["best_epoch"]] == pick(values)
+        assert entry["best"] == pick(values)
+        assert values[entry["best_epoch"]] == pick(values)
         assert values.index(pick(values)) == entry["best_epoch"]  # the first epoch on a tie
         assert (entry["final"], entry["final_epoch"]) == (values[-1], 2)
         assert entry["at_best_epoch"] == values[result.best_epoch]
     conf = stored["metrics"]["confidence"]
-    assert conf["best"] is None and conf["final"] == lines[-1]["val_confidence"]
+    assert conf["best"] is None
+    assert conf["final"] == lines[-1]["val_confidence"]
     assert (stored["final_nll"], stored["final_ece"], stored["final_confidence"]) == (
         lines[-1]["val_nll"], lines[-1]["val_ece"], lines[-1]["val_confidence"]
     )  # fmt: skip
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert ck["epoch"] == 2 and set(ck) >= {
+    assert ck["epoch"] == 2
+    assert set(ck) >= {
         "model",
         "optimizer",
         "scheduler",
@@ -129,9 +134,8 @@ def test_pld_learns_the_loss_decreases_and_it_beats_an_untrained_model(
     assert all(b < a * 1.05 for a, b in zip(losses, losses[1:])), losses  # no epoch jumps up
     before = untrained.history[0]["val_top1"]
     assert untrained.final_top1 == before  # the weights did not move
-    assert trained.final_top1 >= 90.0 and trained.final_top1 >= before + 30.0, (
-        trained.final_top1, before
-    )  # fmt: skip
+    assert trained.final_top1 >= 90.0, (trained.final_top1, before)
+    assert trained.final_top1 >= before + 30.0, (trained.final_top1, before)
     assert trained.final_nll < untrained.final_nll
 
 
@@ -139,7 +143,8 @@ def test_k_from_topk_and_full_caches_and_dense_targets(
     replay_cache, full_cache, color_folder, tmp_path
 ):
     r = fit(train_config(replay_cache, color_folder, tmp_path / "a", k=2, epochs=1))
-    assert r.k == 2 and r.cache_format == "topk"
+    assert r.k == 2
+    assert r.cache_format == "topk"
     r = fit(train_config(full_cache, color_folder, tmp_path / "b", k=5, epochs=1))
     assert (r.k, r.target_form, r.cache_format) == (5, "compact", "full")
     r = fit(
@@ -158,7 +163,8 @@ def test_k_from_topk_and_full_caches_and_dense_targets(
 def test_eval_cache_says_views_differ(eval_cache, color_folder, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
         r = fit(train_config(eval_cache, color_folder, tmp_path / "e", epochs=2))
-    assert r.views_match is False and "views differ" in caplog.text
+    assert r.views_match is False
+    assert "views differ" in caplog.text
 
 
 def test_amp_channels_last_clipping_and_other_optimizers_run(replay_cache, color_folder, tmp_path):
@@ -218,7 +224,12 @@ MISMATCHES = [
     ),
     ("batch too large", {"batch_size": 64}, ConfigError, "larger than the 24"),
     ("more views than cached", {"views_per_image": 3}, ConfigError, "views_per_image=3"),
-    ("batch of split images", {"views_per_image": 2, "batch_size": 7}, ConfigError, "multiple of 2"),
+    (
+        "batch of split images",
+        {"views_per_image": 2, "batch_size": 7},
+        ConfigError,
+        "multiple of 2",
+    ),
     ("non-finite cached targets", {}, LossInputError, "view 0, sample 5: topk_logp"),
 ]
 

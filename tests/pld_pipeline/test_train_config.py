@@ -36,8 +36,11 @@ def test_every_field_has_a_description(model: type[BaseModel]):
 
 def test_defaults_are_valid():
     cfg = TrainConfig.model_validate(BASE)
-    assert cfg.loss.name == "pld" and cfg.k is None and cfg.target_form == "compact"
-    assert cfg.online_teacher is None and cfg.resume is False
+    assert cfg.loss.name == "pld"
+    assert cfg.k is None
+    assert cfg.target_form == "compact"
+    assert cfg.online_teacher is None
+    assert cfg.resume is False
 
 
 BAD = [
@@ -64,7 +67,8 @@ def test_bad_values_raise_clear_config_errors(override, where, fragment):
         validate_config(TrainConfig, {**BASE, **override})
     text = str(info.value)
     # One line: "Invalid TrainConfig: <field>: <why> (got ...); ...; fix these fields and retry."
-    assert "\n" not in text and text.endswith("; fix these fields and retry.")
+    assert "\n" not in text
+    assert text.endswith("; fix these fields and retry.")
     assert text.startswith(f"Invalid TrainConfig: {where}: ") or f"; {where}: " in text
     assert fragment in text
 
@@ -102,14 +106,17 @@ def test_expand_grid_sets_k_student_and_loss_params():
     s = sweep(grid={"k": [2, None], "student.name": ["mod:make"], "loss.params.ce_weight": [0.5]})
     (n1, c1), (n2, c2) = expand_grid(s)
     assert (c1.k, c2.k) == (2, None)
-    assert c1.student.name == "mod:make" and c1.loss.params == {"ce_weight": 0.5}
-    assert ":" not in n1 and n1 == "k=2,student.name=mod-make,loss.params.ce_weight=0.5"
+    assert c1.student.name == "mod:make"
+    assert c1.loss.params == {"ce_weight": 0.5}
+    assert ":" not in n1
+    assert n1 == "k=2,student.name=mod-make,loss.params.ce_weight=0.5"
     assert n2.startswith("k=null,")
 
 
 def test_empty_grid_is_one_base_run():
     [(name, cfg)] = expand_grid(sweep(grid={}))
-    assert name == "base" and cfg.run_dir.endswith("sw/base")
+    assert name == "base"
+    assert cfg.run_dir.endswith("sw/base")
 
 
 @pytest.mark.parametrize(

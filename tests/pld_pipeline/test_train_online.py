@@ -69,7 +69,9 @@ def test_online_fit_runs_and_reports(teacher_cache, color_folder, tmp_path):
             loss={"name": "kd", "temperature": 3.0},
         )
     )  # any T: the teacher is live
-    assert r.online and r.views_match and r.history[-1]["target_time_s"] > 0
+    assert r.online
+    assert r.views_match
+    assert r.history[-1]["target_time_s"] > 0
     cut = fit(
         train_config(
             teacher_cache,
@@ -82,8 +84,10 @@ def test_online_fit_runs_and_reports(teacher_cache, color_folder, tmp_path):
             views_per_image=2,  # the teacher scores both views of each decoded image
         )
     )
-    assert cut.k == 2 and cut.mean_dropped_weight is not None
-    assert cut.samples_seen == 2 * 24 and cut.history[0]["views"] == [0, 1]
+    assert cut.k == 2
+    assert cut.mean_dropped_weight is not None
+    assert cut.samples_seen == 2 * 24
+    assert cut.history[0]["views"] == [0, 1]
 
 
 def test_online_with_eval_cache_shares_the_students_views(color_folder, tmp_path):

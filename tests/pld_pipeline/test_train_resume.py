@@ -101,7 +101,7 @@ def test_a_run_written_before_newer_config_fields_still_resumes(
     replay_cache, color_folder, color_val_folder, tmp_path
 ):
     cfg = config(replay_cache, color_folder, color_val_folder, tmp_path / "old", epochs=2)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         fit(cfg, progress_callback=crash_after(0))
     stored = json.loads((tmp_path / "old" / "config.json").read_text())
     for newer in ("views_per_image", "views_layout", "decode", "checkpoint_every"):

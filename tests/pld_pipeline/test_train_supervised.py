@@ -28,14 +28,16 @@ def test_supervised_run_trains_without_a_cache(tiny_imagefolder, tmp_path):
     result = fit(TrainConfig.model_validate(config(tiny_imagefolder, tmp_path / "run")))
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
-    assert result.cache_format == "none" and not result.views_match
+    assert result.cache_format == "none"
+    assert not result.views_match
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and "val_top1" in json.loads(lines[-1])
+    assert len(lines) == 4
+    assert "val_top1" in json.loads(lines[-1])
     # 3 classes in the folder -> a 3-way head when num_classes is left unset.
     assert result.final["val_samples"] == 12
 
 
-@pytest.mark.parametrize("extra, fragment", [
+@pytest.mark.parametrize(("extra", "fragment"), [
     ({"loss": {"name": "pld"}}, "loss must be 'ce'"),
     ({"loss": {"name": "kd"}}, "loss must be 'ce'"),
 ])  # fmt: skip

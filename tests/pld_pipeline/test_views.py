@@ -71,12 +71,18 @@ def test_crops_follow_random_resized_crop_bounds() -> None:
     fractions, log_aspects, flips = [], [], []
     for i in range(3000):
         (top, left, ch, cw), flip = _replay(3, 0, i, h, w)
-        assert 0 <= top and 0 <= left and top + ch <= h and left + cw <= w and ch > 0 and cw > 0
+        assert top >= 0
+        assert left >= 0
+        assert top + ch <= h
+        assert left + cw <= w
+        assert ch > 0
+        assert cw > 0
         fractions.append(ch * cw / (h * w))
         log_aspects.append(math.log(cw / ch))
         flips.append(flip)
     # Rounding to whole pixels moves the bounds a little.
-    assert min(fractions) > 0.08 * 0.9 and max(fractions) <= 1.0
+    assert min(fractions) > 0.08 * 0.9
+    assert max(fractions) <= 1.0
     assert abs(np.mean(flips) - 0.5) < 0.04
     # Compare the distribution with torchvision's own sampler (its own RNG).
     torch.manual_seed(0)
@@ -104,7 +110,7 @@ def test_eval_view_is_a_centered_square() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, fragment",
+    ("kwargs", "fragment"),
     [
         ({"mode": "random"}, "Unknown view mode"),
         ({"seed": -1}, "must be >= 0"),
@@ -126,13 +132,16 @@ def test_replay_without_resampling_is_an_exact_slice() -> None:
     img = _image()
     arr = np.asarray(img)
     out = replay_view(img, (3, 5, 12, 12), False, 12)
-    assert out.dtype == torch.uint8 and out.shape == (3, 12, 12)
+    assert out.dtype == torch.uint8
+    assert out.shape == (3, 12, 12)
     assert np.array_equal(out.permute(1, 2, 0).numpy(), arr[3:15, 5:17])
     flipped = replay_view(img, (3, 5, 12, 12), True, 12)
     assert np.array_equal(flipped.permute(1, 2, 0).numpy(), arr[3:15, 5:17][:, ::-1])
 
 
-@pytest.mark.parametrize("size, interpolation", [(7, "bilinear"), (25, "bilinear"), (9, "bicubic")])
+@pytest.mark.parametrize(
+    ("size", "interpolation"), [(7, "bilinear"), (25, "bilinear"), (9, "bicubic")]
+)
 def test_replay_resize_matches_pillow(size: int, interpolation: str) -> None:
     img = _image()
     box = (4, 6, 18, 22)
@@ -141,7 +150,8 @@ def test_replay_resize_matches_pillow(size: int, interpolation: str) -> None:
     )
     out = replay_view(img, box, False, size, interpolation).permute(1, 2, 0).numpy().astype(int)
     diff = np.abs(out - np.asarray(ref).astype(int))
-    assert diff.max() <= 2 and diff.mean() < 0.6
+    assert diff.max() <= 2
+    assert diff.mean() < 0.6
 
 
 def test_replay_accepts_pil_or_tensor_and_checks_the_box() -> None:
@@ -163,5 +173,6 @@ def test_normalize_batch_matches_float64() -> None:
         images.double() / 255 - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
     ) / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
     out = normalize_batch(images, mean, std, "cpu", channels_last=True)
-    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out.double(), ref, atol=1e-5)

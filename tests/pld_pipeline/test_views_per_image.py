@@ -45,9 +45,14 @@ def three_view_cache(tmp_path_factory, tiny_imagefolder) -> Path:
 def test_epoch_view_ids_cycle_through_every_view():
     assert [epoch_view_ids(e, 1, 3) for e in range(4)] == [(0,), (1,), (2,), (0,)]
     assert [epoch_view_ids(e, 2, 3) for e in range(3)] == [(0, 1), (2, 0), (1, 2)]
-    assert [epoch_view_ids(e, 4, 10) for e in range(3)] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 0, 1)]
+    assert [epoch_view_ids(e, 4, 10) for e in range(3)] == [
+        (0, 1, 2, 3),
+        (4, 5, 6, 7),
+        (8, 9, 0, 1),
+    ]
     assert all(len(set(epoch_view_ids(e, 3, 3))) == 3 for e in range(5))
-    assert distinct_views(1, 10, views_per_image=4) == 4 and distinct_views(3, 10, 0, 4) == 10
+    assert distinct_views(1, 10, views_per_image=4) == 4
+    assert distinct_views(3, 10, 0, 4) == 10
     with pytest.raises(ConfigError, match="views_per_image=4"):
         epoch_view_ids(0, 4, 3)
 
@@ -70,7 +75,8 @@ def test_each_view_equals_replay_of_a_separate_decode(three_view_cache, tiny_ima
         loaders.train_sampler.set_epoch(epoch, train_views(cfg, plan, epoch_slabs, epoch))
         seen = []
         for batch in loaders.train:
-            assert batch.images.shape == (4, 3, 16, 16) and batch.slot.tolist() == [0, 1, 0, 1]
+            assert batch.images.shape == (4, 3, 16, 16)
+            assert batch.slot.tolist() == [0, 1, 0, 1]
             # Image-major rows: both views of an image sit side by side in one batch.
             assert batch.index[0::2].tolist() == batch.index[1::2].tolist()
             for row in range(len(batch.index)):
@@ -79,7 +85,8 @@ def test_each_view_equals_replay_of_a_separate_decode(three_view_cache, tiny_ima
                 pil = load_rgb(images.path(i))  # a separate decode, by PIL
                 crop, flip = sample_view("replay", CACHE_SEED, v, i, pil.height, pil.width)
                 slab = epoch_slabs[slot]
-                assert tuple(slab.crop[i]) == crop and bool(slab.flip[i]) == flip
+                assert tuple(slab.crop[i]) == crop
+                assert bool(slab.flip[i]) == flip
                 expected = replay_view(TF.pil_to_tensor(pil), crop, flip, 16)
                 assert torch.equal(batch.images[row], expected), (epoch, i, v)
                 assert int(batch.labels[row]) == int(images.labels[i])
@@ -103,10 +110,9 @@ def test_decodes_per_trained_sample_is_one_over_m(
     assert trained == result.samples_seen == 2 * 12 * m
     assert sorted(decodes) == sorted(list(range(12)) * 2)  # every image once per epoch
     assert Fraction(len(decodes), trained) == Fraction(1, m)
-    assert result.views_per_image == m and result.sample_epochs == 2 * m
-    assert [r["views"] for r in result.history] == [
-        list(epoch_view_ids(e, m, 3)) for e in range(2)
-    ]
+    assert result.views_per_image == m
+    assert result.sample_epochs == 2 * m
+    assert [r["views"] for r in result.history] == [list(epoch_view_ids(e, m, 3)) for e in range(2)]
     assert result.distinct_views == distinct_views(2, 3, views_per_image=m)
 
 
@@ -114,7 +120,7 @@ def _without_timing(history):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
-class Crash(Exception):
+class CrashError(Exception):
     pass
 
 
@@ -150,17 +156,18 @@ def test_mid_epoch_resume_with_two_views_equals_uninterrupted(
     def crashing_step(*args, **kwargs):
         calls.append(1)
         if len(calls) == crash_at:
-            raise Crash(f"simulated crash at step {crash_at}")
+            raise CrashError(f"simulated crash at step {crash_at}")
         return real_step(*args, **kwargs)
 
     cut = train_config(three_view_cache, tiny_imagefolder, tmp_path / "cut", **settings)
     monkeypatch.setattr(train_module, "train_step", crashing_step)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         fit(cut)
     monkeypatch.setattr(train_module, "train_step", real_step)
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     done = crash_at - 1 - (crash_at - 1) % every  # steps covered by the last checkpoint
-    assert saved["in_epoch"]["epoch"] == done // 6 and saved["epoch"] == done // 6 - 1
+    assert saved["in_epoch"]["epoch"] == done // 6
+    assert saved["epoch"] == done // 6 - 1
     assert saved["in_epoch"]["totals"]["steps"] == done % 6
 
     resumed = fit(cut.model_copy(update={"resume": True}))
@@ -201,7 +208,9 @@ def test_eval_cache_draws_m_own_crops_per_image(tiny_imagefolder, tmp_path):
     cache = make_cache(tmp_path / "eval.zarr", tiny_imagefolder, mode="eval", num_views=1)
     r = fit(train_config(cache, tiny_imagefolder, tmp_path / "e", views_per_image=2,
                          batch_size=4, epochs=2))  # fmt: skip
-    assert r.distinct_views == 1 and r.views_match is False and r.samples_seen == 2 * 12 * 2
+    assert r.distinct_views == 1
+    assert r.views_match is False
+    assert r.samples_seen == 2 * 12 * 2
     assert [h["views"] for h in r.history] == [[0, 0], [0, 0]]
 
 
@@ -220,7 +229,8 @@ def test_decode_cuda_without_a_gpu_decodes_on_the_cpu_and_says_so(
                        decode="cuda", epochs=1, batch_size=4)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
         r = fit(cfg)
-    assert r.samples_seen == 12 and "decode='cuda' but the run is on cpu" in caplog.text
+    assert r.samples_seen == 12
+    assert "decode='cuda' but the run is on cpu" in caplog.text
 
 
 def _batches(images_per_batch: int, m: int, count: int) -> list[ViewBatch]:
@@ -239,12 +249,14 @@ def test_spread_layout_puts_one_view_of_distinct_images_in_each_batch():
     m, b = 3, 2
     loader = _batches(b, m, 7)  # two full groups of 3 batches and one of 1
     spread = list(spread_views(loader, m, torch.device("cpu")))
-    assert len(spread) == 7 and all(len(x.index) == m * b for x in spread)
+    assert len(spread) == 7
+    assert all(len(x.index) == m * b for x in spread)
     for g in range(2):
         group = spread[g * m : (g + 1) * m]
         images = set(range(g * m * b, (g + 1) * m * b))
         for j, batch in enumerate(group):  # batch j of a group: slot j of all its images
-            assert set(batch.index.tolist()) == images and batch.slot.tolist() == [j] * m * b
+            assert set(batch.index.tolist()) == images
+            assert batch.slot.tolist() == [j] * m * b
             assert torch.equal(batch.images[:, 0, 0, 0], (batch.index * 10 + j).to(torch.uint8))
             assert torch.equal(batch.labels, batch.index % 7)
             assert torch.equal(batch.teacher_images, batch.images)

@@ -61,7 +61,7 @@ def make_cache(
     temperatures: tuple[float, ...] = (1.0, 2.0, 4.0),
     shard_size: int = 10,
     views_done: int | None = None,
-    teacher=None,  # noqa: ANN001 - callable (x [B,3,S,S] float, labels [B]) -> logits [B, C]
+    teacher=None,  # callable (x [B,3,S,S] float, labels [B]) -> logits [B, C]
 ) -> Path:
     """Write a complete cache of `root` (or only the first `views_done` views).
 

@@ -71,7 +71,8 @@ def test_two_processes_write_one_view_like_one_process(tmp_path):
             single.write_shard(v, s, make_records(m, v, a, b, labels))
 
     got, want = storage.open_cache(parallel), storage.open_cache(tmp_path / "single.zarr")
-    assert got.missing() == [] and want.missing() == []
+    assert got.missing() == []
+    assert want.missing() == []
     for v in range(V):
         g, w = got.load_view(v), want.load_view(v)
         for name in ("topk_idx", "topk_logp", "lse", "gt_logit", "crop", "flip", "bad"):

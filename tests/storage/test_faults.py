@@ -493,7 +493,8 @@ def test_sigkill_mid_shard_then_resume_equals_uninterrupted_write(tmp_path):
     assert proc.returncode == -9, proc.stderr
     r = storage.open_cache(killed)
     missing = r.missing()
-    assert missing[0] == (1, 3) and len(missing) == r.num_shards - 3
+    assert missing[0] == (1, 3)
+    assert len(missing) == r.num_shards - 3
     assert (killed / "topk_idx" / "c" / "1" / "3" / "0").exists()  # partly written shard
     resumed = write_cache(killed, M, LABELS)  # reopens and writes only the missing shards
     assert resumed.missing() == []

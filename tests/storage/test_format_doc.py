@@ -35,7 +35,8 @@ def test_plain_zarr_example_runs_on_a_real_cache(tmp_path):
     (block,) = _python_blocks(README.read_text())
     assert '"path/to/cache.zarr"' in block
     code = block.replace('"path/to/cache.zarr"', repr(str(tmp_path / "c.zarr")))
-    assert "import storage" not in code and "from storage" not in code
+    assert "import storage" not in code
+    assert "from storage" not in code
     out = io.StringIO()
     scope: dict = {}
     with contextlib.redirect_stdout(out):

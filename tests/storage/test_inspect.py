@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_summary_figures(cache_copy):
     s = storage.summarize(cache_copy)
     assert (s.num_samples, s.num_views, s.k, s.num_classes, s.num_shards) == (N, 2, 5, C, 7)
-    assert s.done_shards == 13 and s.missing == [(1, 2)]
+    assert s.done_shards == 13
+    assert s.missing == [(1, 2)]
     assert s.records_written == 2 * N - S
     # Independent figures straight from the zarr arrays (float64, plain loops).
     g = zarr.open_group(str(cache_copy), mode="r")
@@ -117,7 +118,8 @@ def test_bad_samples_are_counted_and_named(tmp_path, manifest, labels):
     assert summary.bad_keys == [keys[3], keys[40], keys[77], keys[90]]
     line = next(x for x in str(summary).splitlines() if x.startswith("bad "))
     assert "4 sample(s) could not be decoded and are skipped by training" in line
-    assert keys[90] in line and " ..." not in line
+    assert keys[90] in line
+    assert " ..." not in line
 
 
 def test_bad_keys_shown_are_the_first_ones(tmp_path, manifest, labels):
@@ -133,7 +135,8 @@ def test_bad_keys_shown_are_the_first_ones(tmp_path, manifest, labels):
     assert summary.bad_count == len(rows)
     assert summary.bad_keys == [keys_for(labels)[i] for i in sorted(rows)[:BAD_KEYS_SHOWN]]
     line = next(x for x in str(summary).splitlines() if x.startswith("bad "))
-    assert line.endswith(" ...") and f"{len(rows)} sample(s)" in line
+    assert line.endswith(" ...")
+    assert f"{len(rows)} sample(s)" in line
 
 
 def test_a_clean_cache_says_no_bad_samples(cache_copy):

@@ -27,7 +27,8 @@ def test_class_list_hash_is_the_lines_in_order():
 
 def test_label_records_round_trip_and_unset_ones_are_left_out():
     plain = make_manifest()
-    assert "class_list" not in plain.to_dict() and "label_check" not in plain.to_dict()
+    assert "class_list" not in plain.to_dict()
+    assert "label_check" not in plain.to_dict()
     m = dataclasses.replace(
         plain,
         class_list=ClassList(SHA, 3, "list"),
@@ -42,22 +43,26 @@ def test_label_records_round_trip_and_unset_ones_are_left_out():
         "flagged": True,
     }
     back = Manifest.from_dict(data)
-    assert back == m and back.label_mismatch and not plain.label_mismatch
+    assert back == m
+    assert back.label_mismatch
+    assert not plain.label_mismatch
 
 
 def test_identity_compares_the_class_list_but_not_the_check_or_its_source():
     m = dataclasses.replace(make_manifest(), class_list=ClassList(SHA, 3, "list"))
     opted = dataclasses.replace(m, class_list=ClassList(SHA, 3, "sorted-folders"))
     checked = dataclasses.replace(m, label_check=LabelCheck(0.9, 0.5, 10))
-    assert m.diff(opted) == [] and m.diff(checked) == []
+    assert m.diff(opted) == []
+    assert m.diff(checked) == []
     other = dataclasses.replace(m, class_list=ClassList("a" * 64, 3, "list"))
     assert m.diff(other) == [f"class_list.sha256: {SHA!r} != {'a' * 64!r}"]
     # A manifest without a class list (a cache written before them) is not compared on it.
-    assert m.diff(make_manifest()) == [] and make_manifest().diff(m) == []
+    assert m.diff(make_manifest()) == []
+    assert make_manifest().diff(m) == []
 
 
 @pytest.mark.parametrize(
-    "make, fragment",
+    ("make", "fragment"),
     [
         (lambda: ClassList("abc", 3), "64 hex characters"),
         (lambda: ClassList(SHA, 0), "num_classes must be >= 1"),

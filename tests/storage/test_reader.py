@@ -42,7 +42,9 @@ def test_load_view_equals_written_records(cache_copy):
     labels = make_labels(N, C)
     exp = expected_view(r.manifest, labels, 0)
     slab = r.load_view(0)
-    assert len(slab) == N and slab.view == 0 and slab.start == 0
+    assert len(slab) == N
+    assert slab.view == 0
+    assert slab.start == 0
     np.testing.assert_array_equal(slab.topk_idx, exp["topk_idx"])
     np.testing.assert_array_equal(slab.topk_logp, exp["topk_logp"].astype(np.float16))
     np.testing.assert_array_equal(slab.lse, exp["lse"])
@@ -50,7 +52,8 @@ def test_load_view_equals_written_records(cache_copy):
     np.testing.assert_array_equal(slab.crop, exp["crop"])
     np.testing.assert_array_equal(slab.flip, exp["flip"])
     np.testing.assert_array_equal(slab.label, labels)
-    assert slab.temperatures == (1.0, 4.0) and slab.logits is None
+    assert slab.temperatures == (1.0, 4.0)
+    assert slab.logits is None
     assert (slab.topk_logp.dtype, slab.lse.dtype, slab.crop.dtype, slab.flip.dtype) == (
         np.float16,
         np.float32,
@@ -63,7 +66,8 @@ def test_load_range_and_truncated_k(cache_copy):
     r = storage.open_cache(cache_copy)
     exp = expected_view(r.manifest, make_labels(N, C), 0, 20, 70)
     slab = r.load_view(0, start=20, stop=70, k=2)
-    assert slab.start == 20 and len(slab) == 50
+    assert slab.start == 20
+    assert len(slab) == 50
     np.testing.assert_array_equal(slab.topk_idx, exp["topk_idx"][:, :2])
     assert slab.topk_idx.flags["C_CONTIGUOUS"]
     with pytest.raises(storage.RequestError, match="k=6"):
@@ -80,7 +84,8 @@ def test_full_cache_k_computes_topk_at_load(tmp_path):
     write_cache(tmp_path / "c.zarr", m, labels)
     r = storage.open_cache(tmp_path / "c.zarr")
     dense = r.load_view(0)
-    assert dense.topk_idx is None and dense.logits.shape == (N, C)
+    assert dense.topk_idx is None
+    assert dense.logits.shape == (N, C)
     slab = r.load_view(0, k=3)
     assert slab.logits is None
     z = dense.logits.astype(np.float64)
@@ -125,7 +130,8 @@ def test_gather_picks_rows_in_order(cache_copy):
             slab.label[i],
             slab.flip[i],
         )
-    assert g.index.tolist() == idx.tolist() and len(g) == 5
+    assert g.index.tolist() == idx.tolist()
+    assert len(g) == 5
     part = storage.open_cache(cache_copy).load_view(0, start=32, stop=64)
     assert part.gather(np.array([0, 3])).index.tolist() == [32, 35]
     assert part.gather(np.array([1])).gather(np.array([0])).index.tolist() == [33]
@@ -143,7 +149,9 @@ def test_bad_mask_reports_bad_images(tmp_path):
     rec["bad"] = np.arange(16) == 4
     w.write_shard(1, 1, rec)
     mask = storage.open_cache(tmp_path / "c.zarr").bad_mask()
-    assert mask.shape == (2, N) and mask.sum() == 1 and mask[1, 20]
+    assert mask.shape == (2, N)
+    assert mask.sum() == 1
+    assert mask[1, 20]
 
 
 def test_validate_accepts_the_right_cache(cache_copy):

@@ -74,7 +74,8 @@ def test_deleted_chunk_object_names_array_and_chunk(s3):
     reader.load_view(0)  # other views are intact
     with pytest.raises(storage.CorruptChunkError) as caught:
         reader.load_view(1)
-    assert caught.value.array == "topk_idx" and caught.value.chunk == "c/1/4/0"
+    assert caught.value.array == "topk_idx"
+    assert caught.value.chunk == "c/1/4/0"
     assert "view 1 shard 4" in str(caught.value)
 
 
@@ -86,7 +87,9 @@ def test_unreachable_endpoint_is_a_location_error(s3):
         port = sock.getsockname()[1]
     dead = dict(s3, endpoint_url=f"http://127.0.0.1:{port}",
                 config_kwargs={"retries": {"max_attempts": 1}})  # fmt: skip
-    with pytest.raises(storage.CacheLocationError, match="cannot reach s3://pld-unit/x.*AWS_ENDPOINT_URL"):
+    with pytest.raises(
+        storage.CacheLocationError, match="cannot reach s3://pld-unit/x.*AWS_ENDPOINT_URL"
+    ):
         storage.open_cache("s3://pld-unit/x", storage_options=dead)
 
 

@@ -31,7 +31,8 @@ def test_layout_matches_design(tmp_path, manifest, labels):
         assert g[name].shape == shape, name
         assert g[name].dtype == np.dtype(dtype), name
         assert g[name].chunks == chunks, name
-    assert g["key"].shape == (N,) and g["key"][0] == keys_for(labels)[0]
+    assert g["key"].shape == (N,)
+    assert g["key"][0] == keys_for(labels)[0]
     assert g.attrs["schema_version"] == storage.SCHEMA_VERSION
     assert g.attrs["pld_cache"]["teacher"]["name"] == "synthetic"
     assert g.attrs["pld_cache"]["created_at"] != ""
@@ -71,14 +72,16 @@ def test_stored_values_equal_records_in_storage_dtypes(tmp_path, manifest, label
             if v == 0:
                 np.testing.assert_array_equal(arrays["hw"][a:b], rec["hw"])
     np.testing.assert_array_equal(arrays["label"], labels)
-    assert arrays["done"].all() and not arrays["bad"].any()
+    assert arrays["done"].all()
+    assert not arrays["bad"].any()
 
 
 def test_full_format_stores_float16_logits(tmp_path, labels):
     m = make_manifest(num_samples=N, num_classes=C, k=0, fmt="full", num_views=1, shard_size=S)
     write_cache(tmp_path / "c.zarr", m, labels)
     arrays = zarr_arrays(tmp_path / "c.zarr")
-    assert "topk_idx" not in arrays and arrays["logits"].dtype == np.float16
+    assert "topk_idx" not in arrays
+    assert arrays["logits"].dtype == np.float16
     rec = make_records(m, 0, 0, S, labels)
     np.testing.assert_array_equal(arrays["logits"][0, :S], rec["logits"].astype(np.float16))
 
@@ -89,7 +92,8 @@ def test_done_bit_only_after_write_and_missing_lists_the_rest(tmp_path, manifest
     assert not w.is_done(1, 3)
     assert w.write_shard(1, 3, make_records(manifest, 1, 48, 64, labels)) is True
     assert w.is_done(1, 3)
-    assert (1, 3) not in w.missing() and len(w.missing()) == V * manifest.num_shards - 1
+    assert (1, 3) not in w.missing()
+    assert len(w.missing()) == V * manifest.num_shards - 1
 
 
 def test_last_shard_may_be_short(tmp_path, manifest, labels):
@@ -170,7 +174,8 @@ def test_overwrite_replaces_a_cache(tmp_path, manifest, labels):
     write_cache(tmp_path / "c.zarr", manifest, labels)
     other = make_manifest(num_samples=N, num_classes=C, k=3, num_views=1, shard_size=S)
     w = storage.create(tmp_path / "c.zarr", other, keys_for(labels), labels, overwrite=True)
-    assert w.manifest.k == 3 and len(w.missing()) == w.num_shards
+    assert w.manifest.k == 3
+    assert len(w.missing()) == w.num_shards
     assert storage.open_cache(tmp_path / "c.zarr").k == 3
 
 
