@@ -92,6 +92,7 @@ def report_error(command: str, exc: BaseException, verbose: bool, stop_server: b
     `stop_server`: stop the temporary Prefect server first (see `stop_temporary_server`);
     only when this command started it, not a server running before (a test harness).
     """
+    drain_prefect_queues()
     if stop_server:
         stop_temporary_server()
     if verbose:
@@ -123,9 +124,26 @@ def stop_temporary_server() -> None:
     if not temporary_server_running():
         return
     try:
-        from prefect.logging.handlers import APILogWorker  # noqa: PLC0415
-
-        APILogWorker.drain_all(timeout=5)  # the failed run's logs reach the server first
+        drain_prefect_queues()  # the failed run's logs and events reach the server first
         _temporary_server().stop()
     except Exception:  # best effort: Prefect stops it at exit anyway
         logging.getLogger(__name__).debug("could not stop the temporary server", exc_info=True)
+
+
+def drain_prefect_queues(timeout: float = 15.0) -> None:
+    """Send the logs and events Prefect still queues, now rather than at exit.
+
+    At exit Prefect drains them itself and, when the server is slow, logs "Still
+    processing items" after the error line, which must stay the last line. Nothing happens
+    when Prefect was never imported (a config error).
+    """
+    if "prefect.events.worker" not in sys.modules and "prefect.logging.handlers" not in sys.modules:
+        return
+    try:
+        from prefect.events.worker import EventsWorker  # noqa: PLC0415 - Prefect is loaded
+        from prefect.logging.handlers import APILogWorker  # noqa: PLC0415 - as above
+
+        APILogWorker.drain_all(timeout=timeout)
+        EventsWorker.drain_all(timeout=timeout)
+    except Exception:  # best effort: Prefect drains them at exit anyway
+        logging.getLogger(__name__).debug("could not drain Prefect's queues", exc_info=True)

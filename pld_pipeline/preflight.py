@@ -130,7 +130,7 @@ def _check_train_run(config: TrainConfig, seen: _Seen) -> None:
         if reader.path not in seen.num_good:
             seen.num_good[reader.path] = len(good_indices(reader.bad_mask(), reader.num_samples))
         num_train = seen.num_good[reader.path]
-    split_batch(config.batch_size, num_train, world_size=1)
+    split_batch(config.batch_size, num_train, world_size=1, views_per_image=config.views_per_image)
     check_model_available(config.student.name)
     teacher = config.online_teacher
     if teacher is not None:

@@ -293,7 +293,7 @@ BEFORE_ANY_FLOW: list[tuple[Callable[[World, Path], list[str]], str]] = [
     (bad_loss_parameter, "has no parameter 'alpha'"),
     (dense_from_topk, "needs a full-logit cache"),
     (online_teacher_weights, "are not on this machine"),
-    (batch_too_large, "larger than the 12 training samples"),
+    (batch_too_large, "larger than the 12 training images"),
     (sweep_uncached_temperature, "loss temperature 3 is not cached"),
     (sweep_bad_grid_key, "'nam' is not a field of LossConfig"),
     (demo_without_fashion_mnist, "Fashion-MNIST not found"),

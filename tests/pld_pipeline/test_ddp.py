@@ -96,3 +96,15 @@ def test_two_gloo_ranks_match_one_process(
         # The calibration bins are summed over ranks: the same NLL, ECE and confidence.
         for key in ("val_nll", "val_ece", "val_confidence"):
             assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-9), key
+
+
+def test_a_cuda_device_without_an_index_gets_the_current_one(monkeypatch):
+    # torch.cuda.set_device refuses a bare "cuda" (torch 2.11, seen on an H200): one
+    # process asks for "cuda" and must get, and set, an indexed device.
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    assert DistContext().device("cuda") == torch.device("cuda", 3)
+    assert DistContext(rank=1, world_size=2, local_rank=1).device("auto") == torch.device("cuda", 1)
+    assert calls == [torch.device("cuda", 3), torch.device("cuda", 1)]
