@@ -10,21 +10,13 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from flows import console
+from flows.prefect_env import apply_prefect_defaults
 
-# Prefect reads these at import: no telemetry (no internet here) and patience with the
-# temporary local server on small machines. A user's own settings win.
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "pld_pipeline,storage",
-}.items():
-    os.environ.setdefault(_name, _value)
+apply_prefect_defaults()  # before anything imports Prefect
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

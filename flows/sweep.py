@@ -13,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.artifacts import Progress, artifact_key, png_markdown, publish_markdown, publish_table
 from flows.events import emit_sweep_finished
 from flows.train_student import result_row, train_run
+from pld_pipeline.configs.loading import get_dotted
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
 from pld_pipeline.run_dir import RunDir
 from pld_pipeline.seed_summary import summarize, write_summary
@@ -99,10 +100,4 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
 def _grid_values(config: SweepConfig, run: TrainConfig) -> dict[str, Any]:
     """The grid's own fields for one run (so the table shows what varied)."""
     data = run.model_dump()
-    values = {}
-    for path in config.grid:
-        node: Any = data
-        for part in path.split("."):
-            node = node[part]
-        values[path] = node
-    return values
+    return {path: get_dotted(data, path) for path in config.grid}

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.losses import CachedTargets
@@ -58,8 +59,8 @@ class SampledViews:
     mode: str
     seed: int
     view: int
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] = DEFAULT_SCALE
+    ratio: tuple[float, float] = DEFAULT_RATIO
     crop_pct: float = 0.875
 
     def get(self, i: int, height: int, width: int) -> tuple[tuple[int, int, int, int], bool]:

@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE
 from pld_pipeline.errors import ConfigError, ViewError
 
 Crop = tuple[int, int, int, int]  # top, left, height, width in source pixels
@@ -28,8 +29,6 @@ INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
 }
 VIEW_MODES = ("eval", "replay")
-DEFAULT_SCALE = (0.08, 1.0)
-DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def view_rng(seed: int, v: int, i: int) -> np.random.Generator:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE, StrictModel
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "nearest-exact"]
 RGB = tuple[float, float, float]
@@ -54,10 +56,8 @@ def check_classes_spec(value: ClassesSpec) -> ClassesSpec:
     return value
 
 
-class TeacherConfig(BaseModel):
+class TeacherConfig(StrictModel):
     """Which teacher to run and how it sees images (unset values come from its weights)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
         description="torchvision model name (e.g. 'resnet50') or 'package.module:callable' "
@@ -113,10 +113,8 @@ class TeacherConfig(BaseModel):
         return self
 
 
-class ViewConfig(BaseModel):
+class ViewConfig(StrictModel):
     """Which views of each image the teacher sees (replayed later by students)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["eval", "replay"] = Field(
         "eval",
@@ -126,10 +124,11 @@ class ViewConfig(BaseModel):
     num_views: int = Field(1, ge=1, description="Views per sample (1 in eval mode).")
     seed: int = Field(0, ge=0, description="Seed of every view's random draws.")
     scale: tuple[float, float] = Field(
-        (0.08, 1.0), description="RandomResizedCrop area fraction range (min, max), within (0, 1]."
+        DEFAULT_SCALE,
+        description="RandomResizedCrop area fraction range (min, max), within (0, 1].",
     )
     ratio: tuple[float, float] = Field(
-        (3.0 / 4.0, 4.0 / 3.0), description="RandomResizedCrop aspect ratio range (min, max)."
+        DEFAULT_RATIO, description="RandomResizedCrop aspect ratio range (min, max)."
     )
 
     @field_validator("scale")
@@ -156,10 +155,8 @@ class ViewConfig(BaseModel):
         return self
 
 
-class CacheConfig(BaseModel):
+class CacheConfig(StrictModel):
     """One teacher pass over an image folder into a Zarr logit cache."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset_root: str = Field(description="ImageNet-layout folder: root/<class>/<image>.")
     split: str | None = Field(

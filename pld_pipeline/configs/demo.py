@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from pld_pipeline.configs.base import StrictModel
 from pld_pipeline.configs.train import LossName
 
-DEMO_LOSSES = ("ce", "kd", "dist", "dkd", "pld")
+DEMO_LOSSES: tuple[str, ...] = get_args(LossName)  # every loss, in the library's order
 
 
-class DemoConfig(BaseModel):
+class DemoConfig(StrictModel):
     """The whole pipeline on Fashion-MNIST (on CPU by default): data -> teacher -> cache -> sweep."""
-
-    model_config = ConfigDict(extra="forbid")
 
     workdir: str = Field("workdir", description="everything is written under this folder")
     source: str = Field(

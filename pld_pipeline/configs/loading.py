@@ -44,6 +44,14 @@ def set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def get_dotted(data: dict[str, Any], path: str) -> Any:
+    """`data[a][b][c]` for the path "a.b.c" (KeyError when a part is missing)."""
+    node: Any = data
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from `path` with a clear error when it is missing or not a mapping."""
     file = Path(path)

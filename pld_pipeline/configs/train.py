@@ -14,9 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
+from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE, StrictModel
 from pld_pipeline.configs.cache import ClassesSpec, TeacherConfig, check_classes_spec
+from pld_pipeline.configs.loading import set_dotted
 from pld_pipeline.errors import ConfigError
 
 # The same strings as pld_pipeline.losses.LOSS_NAMES (a test keeps them equal); spelled out
@@ -26,12 +28,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _Strict(BaseModel):
-    # Unknown keys are typos: refuse them instead of silently ignoring a setting.
-    model_config = ConfigDict(extra="forbid")
-
-
-class StudentConfig(_Strict):
+class StudentConfig(StrictModel):
     """The student network and how its inputs are made."""
 
     name: str = Field(
@@ -55,11 +52,11 @@ class StudentConfig(_Strict):
         description="validation: centered square crop of this share of the short side",
     )
     random_scale: tuple[float, float] = Field(
-        (0.08, 1.0),
+        DEFAULT_SCALE,
         description="student's own random-resized-crop area range, used only with an eval cache",
     )
     random_ratio: tuple[float, float] = Field(
-        (3 / 4, 4 / 3),
+        DEFAULT_RATIO,
         description="student's own random-resized-crop aspect range, used only with an eval cache",
     )
 
@@ -71,7 +68,7 @@ class StudentConfig(_Strict):
         return v
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     """Optimizer, learning-rate schedule (linear warmup then cosine), decay and clipping."""
 
     name: Literal["sgd", "adamw", "lamb"] = Field(
@@ -112,7 +109,7 @@ class OptimConfig(_Strict):
         return self
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     """The distillation loss, by name, with its temperature and extra parameters."""
 
     name: LossName = Field("pld", description="loss: ce, kd, dist, dkd or pld")
@@ -135,7 +132,7 @@ class LossConfig(_Strict):
         return kwargs
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """One student run: the cache and images it reads, the student, loss, optimizer and schedule."""
 
     cache: str | None = Field(
@@ -292,7 +289,7 @@ class TrainConfig(_Strict):
         return self.device
 
 
-class SweepConfig(_Strict):
+class SweepConfig(StrictModel):
     """A grid of student runs over one cache: every combination of the grid's values."""
 
     base: TrainConfig = Field(
@@ -305,6 +302,9 @@ class SweepConfig(_Strict):
     )
     sweep_dir: str = Field(description="runs go to sweep_dir/<run name>")
     max_parallel: int = Field(1, gt=0, description="student runs at once")
+    # The expanded grid, made once by the validator and reused by expand_grid: (the
+    # base, grid and sweep_dir it was made from, the runs).
+    _points: tuple[str, list[tuple[str, TrainConfig]]] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _grid_valid(self) -> SweepConfig:
@@ -350,6 +350,9 @@ def _format_value(value: Any) -> str:
 def expand_grid(sweep: SweepConfig) -> list[tuple[str, TrainConfig]]:
     """Every grid point as (run name, TrainConfig), in a stable order.
 
+    Expanded once per SweepConfig (its validator does it) and reused while its base, grid
+    and sweep_dir stay as they were.
+
     The product runs over the grid's keys in their given order; the run name is
     `key=value,key=value` (hydra style) with unsafe characters replaced by '-', so the same
     grid always names its runs the same way and a rerun skips finished runs. An empty grid
@@ -361,6 +364,13 @@ def expand_grid(sweep: SweepConfig) -> list[tuple[str, TrainConfig]]:
     Raises:
         ConfigError: a point is not a valid TrainConfig, or two points share a name.
     """
+    made_from = sweep.model_dump_json(include={"base", "grid", "sweep_dir"})
+    if sweep._points is None or sweep._points[0] != made_from:
+        sweep._points = (made_from, _expand(sweep))
+    return list(sweep._points[1])
+
+
+def _expand(sweep: SweepConfig) -> list[tuple[str, TrainConfig]]:
     keys = list(sweep.grid)
     base = sweep.base.model_dump(mode="json")
     runs: list[tuple[str, TrainConfig]] = []
@@ -377,19 +387,10 @@ def expand_grid(sweep: SweepConfig) -> list[tuple[str, TrainConfig]]:
         seen[name] = values
         data = json.loads(json.dumps(base))
         for key, value in zip(keys, values, strict=True):
-            _set_dotted(data, key.split("."), value)
+            set_dotted(data, key.split("."), value)
         data["run_dir"] = str(Path(sweep.sweep_dir) / name)
         try:
             runs.append((name, TrainConfig.model_validate(data)))
         except ValueError as exc:
             raise ConfigError(f"grid point {name!r} is not a valid TrainConfig: {exc}") from exc
     return runs
-
-
-def _set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-    node[path[-1]] = value

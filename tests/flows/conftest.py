@@ -11,12 +11,12 @@ import tempfile
 
 import pytest
 
-# Set before Prefect is first imported: a throwaway home, no telemetry, a patient start.
+from flows.prefect_env import apply_prefect_defaults
+
+# Set before Prefect is first imported: a throwaway home, and the project's defaults (no
+# telemetry, a patient start), as the `pld` command sets them.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pld-prefect-home-")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pld_pipeline,storage")
+apply_prefect_defaults()
 # Library tests log outside flow runs; that is expected, not worth a warning each.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
