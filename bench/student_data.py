@@ -46,7 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from photos import make_folder
 
 import storage
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.datasets import ImageFolderDataset, load_rgb
+from pld_pipeline.decoding import jpeg_header, read_bytes
+from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     ShuffleSampler,
     StoredViews,
@@ -54,8 +56,6 @@ from pld_pipeline.cached_dataset import (
     collate_views,
     gather_targets,
 )
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb
-from pld_pipeline.decoding import jpeg_header, read_bytes
 from pld_pipeline.views import normalize_batch, sample_view
 from storage.synthetic import make_manifest, make_records
 
@@ -140,7 +140,7 @@ def cpu_pipeline(images, slabs, m: int, batch: int, size: int) -> dict:
 
 def gpu_pipeline(images, slabs, m: int, batch: int, size: int, device: torch.device) -> dict:
     """One epoch with `decode: cuda`: bytes read here, nvJPEG, views and targets on the GPU."""
-    from pld_pipeline.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
+    from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
 
     sampler = EpochViewSampler(ShuffleSampler(np.arange(len(images)), seed=0))
     sampler.set_epoch(0, [StoredViews(s.crop, s.flip) for s in slabs[:m]])
@@ -165,7 +165,7 @@ def gpu_pipeline(images, slabs, m: int, batch: int, size: int, device: torch.dev
 
 def nvjpeg_figures(images: ImageFolderDataset, batch: int, device: torch.device) -> dict:
     """nvJPEG decode-only rate (batched) and its pixel difference from the CPU decoder."""
-    from pld_pipeline.gpu_decode import GpuViewDecoder
+    from pld_pipeline.student.gpu_decode import GpuViewDecoder
 
     decoder = GpuViewDecoder(device, 224)
     files = [read_bytes(images.path(i)) for i in range(len(images))]

@@ -42,14 +42,14 @@ from photos import make_folder
 from timing import sync
 
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.models import create_model
-from pld_pipeline.teacher_device import (
+from pld_pipeline.teacher.compute import compute_shard, run_batches
+from pld_pipeline.teacher.device import (
     prepare_model,
     resolve_amp,
     resolve_device,
 )
-from pld_pipeline.teacher_pass import compute_shard, run_batches
-from pld_pipeline.view_images import ViewImages, make_loader
+from pld_pipeline.teacher.models import create_model
+from pld_pipeline.teacher.view_images import ViewImages, make_loader
 from pld_pipeline.views import normalize_batch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 import storage
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.losses import CachedTargets
+from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     SampledViews,
     ShuffleSampler,
@@ -19,10 +21,8 @@ from pld_pipeline.cached_dataset import (
     gather_targets,
     good_indices,
 )
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.epoch_views import EpochSlabs, distinct_views
-from pld_pipeline.losses import CachedTargets
-from pld_pipeline.teacher_pass import compute_shard
+from pld_pipeline.student.epoch_views import EpochSlabs, distinct_views
+from pld_pipeline.teacher.compute import compute_shard
 from pld_pipeline.views import normalize_batch, sample_view
 
 MEAN, STD, SIZE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 12

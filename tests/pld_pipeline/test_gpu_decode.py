@@ -20,16 +20,16 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from train_testlib import make_cache
 
-import pld_pipeline.gpu_decode as gpu_decode
+import pld_pipeline.student.gpu_decode as gpu_decode
 import storage
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.student.cached_dataset import (
     SampledViews,
     StoredViews,
     ViewDataset,
     collate_views,
 )
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.gpu_decode import (
+from pld_pipeline.student.gpu_decode import (
     DeviceBatches,
     EncodedViewDataset,
     GpuViewDecoder,

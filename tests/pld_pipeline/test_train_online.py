@@ -9,12 +9,12 @@ from pld_test_models import fixed_teacher
 from train_testlib import TEACHER_SIZE, make_cache, train_config
 
 import storage
-from pld_pipeline.cached_dataset import StoredViews, ViewDataset, gather_targets
 from pld_pipeline.configs.cache import TeacherConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.online_teacher import OnlineTeacher
-from pld_pipeline.train import fit
+from pld_pipeline.student.cached_dataset import StoredViews, ViewDataset, gather_targets
+from pld_pipeline.student.online_teacher import OnlineTeacher
+from pld_pipeline.student.train import fit
 
 TEACHER = {
     "name": "pld_test_models:fixed_teacher",

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError, ViewError
-from pld_pipeline.view_images import ViewImages
+from pld_pipeline.teacher.view_images import ViewImages
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)

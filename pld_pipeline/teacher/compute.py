@@ -19,15 +19,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
-from pld_pipeline.models import IMAGENET_MEAN, IMAGENET_STD
-from pld_pipeline.teacher_device import prepare_model, resolve_amp, resolve_device, teacher_logits
-from pld_pipeline.teacher_outputs import (
+from pld_pipeline.teacher.device import prepare_model, resolve_amp, resolve_device, teacher_logits
+from pld_pipeline.teacher.models import IMAGENET_MEAN, IMAGENET_STD
+from pld_pipeline.teacher.outputs import (
     check_labels,
     check_output_spec,
     logits_to_records,
     placeholder_records,
 )
-from pld_pipeline.view_images import make_loader
+from pld_pipeline.teacher.view_images import make_loader
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset

@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pld_pipeline.cache_check import TargetPlan
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.errors import ConfigError
+from pld_pipeline.student.cache_check import TargetPlan
+from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     IndexSampler,
     SampledViews,
@@ -27,11 +30,8 @@ from pld_pipeline.cached_dataset import (
     collate_views,
     gather_targets,
 )
-from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.ddp import DistContext
-from pld_pipeline.epoch_views import own_crop_ids
-from pld_pipeline.errors import ConfigError
+from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.epoch_views import own_crop_ids
 from pld_pipeline.views import normalize_batch
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def build_loaders(
     sampler = EpochViewSampler(ShuffleSampler(train_index, config.seed, ctx.rank, ctx.world_size))
     dataset_type, collate = ViewDataset, collate_views
     if config.decode == "cuda" and cuda:
-        from pld_pipeline.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
+        from pld_pipeline.student.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
 
         dataset_type, collate = EncodedViewDataset, collate_encoded
     train_set = dataset_type(
@@ -225,7 +225,7 @@ def make_device_batches(
             placement.device,
         )
         return lambda batches: batches
-    from pld_pipeline.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
+    from pld_pipeline.student.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
 
     s = config.student
     decoder = GpuViewDecoder(
@@ -267,7 +267,7 @@ def make_online_teacher(
     """The live teacher of online mode, or None (the cached path never builds a teacher)."""
     if config.online_teacher is None:
         return None
-    from pld_pipeline.online_teacher import OnlineTeacher  # noqa: PLC0415 - online mode only
+    from pld_pipeline.student.online_teacher import OnlineTeacher  # noqa: PLC0415 - online mode only
 
     # A live teacher can give any temperature: the cached ones, T = 1 and the loss's.
     temperatures = set(manifest.temperatures) | {1.0}

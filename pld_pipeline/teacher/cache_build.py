@@ -23,8 +23,8 @@ import storage
 from pld_pipeline import __version__, errors, label_order
 from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.models import LoadedTeacher, load_teacher
-from pld_pipeline.teacher_pass import compute_views
+from pld_pipeline.teacher.compute import compute_views
+from pld_pipeline.teacher.models import LoadedTeacher, load_teacher
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.losses import CachedTargets
+from pld_pipeline.student.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.views import replay_view, sample_view
 
 logger = logging.getLogger(__name__)

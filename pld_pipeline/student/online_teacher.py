@@ -14,8 +14,8 @@ import torch
 
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.losses import CachedTargets
-from pld_pipeline.models import load_teacher
-from pld_pipeline.teacher_outputs import logits_to_records
+from pld_pipeline.teacher.models import load_teacher
+from pld_pipeline.teacher.outputs import logits_to_records
 from pld_pipeline.views import normalize_batch
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from pld_pipeline.errors import ConfigError, ModelNotFoundError
-from pld_pipeline.weights import (
+from pld_pipeline.teacher.weights import (
     checkpoint_file,
     load_checkpoint,
     local_weights_only,
@@ -217,7 +217,7 @@ def resolve_preprocess(
 ) -> Preprocess:
     """The model's preprocessing: explicit values win, then the weights' own eval transform
     (torchvision enums: crop size, resize size, mean, std, interpolation), then the model's
-    `pretrained_cfg` dict (the timm convention, also set by pld_pipeline.zoo factories),
+    `pretrained_cfg` dict (the timm convention, also set by pld_pipeline.teacher.zoo factories),
     then ImageNet defaults (224, bilinear, crop 0.875), which are logged.
     """
     found: dict[str, Any] = {}
