@@ -5,7 +5,7 @@ No model. In one process with one thread (as a DataLoader worker runs), in one r
 - decode-only: every JPEG decoded once, by the default decoder (torchvision's
   libjpeg-turbo, `decoding.decode_rgb`) and by PIL, with a pixel comparison of the two;
   the default decoder's rate is the pipeline's limit;
-- the pipeline for views_per_image m = 1, 2, 4: `ViewDataset` (one decode, m cached views
+- the pipeline for views_per_image m = 1, 2, 4: `StudentViewDataset` (one decode, m cached views
   replayed: crop, resize to --size, flip), `collate_views`, `gather_targets` from m view
   slabs (top-100 of 1000 classes), `normalize_batch`; decodes per trained sample (counted,
   not timed) and two rates: per worker process (`images_per_s`: what one DataLoader worker
@@ -52,7 +52,7 @@ from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     ShuffleSampler,
     StoredViews,
-    ViewDataset,
+    StudentViewDataset,
     collate_views,
     gather_targets,
 )
@@ -85,8 +85,8 @@ def build_cache(images: ImageFolderDataset, path: Path, num_views: int, classes:
     return [reader.load_view(v) for v in range(num_views)]
 
 
-class Counting(ViewDataset):
-    """ViewDataset counting its decodes."""
+class Counting(StudentViewDataset):
+    """StudentViewDataset counting its decodes."""
 
     decodes = 0
 

@@ -49,7 +49,7 @@ from pld_pipeline.teacher.device import (
     resolve_device,
 )
 from pld_pipeline.teacher.models import create_model
-from pld_pipeline.teacher.view_images import ViewImages, make_loader
+from pld_pipeline.teacher.view_images import TeacherViewImages, make_teacher_loader
 from pld_pipeline.views import normalize_batch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,15 +62,15 @@ def decoded_batches(
     data: ImageFolderDataset, n: int, size: int, batch: int, workers: int, device: torch.device
 ) -> tuple[list, list]:
     """(uint8 batches, the pass's own batches): every view decoded and replayed once by a
-    plain DataLoader, and again by the pass's loader (`make_loader`: uint8 pinned on CUDA,
+    plain DataLoader, and again by the pass's loader (`make_teacher_loader`: uint8 pinned on CUDA,
     float32 normalised in the workers on the CPU)."""
     plain = torch.utils.data.DataLoader(
-        ViewImages(data, VIEWS, [0], 0, n, size, "bilinear"),
+        TeacherViewImages(data, VIEWS, [0], 0, n, size, "bilinear"),
         batch_size=batch,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    loader = make_loader(
+    loader = make_teacher_loader(
         data, VIEWS, [0], 0, n, size, "bilinear", False, batch, workers, device, MEAN, STD
     )
     return list(plain), list(loader)

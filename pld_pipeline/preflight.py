@@ -42,7 +42,7 @@ def check_cache_pass(config: CacheConfig) -> str:
     from pld_pipeline.teacher import cache_build  # noqa: PLC0415 - torch, only for this command
 
     dataset = cache_build.dataset_of(config)
-    manifest = cache_build.make_manifest(config)
+    manifest = cache_build.manifest_of(config)
     return storage.check_create(
         config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
     )

@@ -130,7 +130,7 @@ class ViewBatch(NamedTuple):
 
 
 def collate_views(items: list[tuple]) -> ViewBatch:
-    """Collate `ViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m rows."""
+    """Collate `StudentViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m rows."""
     m = items[0][0].shape[0]
     count = torch.full((len(items),), m)
     teacher = None
@@ -145,7 +145,7 @@ def collate_views(items: list[tuple]) -> ViewBatch:
     )
 
 
-class ViewDataset(torch.utils.data.Dataset):
+class StudentViewDataset(torch.utils.data.Dataset):
     """(index, views) -> (uint8 images [m, 3, S, S], label, index[, uint8 teacher images]).
 
     The image is decoded once (`ImageFolderDataset.load_tensor`) and every view of the

@@ -26,7 +26,7 @@ from pld_pipeline.student.cached_dataset import (
     SampledViews,
     ShuffleSampler,
     StoredViews,
-    ViewDataset,
+    StudentViewDataset,
     collate_views,
     gather_targets,
 )
@@ -119,8 +119,8 @@ def split_batch(
     return per_rank, steps
 
 
-def make_loader(
-    dataset: ViewDataset,
+def make_student_loader(
+    dataset: StudentViewDataset,
     sampler: EpochViewSampler,
     batch_size: int,
     num_workers: int,
@@ -180,7 +180,7 @@ def build_loaders(
     cuda = device is not None and device.type == "cuda"
     m = config.views_per_image
     sampler = EpochViewSampler(ShuffleSampler(train_index, config.seed, ctx.rank, ctx.world_size))
-    dataset_type, collate = ViewDataset, collate_views
+    dataset_type, collate = StudentViewDataset, collate_views
     if config.decode == "cuda" and cuda:
         from pld_pipeline.student.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
 
@@ -192,7 +192,7 @@ def build_loaders(
         teacher.input_size if teacher is not None else None,
         teacher.interpolation if teacher is not None else "bilinear",
     )
-    train = make_loader(
+    train = make_student_loader(
         train_set, sampler, per_rank_batch // m, config.num_workers, config.seed,
         drop_last=True, pin_memory=cuda, collate_fn=collate,
     )  # fmt: skip
@@ -202,8 +202,8 @@ def build_loaders(
             IndexSampler(range(ctx.rank, len(val_images), ctx.world_size))
         )
         val_sampler.set_epoch(0, SampledViews("eval", 0, 0, crop_pct=s.eval_crop_pct))
-        val_set = ViewDataset(val_images, s.image_size, s.interpolation)
-        val = make_loader(
+        val_set = StudentViewDataset(val_images, s.image_size, s.interpolation)
+        val = make_student_loader(
             val_set, val_sampler, per_rank_batch, config.num_workers, config.seed,
             drop_last=False, pin_memory=cuda,
         )  # fmt: skip

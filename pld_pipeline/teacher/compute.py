@@ -22,12 +22,12 @@ from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherErro
 from pld_pipeline.teacher.device import prepare_model, resolve_amp, resolve_device, teacher_logits
 from pld_pipeline.teacher.models import IMAGENET_MEAN, IMAGENET_STD
 from pld_pipeline.teacher.outputs import (
-    check_labels,
     check_output_spec,
+    check_teacher_labels,
     logits_to_records,
     placeholder_records,
 )
-from pld_pipeline.teacher.view_images import make_loader
+from pld_pipeline.teacher.view_images import make_teacher_loader
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset
@@ -123,7 +123,7 @@ def compute_views(
     dev = resolve_device(device)
     amp = resolve_amp(amp_dtype, dev)
     prepare_model(model, dev)
-    loader = make_loader(
+    loader = make_teacher_loader(
         dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images,
         batch_size, num_workers, dev, mean, std, multiprocessing_context,
     )  # fmt: skip
@@ -153,7 +153,7 @@ def run_batches(
 
     Args:
         model: prepared with `teacher_device.prepare_model(model, device)`.
-        batches: `make_loader` batches ("image" uint8 or normalised float [b, nV, 3, S, S], "index" [b],
+        batches: `make_teacher_loader` batches ("image" uint8 or normalised float [b, nV, 3, S, S], "index" [b],
             "label" [b], "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering
             [start, stop).
         device, amp_dtype: resolved (`resolve_device`, `resolve_amp`).
@@ -175,7 +175,7 @@ def run_batches(
             if out.num_classes is None:
                 out.num_classes = logits.shape[1]
                 check_output_spec(fmt, k, temperatures, out.num_classes)
-                check_labels(out.labels, out.num_classes)
+                check_teacher_labels(out.labels, out.num_classes)
             # Labels travel in the (pinned) batch: an asynchronous copy, no per-batch sync.
             labels = batch["label"] if everyone else batch["label"][~batch["bad"]]
             labels = labels.repeat_interleave(len(views)).to(device, non_blocking=True)

@@ -21,7 +21,7 @@ from torch import nn
 from pld_pipeline.errors import ConfigError, ModelNotFoundError
 from pld_pipeline.teacher.weights import (
     checkpoint_file,
-    load_checkpoint,
+    load_weights_into,
     local_weights_only,
     resolve_weights,
     sha256_file,
@@ -87,7 +87,7 @@ def create_model(
     else:
         model = _build_torchvision(name_or_factory, num_classes, weights)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_weights_into(model, checkpoint)
     return model.eval()
 
 

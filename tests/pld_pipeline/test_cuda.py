@@ -23,8 +23,8 @@ from pld_pipeline.demo.small_models import tiny_cnn
 from pld_pipeline.losses import LOSS_NAMES, make_loss
 from pld_pipeline.student.cached_dataset import (
     SampledViews,
+    StudentViewDataset,
     ViewBatch,
-    ViewDataset,
     collate_views,
 )
 from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
@@ -76,7 +76,7 @@ def test_gpu_views_are_within_a_level_of_replay_view_of_the_same_pixels():
 def test_encoded_batches_decode_on_the_gpu_like_the_cpu_pipeline(tiny_imagefolder):
     images = ImageFolderDataset(tiny_imagefolder)
     items = [(i, (SampledViews("replay", 3, 0), SampledViews("replay", 3, 1))) for i in range(12)]
-    want = collate_views([ViewDataset(images, 32)[it] for it in items])
+    want = collate_views([StudentViewDataset(images, 32)[it] for it in items])
     enc = EncodedViewDataset(images, 32)
     got = GpuViewDecoder(CUDA, 32)(collate_encoded([enc[it] for it in items]))
     assert got.images.is_cuda
