@@ -4,11 +4,11 @@ Three figures on the same images, in one run:
 - bare forward: the model alone on already-normalised inputs already on the device
   (autocast and channels_last as in the pass) - the ceiling;
 - plain loop: an ordinary eval loop on the same decoded uint8 batches (normalise, forward);
-- pass, decoding excluded: `teacher_pass.run_batches` (the pass after decoding: host to
+- pass, decoding excluded: `teacher.compute.run_batches` (the pass after decoding: host to
   device copy, normalisation of uint8 views on CUDA, forward, records, one copy back) fed
   the same views already decoded, as the pass's own loader delivers them (on the CPU its
   workers also normalise, off the forward's path);
-- pass, decoding included: `teacher_pass.compute_shard` end to end (JPEG decoding, view
+- pass, decoding included: `teacher.compute.compute_shard` end to end (JPEG decoding, view
   replay in DataLoader workers, then the above).
 The ratio pass / bare is what caching costs beyond the forward (target >= 0.9 with
 decoding excluded); pass / plain loop isolates the caching itself (records, copies).

@@ -1,7 +1,7 @@
 """Online mode: the teacher run live on every batch (same views), to measure what the cache saves.
 
 The targets have the same form as the cached ones (compact top-K with the manifest's
-temperatures, or dense logits), computed by the same `teacher_outputs.logits_to_records`
+temperatures, or dense logits), computed by the same `teacher.outputs.logits_to_records`
 the teacher pass uses, so only where they come from differs.
 """
 

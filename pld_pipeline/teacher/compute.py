@@ -3,7 +3,7 @@
 Decoding and view replay run in DataLoader workers (each sample decoded once per call,
 whatever the number of views asked for, see view_images.py); the forward runs in
 inference mode, in eval mode, channels_last with autocast (bf16/fp16) on CUDA and plain
-fp32 on the CPU (see teacher_device.py). Records stay on the device until the end of the
+fp32 on the CPU (see device.py). Records stay on the device until the end of the
 call and are copied back once, so the GPU never waits on a per-batch host sync.
 """
 
@@ -98,7 +98,7 @@ def compute_views(
         view_info: mode, num_views, seed, scale, ratio, crop_pct (a storage.ViewInfo or alike).
         views: distinct view indices (eval mode: only 0; replay: < num_views).
         start, stop: the sample range (a shard).
-        fmt, k, temperatures: what to store (see teacher_outputs.logits_to_records).
+        fmt, k, temperatures: what to store (see outputs.logits_to_records).
         input_size, mean, std, interpolation: the teacher's preprocessing.
         device: "cpu", "cuda", "cuda:N" or "auto".
         batch_size: images per forward (samples per batch = batch_size // len(views)).
@@ -152,7 +152,7 @@ def run_batches(
     `compute_views`, public so a benchmark can feed it already-decoded batches).
 
     Args:
-        model: prepared with `teacher_device.prepare_model(model, device)`.
+        model: prepared with `device.prepare_model(model, device)`.
         batches: `make_teacher_loader` batches ("image" uint8 or normalised float [b, nV, 3, S, S], "index" [b],
             "label" [b], "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering
             [start, stop).
