@@ -4,7 +4,7 @@ Same student, same images, same views, same loss, in one run. A teacher pass wri
 replay cache once; then two measurements:
 
 1. Paired steps (the headline): one DataLoader pass over the images; every batch is trained
-   twice with `pld_pipeline.train.train_step`, once by a student reading its targets from
+   twice with `pld_pipeline.student.train.train_step`, once by a student reading its targets from
    the in-memory view slab (cached) and once by an identical student whose targets come
    from the teacher run on the same crop (online), the order alternating per batch. Each
    step is timed alone (CUDA synchronised), so slow drifts of a shared machine hit both
@@ -13,7 +13,7 @@ replay cache once; then two measurements:
    speed-up judged against the target is the median over batches of the paired ratio
    online step / cached step: a stall from another process hits one step of one mode and
    moves a sum, not that median. The ratio of the sums is reported too.
-2. End to end: `pld_pipeline.train.fit` epochs in each mode (`--fit-rounds`, alternating),
+2. End to end: `pld_pipeline.student.train.fit` epochs in each mode (`--fit-rounds`, alternating),
    including data loading; a check of 1. where the machine is quiet.
 
 Targets: online / cached >= 1.5 for a ResNet-50 teacher and a ResNet-18 student (by FLOPs
@@ -52,24 +52,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import sync
 
 import storage
-from pld_pipeline.cache_build import build_shard, prepare_cache
-from pld_pipeline.cache_check import check_cache
-from pld_pipeline.cached_dataset import good_indices
 from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.ddp import DistContext
 from pld_pipeline.losses import make_loss
-from pld_pipeline.models import create_model
-from pld_pipeline.optim import make_optimizer, make_scheduler
-from pld_pipeline.train import Step, fit, train_step
-from pld_pipeline.train_setup import (
+from pld_pipeline.student.cache_check import check_cache
+from pld_pipeline.student.cached_dataset import good_indices
+from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.train import Step, fit, train_step
+from pld_pipeline.student.train_setup import (
     build_loaders,
     make_online_teacher,
     make_placement,
     split_batch,
     train_views,
 )
+from pld_pipeline.teacher.cache_build import build_shard, prepare_cache
+from pld_pipeline.teacher.models import create_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

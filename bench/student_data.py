@@ -5,7 +5,7 @@ No model. In one process with one thread (as a DataLoader worker runs), in one r
 - decode-only: every JPEG decoded once, by the default decoder (torchvision's
   libjpeg-turbo, `decoding.decode_rgb`) and by PIL, with a pixel comparison of the two;
   the default decoder's rate is the pipeline's limit;
-- the pipeline for views_per_image m = 1, 2, 4: `ViewDataset` (one decode, m cached views
+- the pipeline for views_per_image m = 1, 2, 4: `StudentViewDataset` (one decode, m cached views
   replayed: crop, resize to --size, flip), `collate_views`, `gather_targets` from m view
   slabs (top-100 of 1000 classes), `normalize_batch`; decodes per trained sample (counted,
   not timed) and two rates: per worker process (`images_per_s`: what one DataLoader worker
@@ -46,16 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from photos import make_folder
 
 import storage
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.datasets import ImageFolderDataset, load_rgb
+from pld_pipeline.decoding import jpeg_header, read_bytes
+from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     ShuffleSampler,
     StoredViews,
-    ViewDataset,
+    StudentViewDataset,
     collate_views,
     gather_targets,
 )
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb
-from pld_pipeline.decoding import jpeg_header, read_bytes
 from pld_pipeline.views import normalize_batch, sample_view
 from storage.synthetic import make_manifest, make_records
 
@@ -85,8 +85,8 @@ def build_cache(images: ImageFolderDataset, path: Path, num_views: int, classes:
     return [reader.load_view(v) for v in range(num_views)]
 
 
-class Counting(ViewDataset):
-    """ViewDataset counting its decodes."""
+class Counting(StudentViewDataset):
+    """StudentViewDataset counting its decodes."""
 
     decodes = 0
 
@@ -140,7 +140,7 @@ def cpu_pipeline(images, slabs, m: int, batch: int, size: int) -> dict:
 
 def gpu_pipeline(images, slabs, m: int, batch: int, size: int, device: torch.device) -> dict:
     """One epoch with `decode: cuda`: bytes read here, nvJPEG, views and targets on the GPU."""
-    from pld_pipeline.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
+    from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
 
     sampler = EpochViewSampler(ShuffleSampler(np.arange(len(images)), seed=0))
     sampler.set_epoch(0, [StoredViews(s.crop, s.flip) for s in slabs[:m]])
@@ -165,7 +165,7 @@ def gpu_pipeline(images, slabs, m: int, batch: int, size: int, device: torch.dev
 
 def nvjpeg_figures(images: ImageFolderDataset, batch: int, device: torch.device) -> dict:
     """nvJPEG decode-only rate (batched) and its pixel difference from the CPU decoder."""
-    from pld_pipeline.gpu_decode import GpuViewDecoder
+    from pld_pipeline.student.gpu_decode import GpuViewDecoder
 
     decoder = GpuViewDecoder(device, 224)
     files = [read_bytes(images.path(i)) for i in range(len(images))]

@@ -4,11 +4,11 @@ Three figures on the same images, in one run:
 - bare forward: the model alone on already-normalised inputs already on the device
   (autocast and channels_last as in the pass) - the ceiling;
 - plain loop: an ordinary eval loop on the same decoded uint8 batches (normalise, forward);
-- pass, decoding excluded: `teacher_pass.run_batches` (the pass after decoding: host to
+- pass, decoding excluded: `teacher.compute.run_batches` (the pass after decoding: host to
   device copy, normalisation of uint8 views on CUDA, forward, records, one copy back) fed
   the same views already decoded, as the pass's own loader delivers them (on the CPU its
   workers also normalise, off the forward's path);
-- pass, decoding included: `teacher_pass.compute_shard` end to end (JPEG decoding, view
+- pass, decoding included: `teacher.compute.compute_shard` end to end (JPEG decoding, view
   replay in DataLoader workers, then the above).
 The ratio pass / bare is what caching costs beyond the forward (target >= 0.9 with
 decoding excluded); pass / plain loop isolates the caching itself (records, copies).
@@ -42,14 +42,14 @@ from photos import make_folder
 from timing import sync
 
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.models import create_model
-from pld_pipeline.teacher_device import (
+from pld_pipeline.teacher.compute import compute_shard, run_batches
+from pld_pipeline.teacher.device import (
     prepare_model,
     resolve_amp,
     resolve_device,
 )
-from pld_pipeline.teacher_pass import compute_shard, run_batches
-from pld_pipeline.view_images import ViewImages, make_loader
+from pld_pipeline.teacher.models import create_model
+from pld_pipeline.teacher.view_images import TeacherViewImages, make_teacher_loader
 from pld_pipeline.views import normalize_batch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,15 +62,15 @@ def decoded_batches(
     data: ImageFolderDataset, n: int, size: int, batch: int, workers: int, device: torch.device
 ) -> tuple[list, list]:
     """(uint8 batches, the pass's own batches): every view decoded and replayed once by a
-    plain DataLoader, and again by the pass's loader (`make_loader`: uint8 pinned on CUDA,
+    plain DataLoader, and again by the pass's loader (`make_teacher_loader`: uint8 pinned on CUDA,
     float32 normalised in the workers on the CPU)."""
     plain = torch.utils.data.DataLoader(
-        ViewImages(data, VIEWS, [0], 0, n, size, "bilinear"),
+        TeacherViewImages(data, VIEWS, [0], 0, n, size, "bilinear"),
         batch_size=batch,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    loader = make_loader(
+    loader = make_teacher_loader(
         data, VIEWS, [0], 0, n, size, "bilinear", False, batch, workers, device, MEAN, STD
     )
     return list(plain), list(loader)

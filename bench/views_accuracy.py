@@ -27,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import storage
-from pld_pipeline import demo_plan
-from pld_pipeline.cache_build import build_shard, finalize_cache, prepare_cache
 from pld_pipeline.configs.demo import DemoConfig
-from pld_pipeline.fashion_mnist import write_image_folder
-from pld_pipeline.run_dir import RunDir
-from pld_pipeline.train import fit
+from pld_pipeline.demo import plan as demo_plan
+from pld_pipeline.demo.fashion_mnist import write_image_folder
+from pld_pipeline.student.run_dir import RunDir
+from pld_pipeline.student.train import fit
+from pld_pipeline.teacher.cache_build import build_shard, finalize_cache, prepare_cache
 
 
 def prepare(config: DemoConfig) -> str:

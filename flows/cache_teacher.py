@@ -22,8 +22,8 @@ from flows.shard_waiting import (
     wait_for_workers,
 )
 from flows.timeouts import shard_time_limit
-from pld_pipeline import cache_build
 from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.teacher import cache_build
 
 
 def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)

@@ -206,8 +206,8 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     """Print the sweeps' summary tables; no Prefect, no training (reads summary.json)."""
-    from pld_pipeline.seed_summary import read_summary
-    from pld_pipeline.sweep_compare import report_text
+    from pld_pipeline.student.seed_summary import read_summary
+    from pld_pipeline.student.sweep_compare import report_text
 
     summaries = [read_summary(path) for path in args.sweep_dirs]
     print(report_text(summaries, args.sweep_dirs, baseline=args.baseline))

@@ -12,11 +12,11 @@ from flows.artifacts import publish_table
 from flows.cache_teacher import cache_teacher
 from flows.sweep import sweep
 from flows.train_student import train_run
-from pld_pipeline import demo_plan
 from pld_pipeline.configs.demo import DemoConfig
-from pld_pipeline.fashion_mnist import write_image_folder
-from pld_pipeline.run_dir import RunDir
-from pld_pipeline.sweep_report import format_table
+from pld_pipeline.demo import plan as demo_plan
+from pld_pipeline.demo.fashion_mnist import write_image_folder
+from pld_pipeline.student.run_dir import RunDir
+from pld_pipeline.student.sweep_report import format_table
 
 __all__ = ["DemoConfig", "demo"]
 

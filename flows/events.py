@@ -25,7 +25,7 @@ from flows.logs import run_logger_or
 from flows.placeholders import resolve_output
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.configs.train import SweepConfig, TrainConfig
-from pld_pipeline.run_dir import current_manifest_hash
+from pld_pipeline.student.run_dir import current_manifest_hash
 
 logger = logging.getLogger(__name__)
 

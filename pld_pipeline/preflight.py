@@ -39,10 +39,10 @@ def check_cache_pass(config: CacheConfig) -> str:
         CacheLocationError for an output that holds something else.
     """
     split_folder(config.dataset_root, config.split)  # a wrong path: found before torch loads
-    from pld_pipeline import cache_build  # noqa: PLC0415 - torch, only for this command
+    from pld_pipeline.teacher import cache_build  # noqa: PLC0415 - torch, only for this command
 
     dataset = cache_build.dataset_of(config)
-    manifest = cache_build.make_manifest(config)
+    manifest = cache_build.manifest_of(config)
     return storage.check_create(
         config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
     )
@@ -100,16 +100,16 @@ def _check_train_run(config: TrainConfig, seen: _Seen) -> None:
         split_folder(config.val_root, config.val_split)
     reader = None if config.cache is None else seen.reader(config.cache_location())
 
-    from pld_pipeline.cache_check import (  # noqa: PLC0415
+    from pld_pipeline.losses import make_loss  # noqa: PLC0415
+    from pld_pipeline.student.cache_check import (  # noqa: PLC0415
         check_cache_data,
         plan_targets,
         supervised_plan,
     )
-    from pld_pipeline.cached_dataset import good_indices  # noqa: PLC0415
-    from pld_pipeline.losses import make_loss  # noqa: PLC0415
-    from pld_pipeline.models import check_model_available  # noqa: PLC0415
-    from pld_pipeline.run_dir import RunDir  # noqa: PLC0415
-    from pld_pipeline.train_setup import split_batch  # noqa: PLC0415
+    from pld_pipeline.student.cached_dataset import good_indices  # noqa: PLC0415
+    from pld_pipeline.student.run_dir import RunDir  # noqa: PLC0415
+    from pld_pipeline.student.train_setup import split_batch  # noqa: PLC0415
+    from pld_pipeline.teacher.models import check_model_available  # noqa: PLC0415
 
     images = seen.dataset(config.dataset_root, config.dataset_split, config.classes)
     if config.val_root:
@@ -146,7 +146,7 @@ def check_sweep(config: SweepConfig) -> None:
         The errors of `check_train_run`; CheckpointError for a finished run of another
         config or cache.
     """
-    from pld_pipeline.run_dir import RunDir  # noqa: PLC0415
+    from pld_pipeline.student.run_dir import RunDir  # noqa: PLC0415
 
     seen = _Seen()
     try:
@@ -166,8 +166,8 @@ def check_demo(config: DemoConfig) -> None:
             with other settings.
         ModelNotFoundError: the teacher or student factory cannot be imported.
     """
-    from pld_pipeline import fashion_mnist  # noqa: PLC0415
-    from pld_pipeline.models import check_model_available  # noqa: PLC0415
+    from pld_pipeline.demo import fashion_mnist  # noqa: PLC0415
+    from pld_pipeline.teacher.models import check_model_available  # noqa: PLC0415
 
     data = Path(config.workdir) / "data" / "fashion-mnist"
     source = Path(config.source)

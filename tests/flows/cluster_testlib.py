@@ -31,7 +31,7 @@ TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
 USER_TEACHER = """
 import os, time
 from torch import nn
-from pld_pipeline.small_models import seeded_tiny_cnn
+from pld_pipeline.demo.small_models import seeded_tiny_cnn
 
 class Slow(nn.Module):
     def __init__(self, inner):

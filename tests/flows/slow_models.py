@@ -6,7 +6,7 @@ import time
 
 from torch import nn
 
-from pld_pipeline.small_models import seeded_tiny_cnn
+from pld_pipeline.demo.small_models import seeded_tiny_cnn
 
 
 class Slow(nn.Module):
@@ -36,6 +36,6 @@ def counted_tiny_cnn(num_classes: int = 10) -> nn.Module:
 
 def slow_tiny_student(num_classes: int = 10) -> nn.Module:
     """tiny_cnn that sleeps 0.2 s per forward (a student run long enough to time out)."""
-    from pld_pipeline.small_models import tiny_cnn
+    from pld_pipeline.demo.small_models import tiny_cnn
 
     return Slow(tiny_cnn(num_classes), 0.2)

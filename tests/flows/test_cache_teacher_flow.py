@@ -196,7 +196,7 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     tiny_imagefolder_corrupt: Path, tmp_path
 ):
     from flows.cache_teacher import cache_teacher
-    from pld_pipeline.cached_dataset import good_indices
+    from pld_pipeline.student.cached_dataset import good_indices
 
     out = tmp_path / "cache"
     report = cache_teacher(make_config(tiny_imagefolder_corrupt, out, skip_bad_images=True))
@@ -224,8 +224,8 @@ def test_replay_check_fails_when_cached_outputs_were_altered(
 
     import zarr
 
-    from pld_pipeline import cache_build
     from pld_pipeline.errors import ReplayCheckError
+    from pld_pipeline.teacher import cache_build
 
     altered = tmp_path / "altered"
     shutil.copytree(reference_cache, altered)

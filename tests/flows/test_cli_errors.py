@@ -62,8 +62,8 @@ class World:
 def world(tmp_path_factory, tiny_imagefolder: Path) -> World:
     """The tiny image folder and its cache (2 replay views, top-4 of 10, T = 1 and 2),
     written with the library's own pass steps (no Prefect)."""
-    from pld_pipeline import cache_build
     from pld_pipeline.configs.cache import CacheConfig
+    from pld_pipeline.teacher import cache_build
 
     root = tmp_path_factory.mktemp("cli-errors")
     data = Path(shutil.copytree(tiny_imagefolder, root / "data"))

@@ -199,8 +199,8 @@ def test_finalized_cache_event_is_read_back_through_the_events_api(server, weekl
     table = json.loads(mine[0]["data"]) if isinstance(mine[0]["data"], str) else mine[0]["data"]
     assert payload["replay_max_error"] == pytest.approx(table[-1]["replay_max_abs_error"], abs=1e-4)
     # ... and the one the same check (same seed, same records) finds when run again here.
-    from pld_pipeline import cache_build
     from pld_pipeline.configs.cache import CacheConfig
+    from pld_pipeline.teacher import cache_build
 
     again = cache_build.replay_check(CacheConfig.model_validate(weekly_cache["config"]))
     assert payload["replay_max_error"] == pytest.approx(again.max_abs_error, abs=1e-7)

@@ -48,8 +48,8 @@ def test_train_student_never_builds_the_teacher(tiny_cache, tiny_imagefolder, tm
     import slow_models
 
     from flows.train_student import train_student
-    from pld_pipeline import cache_build
     from pld_pipeline.configs.train import TrainConfig
+    from pld_pipeline.teacher import cache_build
 
     cache_build._teacher.cache_clear()  # a fresh process would have no teacher either
     slow_models.BUILT.clear()
@@ -110,7 +110,7 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(
             r["run"]
         ]
     # The same sweep_dir with another base config: refused, old results untouched.
-    from pld_pipeline.checkpoint import CheckpointError
+    from pld_pipeline.student.checkpoint import CheckpointError
 
     changed = config.model_copy(update={"base": config.base.model_copy(update={"epochs": 3})})
     with pytest.raises(CheckpointError, match="finished run of another config"):
@@ -126,8 +126,8 @@ def test_sweep_refuses_results_of_another_cache(tiny_cache, tiny_imagefolder, tm
     import shutil
 
     from flows.sweep import sweep
-    from pld_pipeline.checkpoint import CheckpointError
     from pld_pipeline.configs.train import SweepConfig
+    from pld_pipeline.student.checkpoint import CheckpointError
 
     def sweep_on(cache: Path) -> SweepConfig:
         return SweepConfig.model_validate({

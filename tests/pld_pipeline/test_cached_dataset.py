@@ -10,19 +10,19 @@ import torch
 from torch import nn
 
 import storage
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.losses import CachedTargets
+from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     SampledViews,
     ShuffleSampler,
     StoredViews,
-    ViewDataset,
+    StudentViewDataset,
     gather_targets,
     good_indices,
 )
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.epoch_views import EpochSlabs, distinct_views
-from pld_pipeline.losses import CachedTargets
-from pld_pipeline.teacher_pass import compute_shard
+from pld_pipeline.student.epoch_views import EpochSlabs, distinct_views
+from pld_pipeline.teacher.compute import compute_shard
 from pld_pipeline.views import normalize_batch, sample_view
 
 MEAN, STD, SIZE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 12
@@ -88,7 +88,7 @@ def test_replayed_pixels_equal_the_teachers(teacher_pass_cache, view):
     path, images, seen = teacher_pass_cache
     slab = storage.open_cache(path).load_view(view)
     refs = StoredViews(slab.crop, slab.flip).refs()
-    data = ViewDataset(images, SIZE, "bilinear")
+    data = StudentViewDataset(images, SIZE, "bilinear")
     pixels = torch.cat([data[(i, (refs[i],))][0] for i in range(len(images))])
     ours = normalize_batch(pixels, MEAN, STD)
     theirs = torch.cat([seen[(view, start)] for start in sorted(s for v, s in seen if v == view)])
@@ -111,7 +111,7 @@ def test_student_size_replays_the_same_box(teacher_pass_cache):
     path, images, _ = teacher_pass_cache
     slab = storage.open_cache(path).load_view(1)
     refs = StoredViews(slab.crop, slab.flip).refs()
-    data = ViewDataset(images, 20, teacher_size=SIZE)
+    data = StudentViewDataset(images, 20, teacher_size=SIZE)
     i = 4
     student, label, index, teacher = data[(i, (refs[i],))]
     assert student.shape == (1, 3, 20, 20)

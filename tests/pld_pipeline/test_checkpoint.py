@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pld_pipeline.checkpoint import (
+from pld_pipeline.student.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,

@@ -16,16 +16,21 @@ from PIL import Image
 from train_testlib import make_cache, train_config
 
 import storage
-from pld_pipeline.cached_dataset import SampledViews, ViewBatch, ViewDataset, collate_views
 from pld_pipeline.configs.train import OptimConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.decoding import decode_rgb_bytes
-from pld_pipeline.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
+from pld_pipeline.demo.small_models import tiny_cnn
 from pld_pipeline.losses import LOSS_NAMES, make_loss
-from pld_pipeline.optim import make_optimizer, make_scheduler
-from pld_pipeline.small_models import tiny_cnn
-from pld_pipeline.train import Step, fit, train_step
-from pld_pipeline.train_setup import Placement
+from pld_pipeline.student.cached_dataset import (
+    SampledViews,
+    StudentViewDataset,
+    ViewBatch,
+    collate_views,
+)
+from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
+from pld_pipeline.student.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.train import Step, fit, train_step
+from pld_pipeline.student.train_setup import Placement
 from pld_pipeline.views import replay_view, replay_view_float, sample_view
 
 pytestmark = [
@@ -71,7 +76,7 @@ def test_gpu_views_are_within_a_level_of_replay_view_of_the_same_pixels():
 def test_encoded_batches_decode_on_the_gpu_like_the_cpu_pipeline(tiny_imagefolder):
     images = ImageFolderDataset(tiny_imagefolder)
     items = [(i, (SampledViews("replay", 3, 0), SampledViews("replay", 3, 1))) for i in range(12)]
-    want = collate_views([ViewDataset(images, 32)[it] for it in items])
+    want = collate_views([StudentViewDataset(images, 32)[it] for it in items])
     enc = EncodedViewDataset(images, 32)
     got = GpuViewDecoder(CUDA, 32)(collate_encoded([enc[it] for it in items]))
     assert got.images.is_cuda

@@ -11,9 +11,9 @@ import pytest
 import torch
 from train_testlib import train_config
 
-from pld_pipeline.ddp import DistContext, init_from_env
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.train import fit
+from pld_pipeline.student.ddp import DistContext, init_from_env
+from pld_pipeline.student.train import fit
 
 
 def test_single_process_context_without_torchrun(monkeypatch):
@@ -67,7 +67,7 @@ def test_two_gloo_ranks_match_one_process(
             "--nproc_per_node",
             "2",
             "-m",
-            "pld_pipeline.ddp",
+            "pld_pipeline.student.torchrun_entry",
             "--config",
             str(cfg_path),
             "--backend",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pld_pipeline import eval_metrics
+from pld_pipeline.student import eval_metrics
 
 # Probabilities chosen by hand (6 classes); logits = log p, so softmax gives p back.
 PROBS = [

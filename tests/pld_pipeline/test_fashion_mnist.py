@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pld_pipeline.demo.fashion_mnist import CLASSES, read_idx, write_image_folder
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.fashion_mnist import CLASSES, read_idx, write_image_folder
 
 
 def write_idx(path, array: np.ndarray) -> None:

@@ -20,16 +20,16 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from train_testlib import make_cache
 
-import pld_pipeline.gpu_decode as gpu_decode
+import pld_pipeline.student.gpu_decode as gpu_decode
 import storage
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.student.cached_dataset import (
     SampledViews,
     StoredViews,
-    ViewDataset,
+    StudentViewDataset,
     collate_views,
 )
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.gpu_decode import (
+from pld_pipeline.student.gpu_decode import (
     DeviceBatches,
     EncodedViewDataset,
     GpuViewDecoder,
@@ -82,7 +82,7 @@ def _items(tiny_imagefolder, mixed_cache):
 
 def test_decoder_gives_the_cpu_pipelines_views(tiny_imagefolder, mixed_cache):
     images, items = _items(tiny_imagefolder, mixed_cache)
-    cpu = ViewDataset(images, 20, teacher_size=12)
+    cpu = StudentViewDataset(images, 20, teacher_size=12)
     enc = EncodedViewDataset(images, 20, teacher_size=12)
     encoded = [enc[item] for item in items]
     # JPEGs with 3 or 1 components go to the decoder; CMYK and non-JPEG files are done
@@ -129,7 +129,7 @@ def test_a_file_the_decoder_refuses_is_decoded_on_the_cpu(
         got = decoder(batch)
     assert decoder.cpu_fallbacks == 1
     assert f"sample {refused}" in caplog.text
-    want = collate_views([ViewDataset(images, 20)[item] for item in items])
+    want = collate_views([StudentViewDataset(images, 20)[item] for item in items])
     assert int((got.images.int() - want.images.int()).abs().max()) <= 1
 
 

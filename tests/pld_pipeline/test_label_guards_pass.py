@@ -12,10 +12,10 @@ import zarr
 from train_testlib import train_config
 
 import storage
-from pld_pipeline import cache_build
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.errors import ClassListError, LabelOrderError
-from pld_pipeline.train import fit
+from pld_pipeline.student.train import fit
+from pld_pipeline.teacher import cache_build
 
 IN_ORDER = ["blue", "green", "red"]  # the teacher's classes, in its index order
 SHUFFLED = ["green", "red", "blue"]

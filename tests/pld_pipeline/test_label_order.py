@@ -16,12 +16,12 @@ from train_testlib import make_cache, train_config
 
 import storage
 from pld_pipeline import label_order
-from pld_pipeline.cache_check import manifest_hash
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ClassListError, DatasetError
-from pld_pipeline.train import fit
+from pld_pipeline.student.cache_check import manifest_hash
+from pld_pipeline.student.train import fit
 
 BASE = {"dataset_root": "/data", "teacher": {"name": "resnet50"}, "output": "runs/c"}
 

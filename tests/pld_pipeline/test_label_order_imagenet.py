@@ -14,9 +14,9 @@ import zarr
 from imagenet_subset import WNID_INDEX, imagenet_class_list
 
 import storage
-from pld_pipeline import cache_build
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.errors import ClassListError, LabelOrderError
+from pld_pipeline.teacher import cache_build
 from pld_pipeline.views import replay_view
 
 pytest.importorskip("efficientnet_lite_pytorch")

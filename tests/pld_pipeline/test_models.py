@@ -11,22 +11,23 @@ import torch
 import torchvision
 from torch import nn
 
-import pld_pipeline.weights as weights_mod
+import pld_pipeline.teacher.weights as weights_mod
+from pld_pipeline.configs.demo import DemoConfig
 from pld_pipeline.errors import (
     ConfigError,
     ModelNotFoundError,
     WeightsCorruptError,
     WeightsNotFoundError,
 )
-from pld_pipeline.models import (
+from pld_pipeline.teacher.models import (
     count_classes,
     create_model,
     load_teacher,
     resolve_preprocess,
     teacher_info,
 )
-from pld_pipeline.weights import state_dict_sha256
-from pld_pipeline.zoo import tiny_convnet
+from pld_pipeline.teacher.weights import state_dict_sha256
+from pld_pipeline.teacher.zoo import tiny_convnet
 
 TINY = "pld_pipeline.zoo:tiny_convnet"
 
@@ -185,3 +186,30 @@ def test_load_teacher_from_config(tmp_path: Path) -> None:
     assert loaded.preprocess.input_size == 24
     assert loaded.info.interpolation == "bicubic"
     assert loaded.preprocess.crop_pct == 0.875
+
+
+@pytest.mark.parametrize(
+    ("stored", "new_home"),
+    [
+        ("pld_pipeline.zoo:tiny_convnet", "pld_pipeline.teacher.zoo:tiny_convnet"),
+        ("pld_pipeline.small_models:demo_teacher", "pld_pipeline.demo.small_models:demo_teacher"),
+        ("pld_pipeline.small_models:tiny_cnn", "pld_pipeline.demo.small_models:tiny_cnn"),
+    ],
+)
+def test_factory_names_stored_before_the_wings_still_load(stored: str, new_home: str) -> None:
+    """Manifests and users' configs keep the pre-wings module paths: both spell one model."""
+    torch.manual_seed(0)
+    old = create_model(stored, num_classes=10)
+    torch.manual_seed(0)
+    new = create_model(new_home, num_classes=10)
+    assert type(old) is type(new)
+    assert state_dict_sha256(old) == state_dict_sha256(new)
+    stored_info = teacher_info(stored, old, num_classes=10)
+    assert stored_info.name == stored  # the manifest records the name as given
+
+
+def test_demo_defaults_keep_their_stored_factory_names() -> None:
+    """The demo writes the same teacher name into its manifest as before the move."""
+    fields = DemoConfig.model_fields
+    assert fields["teacher_model"].default == "pld_pipeline.small_models:demo_teacher"
+    assert fields["student_model"].default == "pld_pipeline.small_models:demo_student"

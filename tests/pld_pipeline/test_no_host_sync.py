@@ -17,15 +17,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import storage
-from pld_pipeline.cached_dataset import ViewBatch, gather_targets
 from pld_pipeline.configs.train import OptimConfig
-from pld_pipeline.ddp import DistContext
+from pld_pipeline.demo.small_models import tiny_cnn
 from pld_pipeline.losses import LOSS_NAMES, make_loss
 from pld_pipeline.losses.pld_kernel import _RankedPLD, ranked_pld
-from pld_pipeline.optim import make_optimizer, make_scheduler
-from pld_pipeline.small_models import tiny_cnn
-from pld_pipeline.train import Step, train_one_epoch, train_step
-from pld_pipeline.train_setup import Placement
+from pld_pipeline.student.cached_dataset import ViewBatch, gather_targets
+from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.train import Step, train_one_epoch, train_step
+from pld_pipeline.student.train_setup import Placement
 
 META = torch.device("meta")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pld_pipeline.configs.train import OptimConfig
-from pld_pipeline.optim import Lamb, make_optimizer, make_scheduler, param_groups
+from pld_pipeline.student.optim import Lamb, make_optimizer, make_scheduler, param_groups
 
 
 def lamb_reference(w0, grads, lr, betas, eps, wd):

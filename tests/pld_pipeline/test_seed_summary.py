@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.seed_summary import (
+from pld_pipeline.student.seed_summary import (
     DIFFERENCE_RULE,
     Stats,
     SweepSummaryError,
@@ -17,7 +17,7 @@ from pld_pipeline.seed_summary import (
     summary_markdown,
     write_summary,
 )
-from pld_pipeline.sweep_compare import report_text
+from pld_pipeline.student.sweep_compare import report_text
 
 
 def row(loss: str, seed: int, top1: float, ece: float, k: int = 5) -> dict:

@@ -15,10 +15,10 @@ from torch import nn
 import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
-from pld_pipeline.models import create_model, resolve_preprocess
-from pld_pipeline.teacher_pass import compute_shard, compute_views
+from pld_pipeline.teacher.compute import compute_shard, compute_views
+from pld_pipeline.teacher.models import create_model, resolve_preprocess
+from pld_pipeline.teacher.zoo import tiny_convnet
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
-from pld_pipeline.zoo import tiny_convnet
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
 SIZE = 24
@@ -340,7 +340,7 @@ def test_pretrained_efficientnet_lite0_on_real_photos(real_photos: Path) -> None
 
 @pytest.mark.parametrize("temps", [(2.0,), (1.0, 4.0), (0.5, 1.0)])
 def test_logits_to_records_against_float64(temps: tuple[float, ...]) -> None:
-    from pld_pipeline.teacher_outputs import logits_to_records, placeholder_records
+    from pld_pipeline.teacher.outputs import logits_to_records, placeholder_records
 
     g = torch.Generator().manual_seed(1)
     z = torch.randn(6, 50, generator=g) * 4

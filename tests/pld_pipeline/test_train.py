@@ -12,10 +12,10 @@ import zarr
 from train_testlib import build_color_folder, make_cache, train_config
 
 import storage
-from pld_pipeline.checkpoint import CheckpointError
 from pld_pipeline.errors import ConfigError, ModelNotFoundError
 from pld_pipeline.losses import LOSS_NAMES, LossInputError, TemperatureNotCachedError
-from pld_pipeline.train import fit
+from pld_pipeline.student.checkpoint import CheckpointError
+from pld_pipeline.student.train import fit
 
 
 @pytest.mark.parametrize("loss", LOSS_NAMES)
@@ -293,11 +293,11 @@ def test_preflight_passes_a_good_run_and_writes_nothing(replay_cache, color_fold
 
 
 def test_cached_training_never_builds_a_teacher(replay_cache, color_folder, tmp_path, monkeypatch):
-    import pld_pipeline.models
+    import pld_pipeline.teacher.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("the teacher was built")
 
-    monkeypatch.setattr(pld_pipeline.models, "load_teacher", refuse)
-    monkeypatch.setattr("pld_pipeline.online_teacher.load_teacher", refuse, raising=False)
+    monkeypatch.setattr(pld_pipeline.teacher.models, "load_teacher", refuse)
+    monkeypatch.setattr("pld_pipeline.student.online_teacher.load_teacher", refuse, raising=False)
     assert fit(train_config(replay_cache, color_folder, tmp_path / "r", epochs=1)).online is False

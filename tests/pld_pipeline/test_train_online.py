@@ -9,12 +9,12 @@ from pld_test_models import fixed_teacher
 from train_testlib import TEACHER_SIZE, make_cache, train_config
 
 import storage
-from pld_pipeline.cached_dataset import StoredViews, ViewDataset, gather_targets
 from pld_pipeline.configs.cache import TeacherConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.online_teacher import OnlineTeacher
-from pld_pipeline.train import fit
+from pld_pipeline.student.cached_dataset import StoredViews, StudentViewDataset, gather_targets
+from pld_pipeline.student.online_teacher import OnlineTeacher
+from pld_pipeline.student.train import fit
 
 TEACHER = {
     "name": "pld_test_models:fixed_teacher",
@@ -46,7 +46,7 @@ def test_live_targets_equal_cached_targets(teacher_cache, color_folder):
     for view in (0, 1):
         slab = reader.load_view(view)
         refs = StoredViews(slab.crop, slab.flip).refs()
-        data = ViewDataset(images, 16, teacher_size=teacher.input_size)
+        data = StudentViewDataset(images, 16, teacher_size=teacher.input_size)
         items = [data[(i, (refs[i],))] for i in range(len(images))]
         labels = torch.tensor([it[1] for it in items])
         live = teacher.targets(torch.cat([it[3] for it in items]), labels)

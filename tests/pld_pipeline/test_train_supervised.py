@@ -23,7 +23,7 @@ def config(root, run_dir, **extra) -> dict:
 
 
 def test_supervised_run_trains_without_a_cache(tiny_imagefolder, tmp_path):
-    from pld_pipeline.train import fit
+    from pld_pipeline.student.train import fit
 
     result = fit(TrainConfig.model_validate(config(tiny_imagefolder, tmp_path / "run")))
     losses = [r["train_loss"] for r in result.history]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError, ViewError
-from pld_pipeline.view_images import ViewImages
+from pld_pipeline.teacher.view_images import TeacherViewImages
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
@@ -48,7 +48,7 @@ def test_same_views_with_any_worker_count(tiny_imagefolder: Path) -> None:
     )
 
     def crops(workers: int, batch: int, start: int) -> dict[int, tuple]:
-        ds = ViewImages(data, info, [2, 0], start, len(data), size=16)
+        ds = TeacherViewImages(data, info, [2, 0], start, len(data), size=16)
         out = {}
         for b in DataLoader(ds, batch_size=batch, num_workers=workers):
             for idx, crop, flip in zip(

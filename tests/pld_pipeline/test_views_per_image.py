@@ -19,15 +19,15 @@ import torchvision.transforms.v2.functional as TF
 from train_testlib import make_cache, train_config
 
 import storage
-from pld_pipeline.cache_check import check_cache
-from pld_pipeline.cached_dataset import ViewBatch
 from pld_pipeline.datasets import ImageFolderDataset, load_rgb
-from pld_pipeline.ddp import DistContext
-from pld_pipeline.epoch_views import EpochSlabs, distinct_views, epoch_view_ids
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.train import fit
-from pld_pipeline.train_setup import build_loaders, split_batch, train_views
-from pld_pipeline.view_order import resume_offsets, spread_views
+from pld_pipeline.student.cache_check import check_cache
+from pld_pipeline.student.cached_dataset import ViewBatch
+from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.epoch_views import EpochSlabs, distinct_views, epoch_view_ids
+from pld_pipeline.student.train import fit
+from pld_pipeline.student.train_setup import build_loaders, split_batch, train_views
+from pld_pipeline.student.view_order import resume_offsets, spread_views
 from pld_pipeline.views import replay_view, sample_view
 
 TIMING = {"epoch_time_s", "data_time_s", "target_time_s", "target_share", "images_per_s"}
@@ -149,7 +149,7 @@ def test_mid_epoch_resume_with_two_views_equals_uninterrupted(
     }
     full = fit(train_config(three_view_cache, tiny_imagefolder, tmp_path / "full", **settings))
 
-    import pld_pipeline.train as train_module
+    import pld_pipeline.student.train as train_module
 
     real_step, calls = train_module.train_step, []
 

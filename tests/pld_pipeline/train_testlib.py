@@ -20,7 +20,7 @@ from PIL import Image
 import storage
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.teacher_outputs import logits_to_records
+from pld_pipeline.teacher.outputs import logits_to_records
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
 
 COLORS = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 50, 40)}

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pld_pipeline.seed_summary import group_stats
+from pld_pipeline.student.seed_summary import group_stats
 
 
 def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str = "") -> Path:

@@ -3,7 +3,7 @@
 Decoding and view replay run in DataLoader workers (each sample decoded once per call,
 whatever the number of views asked for, see view_images.py); the forward runs in
 inference mode, in eval mode, channels_last with autocast (bf16/fp16) on CUDA and plain
-fp32 on the CPU (see teacher_device.py). Records stay on the device until the end of the
+fp32 on the CPU (see device.py). Records stay on the device until the end of the
 call and are copied back once, so the GPU never waits on a per-batch host sync.
 """
 
@@ -19,15 +19,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
-from pld_pipeline.models import IMAGENET_MEAN, IMAGENET_STD
-from pld_pipeline.teacher_device import prepare_model, resolve_amp, resolve_device, teacher_logits
-from pld_pipeline.teacher_outputs import (
-    check_labels,
+from pld_pipeline.teacher.device import prepare_model, resolve_amp, resolve_device, teacher_logits
+from pld_pipeline.teacher.models import IMAGENET_MEAN, IMAGENET_STD
+from pld_pipeline.teacher.outputs import (
     check_output_spec,
+    check_teacher_labels,
     logits_to_records,
     placeholder_records,
 )
-from pld_pipeline.view_images import make_loader
+from pld_pipeline.teacher.view_images import make_teacher_loader
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset
@@ -98,7 +98,7 @@ def compute_views(
         view_info: mode, num_views, seed, scale, ratio, crop_pct (a storage.ViewInfo or alike).
         views: distinct view indices (eval mode: only 0; replay: < num_views).
         start, stop: the sample range (a shard).
-        fmt, k, temperatures: what to store (see teacher_outputs.logits_to_records).
+        fmt, k, temperatures: what to store (see outputs.logits_to_records).
         input_size, mean, std, interpolation: the teacher's preprocessing.
         device: "cpu", "cuda", "cuda:N" or "auto".
         batch_size: images per forward (samples per batch = batch_size // len(views)).
@@ -123,7 +123,7 @@ def compute_views(
     dev = resolve_device(device)
     amp = resolve_amp(amp_dtype, dev)
     prepare_model(model, dev)
-    loader = make_loader(
+    loader = make_teacher_loader(
         dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images,
         batch_size, num_workers, dev, mean, std, multiprocessing_context,
     )  # fmt: skip
@@ -152,8 +152,8 @@ def run_batches(
     `compute_views`, public so a benchmark can feed it already-decoded batches).
 
     Args:
-        model: prepared with `teacher_device.prepare_model(model, device)`.
-        batches: `make_loader` batches ("image" uint8 or normalised float [b, nV, 3, S, S], "index" [b],
+        model: prepared with `device.prepare_model(model, device)`.
+        batches: `make_teacher_loader` batches ("image" uint8 or normalised float [b, nV, 3, S, S], "index" [b],
             "label" [b], "crop" [b, nV, 4], "flip" [b, nV], "hw" [b, 2], "bad" [b]), covering
             [start, stop).
         device, amp_dtype: resolved (`resolve_device`, `resolve_amp`).
@@ -175,7 +175,7 @@ def run_batches(
             if out.num_classes is None:
                 out.num_classes = logits.shape[1]
                 check_output_spec(fmt, k, temperatures, out.num_classes)
-                check_labels(out.labels, out.num_classes)
+                check_teacher_labels(out.labels, out.num_classes)
             # Labels travel in the (pinned) batch: an asynchronous copy, no per-batch sync.
             labels = batch["label"] if everyone else batch["label"][~batch["bad"]]
             labels = labels.repeat_interleave(len(views)).to(device, non_blocking=True)

@@ -19,9 +19,9 @@ import torchvision.models as tvm
 from torch import nn
 
 from pld_pipeline.errors import ConfigError, ModelNotFoundError
-from pld_pipeline.weights import (
+from pld_pipeline.teacher.weights import (
     checkpoint_file,
-    load_checkpoint,
+    load_weights_into,
     local_weights_only,
     resolve_weights,
     sha256_file,
@@ -87,7 +87,7 @@ def create_model(
     else:
         model = _build_torchvision(name_or_factory, num_classes, weights)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_weights_into(model, checkpoint)
     return model.eval()
 
 
@@ -217,7 +217,7 @@ def resolve_preprocess(
 ) -> Preprocess:
     """The model's preprocessing: explicit values win, then the weights' own eval transform
     (torchvision enums: crop size, resize size, mean, std, interpolation), then the model's
-    `pretrained_cfg` dict (the timm convention, also set by pld_pipeline.zoo factories),
+    `pretrained_cfg` dict (the timm convention, also set by pld_pipeline.teacher.zoo factories),
     then ImageNet defaults (224, bilinear, crop 0.875), which are logged.
     """
     found: dict[str, Any] = {}

@@ -27,7 +27,7 @@ BAD_CROP = (0, 0, 1, 1)
 BAD_HW = (1, 1)
 
 
-class ViewImages(Dataset):
+class TeacherViewImages(Dataset):
     """Samples [start, stop) decoded once each and replayed for each requested view.
 
     Item j: "image" uint8 [nV, 3, S, S], "index" (start + j), "label" int64, "crop" int32 [nV, 4]
@@ -93,7 +93,7 @@ class ViewImages(Dataset):
 
 
 class NormalizeCollate:
-    """Collate `ViewImages` items and normalise the images to float32 in the worker.
+    """Collate `TeacherViewImages` items and normalise the images to float32 in the worker.
 
     For CPU teachers with DataLoader workers: the float work then overlaps the forward in
     the main process. (CUDA teachers get uint8, 4x fewer bytes to copy, normalised on the
@@ -109,7 +109,7 @@ class NormalizeCollate:
         return batch
 
 
-def make_loader(
+def make_teacher_loader(
     dataset: ImageFolderDataset,
     view_info: ViewInfo,
     views: Sequence[int],
@@ -125,12 +125,12 @@ def make_loader(
     std: Sequence[float],
     multiprocessing_context: str | None = None,
 ) -> DataLoader:
-    """The pass's DataLoader of `ViewImages` batches ([b, nV, 3, S, S] each).
+    """The pass's DataLoader of `TeacherViewImages` batches ([b, nV, 3, S, S] each).
 
     CUDA: uint8 images in pinned memory (normalised on the device). CPU with workers:
     float32 images normalised in the workers, off the forward's critical path.
     """
-    images = ViewImages(
+    images = TeacherViewImages(
         dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images
     )
     in_workers = device.type == "cpu" and num_workers > 0

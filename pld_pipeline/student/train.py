@@ -18,23 +18,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from pld_pipeline import eval_metrics
-from pld_pipeline.cache_check import check_cache, check_slab_values, supervised_plan
-from pld_pipeline.cached_dataset import gather_targets, good_indices
-from pld_pipeline.checkpoint import load_checkpoint
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.ddp import DistContext
-from pld_pipeline.epoch_totals import EpochTotals
-from pld_pipeline.epoch_views import EpochSlabs, NoSlabs
 from pld_pipeline.errors import PLDError
 from pld_pipeline.label_order import load_dataset
 from pld_pipeline.losses import make_loss, no_host_sync
-from pld_pipeline.models import create_model
-from pld_pipeline.optim import make_optimizer, make_scheduler
-from pld_pipeline.run_dir import RunDir
-from pld_pipeline.run_result import RunResult, build_result
-from pld_pipeline.train_setup import (
+from pld_pipeline.student import eval_metrics
+from pld_pipeline.student.cache_check import check_cache, check_slab_values, supervised_plan
+from pld_pipeline.student.cached_dataset import gather_targets, good_indices
+from pld_pipeline.student.checkpoint import load_checkpoint
+from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.epoch_totals import EpochTotals
+from pld_pipeline.student.epoch_views import EpochSlabs, NoSlabs
+from pld_pipeline.student.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.run_dir import RunDir
+from pld_pipeline.student.run_result import RunResult, build_result
+from pld_pipeline.student.train_setup import (
     Placement,
     build_loaders,
     make_device_batches,
@@ -45,7 +44,8 @@ from pld_pipeline.train_setup import (
     split_batch,
     train_views,
 )
-from pld_pipeline.view_order import resume_offsets, spread_views
+from pld_pipeline.student.view_order import resume_offsets, spread_views
+from pld_pipeline.teacher.models import create_model
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -101,7 +101,7 @@ def fit(
     resuming = run.prepare(config, write=ctx.is_main)
 
     # Data: the cache, checked against the images and this config.
-    from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.train` light
+    from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.student.train` light
 
     m = config.views_per_image
     train_images = load_dataset(config.dataset_root, config.dataset_split, config.classes)
@@ -352,7 +352,7 @@ def evaluate(
     """Top-1, top-5, NLL, ECE (15 bins) and mean confidence of `model` on `loader`'s eval views.
 
     Each rank evaluates its own share (no padding); the per-batch sums stay on the device
-    and are reduced over ranks once. Metric definitions: `pld_pipeline.eval_metrics`.
+    and are reduced over ranks once. Metric definitions: `pld_pipeline.student.eval_metrics`.
 
     Returns:
         val_top1, val_top5, val_ece, val_confidence (%), val_nll (nats), val_samples.

@@ -1,7 +1,7 @@
 """Online mode: the teacher run live on every batch (same views), to measure what the cache saves.
 
 The targets have the same form as the cached ones (compact top-K with the manifest's
-temperatures, or dense logits), computed by the same `teacher_outputs.logits_to_records`
+temperatures, or dense logits), computed by the same `teacher.outputs.logits_to_records`
 the teacher pass uses, so only where they come from differs.
 """
 
@@ -14,8 +14,8 @@ import torch
 
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.losses import CachedTargets
-from pld_pipeline.models import load_teacher
-from pld_pipeline.teacher_outputs import logits_to_records
+from pld_pipeline.teacher.models import load_teacher
+from pld_pipeline.teacher.outputs import logits_to_records
 from pld_pipeline.views import normalize_batch
 
 logger = logging.getLogger(__name__)

@@ -116,7 +116,7 @@ def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+def load_weights_into(model: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
     """Load a state dict (or a training checkpoint holding one) into `model`, strictly.
 
     Raises:

@@ -28,14 +28,14 @@ from typing import Any, NamedTuple
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.decoding import decode_rgb_bytes, is_jpeg, jpeg_header, read_bytes
+from pld_pipeline.student.cached_dataset import (
     SampledViews,
+    StudentViewDataset,
     ViewBatch,
-    ViewDataset,
     ViewRef,
     resolve_views,
 )
-from pld_pipeline.decoding import decode_rgb_bytes, is_jpeg, jpeg_header, read_bytes
 from pld_pipeline.views import replay_view_float
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class EncodedImage(NamedTuple):
     index: int
 
 
-class EncodedViewDataset(ViewDataset):
+class EncodedViewDataset(StudentViewDataset):
     """(index, views) -> EncodedImage: the file's bytes and its view boxes, no decoding
     (except for files the GPU does not take, see the module docstring)."""
 

@@ -1,4 +1,4 @@
-"""Run metrics: the per-epoch JSON-lines file (what is measured: `pld_pipeline.eval_metrics`)."""
+"""Run metrics: the per-epoch JSON-lines file (what is measured: `pld_pipeline.student.eval_metrics`)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,15 @@
-"""Distributed data parallel plumbing: process-group context, reductions, and the torchrun entry.
+"""Distributed data parallel plumbing: the process-group context and its reductions.
 
-One large student over several GPUs (or CPU processes on gloo):
-
-    torchrun --standalone --nproc_per_node 4 -m pld_pipeline.ddp --config train.yaml [key=value ...]
-
-Each rank reads the same cache and gathers the targets of its own share of every global
-batch (TrainConfig.batch_size is the global batch; each rank takes batch_size / world_size).
-Rank 0 alone writes the run directory.
+One large student over several GPUs (or CPU processes on gloo), started by
+`torchrun -m pld_pipeline.student.torchrun_entry`. Each rank reads the same cache and gathers
+the targets of its own share of every global batch (TrainConfig.batch_size is the global
+batch; each rank takes batch_size / world_size). Rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,43 +97,3 @@ def shutdown() -> None:
     """Leave the process group if one is running."""
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pld_pipeline.ddp",
-        description="Train one student with DDP; start it with torchrun --nproc_per_node N.",
-    )
-    parser.add_argument("--config", required=True, help="TrainConfig as YAML or JSON")
-    parser.add_argument(
-        "--backend", choices=["nccl", "gloo"], help="default: nccl with CUDA, else gloo"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted TrainConfig overrides"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """torchrun entry: read the config, join the group, fit, leave the group."""
-    # pld_pipeline.train imports this module: importing it at the top would be a cycle.
-    from pld_pipeline.configs.loading import load_config  # noqa: PLC0415
-    from pld_pipeline.configs.train import TrainConfig  # noqa: PLC0415
-    from pld_pipeline.train import fit  # noqa: PLC0415
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s rank{os.environ.get('RANK', 0)} %(levelname)s %(name)s: %(message)s",
-    )
-    config = load_config(TrainConfig, args.config, args.overrides)
-    ctx = init_from_env(args.backend)
-    try:
-        fit(config, dist_context=ctx)
-    finally:
-        shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.seed_summary import DIFFERENCE_RULE, METRICS, Stats, differs, group_stats
-from pld_pipeline.sweep_report import format_table
+from pld_pipeline.student.seed_summary import DIFFERENCE_RULE, METRICS, Stats, differs, group_stats
+from pld_pipeline.student.sweep_report import format_table
 
 
 def report_text(

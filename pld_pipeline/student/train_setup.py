@@ -16,22 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from pld_pipeline.cache_check import TargetPlan
-from pld_pipeline.cached_dataset import (
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.errors import ConfigError
+from pld_pipeline.student.cache_check import TargetPlan
+from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     IndexSampler,
     SampledViews,
     ShuffleSampler,
     StoredViews,
-    ViewDataset,
+    StudentViewDataset,
     collate_views,
     gather_targets,
 )
-from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.ddp import DistContext
-from pld_pipeline.epoch_views import own_crop_ids
-from pld_pipeline.errors import ConfigError
+from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.epoch_views import own_crop_ids
 from pld_pipeline.views import normalize_batch
 
 logger = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ def split_batch(
     return per_rank, steps
 
 
-def make_loader(
-    dataset: ViewDataset,
+def make_student_loader(
+    dataset: StudentViewDataset,
     sampler: EpochViewSampler,
     batch_size: int,
     num_workers: int,
@@ -180,9 +180,9 @@ def build_loaders(
     cuda = device is not None and device.type == "cuda"
     m = config.views_per_image
     sampler = EpochViewSampler(ShuffleSampler(train_index, config.seed, ctx.rank, ctx.world_size))
-    dataset_type, collate = ViewDataset, collate_views
+    dataset_type, collate = StudentViewDataset, collate_views
     if config.decode == "cuda" and cuda:
-        from pld_pipeline.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
+        from pld_pipeline.student.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
 
         dataset_type, collate = EncodedViewDataset, collate_encoded
     train_set = dataset_type(
@@ -192,7 +192,7 @@ def build_loaders(
         teacher.input_size if teacher is not None else None,
         teacher.interpolation if teacher is not None else "bilinear",
     )
-    train = make_loader(
+    train = make_student_loader(
         train_set, sampler, per_rank_batch // m, config.num_workers, config.seed,
         drop_last=True, pin_memory=cuda, collate_fn=collate,
     )  # fmt: skip
@@ -202,8 +202,8 @@ def build_loaders(
             IndexSampler(range(ctx.rank, len(val_images), ctx.world_size))
         )
         val_sampler.set_epoch(0, SampledViews("eval", 0, 0, crop_pct=s.eval_crop_pct))
-        val_set = ViewDataset(val_images, s.image_size, s.interpolation)
-        val = make_loader(
+        val_set = StudentViewDataset(val_images, s.image_size, s.interpolation)
+        val = make_student_loader(
             val_set, val_sampler, per_rank_batch, config.num_workers, config.seed,
             drop_last=False, pin_memory=cuda,
         )  # fmt: skip
@@ -225,7 +225,7 @@ def make_device_batches(
             placement.device,
         )
         return lambda batches: batches
-    from pld_pipeline.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
+    from pld_pipeline.student.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
 
     s = config.student
     decoder = GpuViewDecoder(
@@ -267,7 +267,7 @@ def make_online_teacher(
     """The live teacher of online mode, or None (the cached path never builds a teacher)."""
     if config.online_teacher is None:
         return None
-    from pld_pipeline.online_teacher import OnlineTeacher  # noqa: PLC0415 - online mode only
+    from pld_pipeline.student.online_teacher import OnlineTeacher  # noqa: PLC0415 - online mode only
 
     # A live teacher can give any temperature: the cached ones, T = 1 and the loss's.
     temperatures = set(manifest.temperatures) | {1.0}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pld_pipeline.cache_check import TargetPlan
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.epoch_views import distinct_views
-from pld_pipeline.eval_metrics import METRIC_GOALS
+from pld_pipeline.student.cache_check import TargetPlan
+from pld_pipeline.student.epoch_views import distinct_views
+from pld_pipeline.student.eval_metrics import METRIC_GOALS
 
 
 @dataclass
@@ -16,7 +16,7 @@ class RunResult:
     """What a finished run reports (also written to run_dir/result.json).
 
     Accuracies, ECE and confidence are percentages, NLL is in nats (definitions:
-    `pld_pipeline.eval_metrics`). `best_epoch` is the epoch of the best top-1 (the weights in
+    `pld_pipeline.student.eval_metrics`). `best_epoch` is the epoch of the best top-1 (the weights in
     best.pt); `final_*` are the last epoch's. `metrics` holds, for each evaluated metric,
     its best value over the evaluated epochs with that epoch (max for top1/top5, min for
     nll/ece; none for confidence, which has no better direction), its final value, and its

@@ -23,8 +23,8 @@ import storage
 from pld_pipeline import __version__, errors, label_order
 from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.models import LoadedTeacher, load_teacher
-from pld_pipeline.teacher_pass import compute_views
+from pld_pipeline.teacher.compute import compute_views
+from pld_pipeline.teacher.models import LoadedTeacher, load_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def teacher_of(config: CacheConfig) -> LoadedTeacher:
     return _teacher(config.teacher.model_dump_json())
 
 
-def make_manifest(config: CacheConfig, producer: str = "") -> storage.Manifest:
+def manifest_of(config: CacheConfig, producer: str = "") -> storage.Manifest:
     """The manifest this config's pass writes (teacher identity, views, format, dataset).
 
     Raises:
@@ -148,7 +148,7 @@ def prepare_cache(config: CacheConfig, producer: str = "") -> CachePlan:
         errors.ConfigError, errors.DatasetError: bad config or dataset.
     """
     dataset = dataset_of(config)
-    manifest = make_manifest(config, producer)
+    manifest = manifest_of(config, producer)
     writer = storage.create(
         config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
     )

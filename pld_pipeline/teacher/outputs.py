@@ -39,7 +39,7 @@ def check_output_spec(
         )
 
 
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+def check_teacher_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Raise ConfigError when a label is outside [0, num_classes)."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ConfigError(
@@ -80,7 +80,7 @@ def logits_to_records(
     labels = labels.to(device=z.device, dtype=torch.int64)
     if validate:
         check_output_spec(fmt, k, temperatures, num_classes)
-        check_labels(labels, num_classes)
+        check_teacher_labels(labels, num_classes)
     lse = torch.stack([torch.logsumexp(z / float(t), dim=1) for t in temperatures], dim=1)
     out = {"lse": lse, "gt_logit": z.gather(1, labels[:, None]).squeeze(1)}
     if fmt == "full":

@@ -23,8 +23,8 @@ import torch
 
 from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.losses import CachedTargets
+from pld_pipeline.student.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.views import replay_view, sample_view
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class ViewBatch(NamedTuple):
 
 
 def collate_views(items: list[tuple]) -> ViewBatch:
-    """Collate `ViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m rows."""
+    """Collate `StudentViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m rows."""
     m = items[0][0].shape[0]
     count = torch.full((len(items),), m)
     teacher = None
@@ -146,7 +146,7 @@ def collate_views(items: list[tuple]) -> ViewBatch:
     )
 
 
-class ViewDataset(torch.utils.data.Dataset):
+class StudentViewDataset(torch.utils.data.Dataset):
     """(index, views) -> (uint8 images [m, 3, S, S], label, index[, uint8 teacher images]).
 
     The image is decoded once (`ImageFolderDataset.load_tensor`) and every view of the

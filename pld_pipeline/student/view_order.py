@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from pld_pipeline.cached_dataset import ViewBatch
+from pld_pipeline.student.cached_dataset import ViewBatch
 
 VIEWS_LAYOUTS = ("spread", "same_batch")
 

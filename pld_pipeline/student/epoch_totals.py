@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pld_pipeline.ddp import DistContext
+from pld_pipeline.student.ddp import DistContext
 
 _TENSORS = ("loss_sum", "correct", "nonfinite", "dropped_sum", "dropped_n")
 _TIMES = ("data_time_s", "target_time_s", "elapsed_s")

@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pld_pipeline.checkpoint import (
+from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.student.checkpoint import (
     CheckpointError,
     capture_rng_state,
     restore_rng_state,
     save_checkpoint,
 )
-from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.metrics import MetricsLog
+from pld_pipeline.student.metrics import MetricsLog
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ def current_manifest_hash(cache) -> str:  # noqa: ANN001 - storage.Location | st
     """The manifest hash a run on `cache` records ("none" without a cache)."""
     if cache is None:
         return "none"
-    from pld_pipeline.cache_check import manifest_hash  # noqa: PLC0415
+    from pld_pipeline.student.cache_check import manifest_hash  # noqa: PLC0415
     from storage import open_cache  # noqa: PLC0415 - only when a finished run is checked
 
     return manifest_hash(open_cache(cache).manifest)
