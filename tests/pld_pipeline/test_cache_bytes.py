@@ -20,8 +20,8 @@ import pytest
 import zarr
 from exact_teacher_testlib import MEAN, STD, build_colour_folder
 
-from pld_pipeline.cache_build import build_shard, finalize_cache, prepare_cache
 from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.teacher.cache_build import build_shard, finalize_cache, prepare_cache
 
 PROVENANCE = ("library_versions", "created_at", "producer")
 # Recorded 2026-11-30 from the code before the wings move (commit b32ce6a).
