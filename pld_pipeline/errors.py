@@ -87,3 +87,11 @@ class ShardTimeoutError(PLDError, TimeoutError):
 
 class RunTimeoutError(PLDError, TimeoutError):
     """A student run ran past `timeout_s`; resuming from its last checkpoint is safe."""
+
+
+class CheckpointError(PLDError, ValueError):
+    """A checkpoint is missing, unreadable, or does not belong to this run."""
+
+
+class DivergedError(PLDError, FloatingPointError):
+    """Every training loss so far in an epoch was NaN or infinite."""

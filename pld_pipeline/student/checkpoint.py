@@ -16,11 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pld_pipeline.errors import PLDError
-
-
-class CheckpointError(PLDError, ValueError):
-    """A checkpoint is missing, unreadable, or does not belong to this run."""
+from pld_pipeline.errors import CheckpointError
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -14,12 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.student.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    restore_rng_state,
-    save_checkpoint,
-)
+from pld_pipeline.errors import CheckpointError
+from pld_pipeline.student.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from pld_pipeline.student.metrics import MetricsLog
 
 if TYPE_CHECKING:

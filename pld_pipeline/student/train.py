@@ -20,7 +20,7 @@ from torch import nn
 
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.errors import PLDError
+from pld_pipeline.errors import DivergedError
 from pld_pipeline.label_order import load_dataset
 from pld_pipeline.losses import make_loss, no_host_sync
 from pld_pipeline.student import eval_metrics
@@ -53,10 +53,6 @@ _INIT_LOCK = threading.Lock()
 SUMMARY_KEYS = (
     "train_loss", "train_top1", "val_nll", "val_top1", "val_top5", "val_ece", "epoch_time_s",
 )  # fmt: skip
-
-
-class DivergedError(PLDError, FloatingPointError):
-    """Every training loss so far in an epoch was NaN or infinite."""
 
 
 @dataclass

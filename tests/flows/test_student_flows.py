@@ -110,7 +110,7 @@ def test_sweep_writes_table_and_plot_then_skips_finished_runs(
             r["run"]
         ]
     # The same sweep_dir with another base config: refused, old results untouched.
-    from pld_pipeline.student.checkpoint import CheckpointError
+    from pld_pipeline.errors import CheckpointError
 
     changed = config.model_copy(update={"base": config.base.model_copy(update={"epochs": 3})})
     with pytest.raises(CheckpointError, match="finished run of another config"):
@@ -127,7 +127,7 @@ def test_sweep_refuses_results_of_another_cache(tiny_cache, tiny_imagefolder, tm
 
     from flows.sweep import sweep
     from pld_pipeline.configs.train import SweepConfig
-    from pld_pipeline.student.checkpoint import CheckpointError
+    from pld_pipeline.errors import CheckpointError
 
     def sweep_on(cache: Path) -> SweepConfig:
         return SweepConfig.model_validate({

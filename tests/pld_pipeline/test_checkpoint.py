@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from pld_pipeline.errors import CheckpointError
 from pld_pipeline.student.checkpoint import (
-    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,

@@ -12,9 +12,8 @@ import zarr
 from train_testlib import build_color_folder, make_cache, train_config
 
 import storage
-from pld_pipeline.errors import ConfigError, ModelNotFoundError
+from pld_pipeline.errors import CheckpointError, ConfigError, ModelNotFoundError
 from pld_pipeline.losses import LOSS_NAMES, LossInputError, TemperatureNotCachedError
-from pld_pipeline.student.checkpoint import CheckpointError
 from pld_pipeline.student.train import fit
 
 

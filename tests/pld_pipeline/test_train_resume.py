@@ -8,7 +8,7 @@ import pytest
 import torch
 from train_testlib import train_config
 
-from pld_pipeline.student.checkpoint import CheckpointError
+from pld_pipeline.errors import CheckpointError
 from pld_pipeline.student.train import fit
 
 TIMING = {"epoch_time_s", "data_time_s", "target_time_s", "target_share", "images_per_s"}
