@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--teacher", default="resnet50")
     parser.add_argument("--student", default="resnet18")
     parser.add_argument("--loss", default="pld")
-    parser.add_argument("--amp", default="auto", help="auto = bf16 on CUDA, none on CPU")
+    parser.add_argument(
+        "--amp", default="auto", help="auto, bf16, fp16 or off (auto: bf16 on CUDA, fp32 on CPU)"
+    )
     parser.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=True,
         help="channels_last for student and teacher (default on: on CPU it speeds the "

@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE, StrictModel
+from pld_pipeline.configs.base import (
+    AMP_DESCRIPTION,
+    DEFAULT_RATIO,
+    DEFAULT_SCALE,
+    Amp,
+    StrictModel,
+)
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "nearest-exact"]
 RGB = tuple[float, float, float]
@@ -194,9 +200,7 @@ class CacheConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Images per teacher forward.")
     num_workers: int = Field(4, ge=0, description="DataLoader processes decoding images per task.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        "auto", description="Autocast dtype on CUDA ('auto': bf16 where supported); CPU is fp32."
-    )
+    amp: Amp = Field("auto", description=AMP_DESCRIPTION)
     skip_bad_images: bool = Field(
         False,
         description="Record undecodable images as bad (listed in the manifest, excluded from "

@@ -16,7 +16,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
-from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE, StrictModel
+from pld_pipeline.configs.base import (
+    AMP_DESCRIPTION,
+    DEFAULT_RATIO,
+    DEFAULT_SCALE,
+    Amp,
+    StrictModel,
+)
 from pld_pipeline.configs.cache import ClassesSpec, TeacherConfig, check_classes_spec
 from pld_pipeline.configs.loading import set_dotted
 from pld_pipeline.errors import ConfigError
@@ -213,9 +219,7 @@ class TrainConfig(StrictModel):
     device: str = Field(
         "auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."
     )
-    amp: Literal["auto", "none", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision; auto = bf16 on CUDA, none on CPU"
-    )
+    amp: Amp = Field("auto", description=AMP_DESCRIPTION)
     channels_last: bool | None = Field(
         None, description="channels_last memory format; None = on for CUDA"
     )
@@ -279,14 +283,6 @@ class TrainConfig(StrictModel):
         from storage import Location  # noqa: PLC0415 - reading a config loads no zarr
 
         return Location(self.cache, dict(self.storage_options or {}))
-
-    def resolved_device(self) -> str:
-        """The device string with 'auto' resolved (imports torch)."""
-        import torch  # noqa: PLC0415 - reading a config loads no torch
-
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
 
 
 class SweepConfig(StrictModel):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pld_pipeline.device_policy import resolve_device
 from pld_pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,7 @@ class DistContext:
 
     def device(self, requested: str) -> torch.device:
         """The device of this rank: 'cuda'/'auto' map to cuda:<local_rank> when CUDA is used."""
-        if requested == "auto":
-            requested = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(requested)
+        device = resolve_device(requested)
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ConfigError(

@@ -18,6 +18,7 @@ import torch
 
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.device_policy import resolve_amp
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.student.cache_check import TargetPlan
 from pld_pipeline.student.cached_dataset import (
@@ -63,13 +64,13 @@ class Placement:
 
 
 def make_placement(config: TrainConfig, ctx: DistContext) -> Placement:
-    """Resolve 'auto' device, AMP (bf16 on CUDA, none on CPU) and channels_last (CUDA)."""
+    """This rank's device ('auto' and 'cuda' -> its GPU), the AMP dtype of the policy both
+    wings share (`pld_pipeline.device_policy`), and channels_last (default: on for CUDA)."""
     device = ctx.device(config.device)
-    amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
     channels_last = config.channels_last
     if channels_last is None:
         channels_last = device.type == "cuda"
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    amp_dtype = resolve_amp(config.amp, device)
     return Placement(device, amp_dtype, channels_last, config.student.mean, config.student.std)
 
 

@@ -1,4 +1,5 @@
-"""Running a teacher on a device: device and autocast choice, model preparation, one forward."""
+"""Running a teacher on a device: model preparation and one forward (device and autocast
+choice: `pld_pipeline.device_policy`)."""
 
 from __future__ import annotations
 
@@ -7,38 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pld_pipeline.device_policy import resolve_amp, resolve_device
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.views import normalize_batch
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> cuda when available else cpu; anything else as torch.device."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(
-            f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from exc
-
-
-def resolve_amp(amp: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: None on the CPU (plain fp32) and for "off"/None; "auto" -> bf16 where
-    the GPU supports it, else fp16."""
-    if device.type != "cuda" or amp is None or amp == "off":
-        return None
-    if isinstance(amp, torch.dtype):
-        if amp not in (torch.bfloat16, torch.float16):
-            raise ConfigError(f"amp dtype must be bfloat16 or float16, got {amp}.")
-        return amp
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"Unknown amp {amp!r}; use 'auto', 'bf16', 'fp16' or 'off'.")
-    return AMP_DTYPES[amp]
+# The policy is shared with the student wing; re-exported for this wing's callers.
+__all__ = ["prepare_model", "resolve_amp", "resolve_device", "teacher_logits"]
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
