@@ -4,7 +4,8 @@ Same student, same images, same views, same loss, in one run. A teacher pass wri
 replay cache once; then two measurements:
 
 1. Paired steps (the headline): one DataLoader pass over the images; every batch is trained
-   twice with `pld_pipeline.student.train.train_step`, once by a student reading its targets from
+   twice with `pld_pipeline.student.train.train_step`, once by a student (built by
+   `pld_pipeline.student.run.build_run`, as `fit` builds its run) reading its targets from
    the in-memory view slab (cached) and once by an identical student whose targets come
    from the teacher run on the same crop (online), the order alternating per batch. Each
    step is timed alone (CUDA synchronised), so slow drifts of a shared machine hit both
@@ -51,23 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import sync
 
-import storage
 from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.losses import make_loss
-from pld_pipeline.student.cache_check import check_cache
-from pld_pipeline.student.cached_dataset import good_indices
-from pld_pipeline.student.ddp import DistContext
-from pld_pipeline.student.optim import make_optimizer, make_scheduler
-from pld_pipeline.student.train import Step, fit, train_step
-from pld_pipeline.student.train_setup import (
-    build_loaders,
-    make_online_teacher,
-    make_placement,
-    split_batch,
-    train_views,
-)
+from pld_pipeline.student.loaders import train_views
+from pld_pipeline.student.run import build_run
+from pld_pipeline.student.train import fit, train_step
 from pld_pipeline.teacher.cache_build import build_shard, prepare_cache
 from pld_pipeline.teacher.models import create_model
 
@@ -136,38 +125,28 @@ def train_config(
 
 
 def paired_steps(args, cache: Path, images: Path, tconf: TeacherConfig, work: Path) -> dict:
-    """Measurement 1: every batch trained by the cached and the online student in turn."""
-    config = train_config(args, cache, images, work / "paired", tconf)
-    ctx = DistContext()
-    place = make_placement(config, ctx)
-    reader = storage.open_cache(cache)
-    listing = ImageFolderDataset(images)
-    plan = check_cache(reader, listing, config)
-    slab = reader.load_view(0, k=plan.load_k)
-    index = good_indices(reader.bad_mask(), reader.num_samples)
-    batch, steps_per_epoch = split_batch(config.batch_size, len(index), 1)
-    memory = torch.channels_last if place.channels_last else torch.contiguous_format
-    steps, teacher = {}, None
-    for mode in ("cached", "online"):
-        torch.manual_seed(0)  # identical students
-        model = create_model(args.student, num_classes=plan.num_classes)
-        model = model.to(place.device, memory_format=memory).train()
-        criterion = make_loss(args.loss)
-        if mode == "online":
-            teacher = make_online_teacher(config, plan, reader.manifest, criterion.params, place)
-        optimizer = make_optimizer(model, config.optim)
-        scheduler = make_scheduler(optimizer, config.optim, 1, steps_per_epoch)
-        scaler = torch.amp.GradScaler(place.device.type, enabled=place.amp_dtype == torch.float16)
-        steps[mode] = Step(model, criterion, optimizer, scheduler, scaler, place, None, plan.form,
-                           teacher if mode == "online" else None)  # fmt: skip
-    loaders = build_loaders(config, listing, None, index, batch, ctx, teacher)
-    loaders.train_sampler.set_epoch(0, train_views(config, plan, [slab], 0))
+    """Measurement 1: every batch trained by the cached and the online student in turn.
+
+    Both students come from `build_run` (same seed, so the same initial weights); the
+    online run's loader also yields the teacher's views, which the cached step ignores.
+    """
+    runs = {
+        mode: build_run(train_config(args, cache, images, work / f"paired-{mode}", online))
+        for mode, online in (("cached", None), ("online", tconf))
+    }
+    steps = {mode: run.step for mode, run in runs.items()}
+    online = runs["online"]
+    place, steps_per_epoch = online.placement, online.steps_per_epoch
+    slabs = online.slabs.get(0)  # view 0 of every image, in memory
+    slab = slabs[0]
+    loader = online.loaders.train
+    online.loaders.train_sampler.set_epoch(0, train_views(online.config, online.plan, slabs, 0))
     wall: dict[str, list[float]] = {"cached": [], "online": []}
     cpu: dict[str, list[float]] = {"cached": [], "online": []}
     gather: list[float] = []
     data_wait = 0.0
     t_data = time.perf_counter()
-    for j, item in enumerate(loaders.train):
+    for j, item in enumerate(loader):
         data_wait += time.perf_counter() - t_data if j >= args.warmup_steps else 0.0
         for mode in ("cached", "online") if j % 2 == 0 else ("online", "cached"):
             sync(place.device)

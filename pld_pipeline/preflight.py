@@ -107,8 +107,8 @@ def _check_train_run(config: TrainConfig, seen: _Seen) -> None:
         supervised_plan,
     )
     from pld_pipeline.student.cached_dataset import good_indices  # noqa: PLC0415
+    from pld_pipeline.student.loaders import split_batch  # noqa: PLC0415
     from pld_pipeline.student.run_dir import RunDir  # noqa: PLC0415
-    from pld_pipeline.student.train_setup import split_batch  # noqa: PLC0415
     from pld_pipeline.teacher.models import check_model_available  # noqa: PLC0415
 
     images = seen.dataset(config.dataset_root, config.dataset_split, config.classes)

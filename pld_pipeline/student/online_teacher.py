@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +18,11 @@ from pld_pipeline.losses import CachedTargets
 from pld_pipeline.teacher.models import load_teacher
 from pld_pipeline.teacher.outputs import logits_to_records
 from pld_pipeline.views import normalize_batch
+
+if TYPE_CHECKING:
+    from pld_pipeline.configs.train import TrainConfig
+    from pld_pipeline.student.cache_check import TargetPlan
+    from pld_pipeline.student.placement import Placement
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +104,30 @@ class OnlineTeacher:
             temperatures=self.temperatures,
             gt_logit=rec["gt_logit"],
         )
+
+
+def make_online_teacher(
+    config: TrainConfig,
+    plan: TargetPlan,
+    manifest: Any,
+    loss_params: dict[str, Any],
+    placement: Placement,
+) -> OnlineTeacher | None:
+    """The live teacher of online mode, or None (the cached path never builds a teacher)."""
+    if config.online_teacher is None:
+        return None
+    # A live teacher can give any temperature: the cached ones, T = 1 and the loss's.
+    temperatures = set(manifest.temperatures) | {1.0}
+    if loss_params.get("temperature") is not None:
+        temperatures.add(float(loss_params["temperature"]))
+    return OnlineTeacher(
+        config.online_teacher,
+        placement.device,
+        plan.num_classes,
+        plan.form,
+        plan.k,
+        sorted(temperatures),
+        placement.amp_dtype,
+        placement.channels_last,
+        manifest.teacher.name,
+    )

@@ -1,73 +1,39 @@
-"""Training a student from the logit cache: `fit` reads in run order, then the epoch functions.
+"""Training a student from the logit cache: `fit` is `build_run` plus the epoch loop.
 
-`fit` is the table of contents: data (cache checked against the dataset and config), model,
-criterion, optimizer, scheduler, resume, epoch loop. `train_one_epoch` and `evaluate` are
-plain functions. The teacher is never built unless `online_teacher` asks for it.
+`build_run` (student/run.py) assembles the run: data (cache checked against the dataset and
+config), model, criterion, optimizer, schedule, loaders, resume state. `fit` runs its epochs;
+`train_one_epoch`, `train_step` and `evaluate` are plain functions. The teacher is never
+built unless `online_teacher` asks for it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import DivergedError
-from pld_pipeline.label_order import load_dataset
-from pld_pipeline.losses import make_loss, no_host_sync
+from pld_pipeline.losses import no_host_sync
 from pld_pipeline.student import eval_metrics
-from pld_pipeline.student.cache_check import check_cache, check_slab_values, supervised_plan
-from pld_pipeline.student.cached_dataset import gather_targets, good_indices
-from pld_pipeline.student.checkpoint import load_checkpoint
+from pld_pipeline.student.cached_dataset import gather_targets
 from pld_pipeline.student.ddp import DistContext
 from pld_pipeline.student.epoch_totals import EpochTotals
-from pld_pipeline.student.epoch_views import EpochSlabs, NoSlabs
-from pld_pipeline.student.optim import make_optimizer, make_scheduler
-from pld_pipeline.student.run_dir import RunDir
+from pld_pipeline.student.placement import Placement
+from pld_pipeline.student.run import Step, build_run
 from pld_pipeline.student.run_result import RunResult, build_result
-from pld_pipeline.student.train_setup import (
-    Placement,
-    build_loaders,
-    make_device_batches,
-    make_online_teacher,
-    make_placement,
-    preflight,
-    seed_everything,
-    split_batch,
-    train_views,
-)
-from pld_pipeline.student.view_order import resume_offsets, spread_views
-from pld_pipeline.teacher.models import create_model
+
+__all__ = ["DivergedError", "Step", "evaluate", "fit", "train_one_epoch", "train_step"]
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict[str, Any]], None]
-_INIT_LOCK = threading.Lock()
 SUMMARY_KEYS = (
     "train_loss", "train_top1", "val_nll", "val_top1", "val_top5", "val_ece", "epoch_time_s",
 )  # fmt: skip
-
-
-@dataclass
-class Step:
-    """Everything one optimisation step needs, built once by `fit`."""
-
-    model: nn.Module  # DDP-wrapped when distributed
-    criterion: Callable
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    placement: Placement
-    clip_grad_norm: float | None
-    form: str  # "compact" or "dense" targets
-    teacher: Any = None  # OnlineTeacher in online mode
 
 
 def fit(
@@ -87,101 +53,30 @@ def fit(
         RunResult (also written to run_dir/result.json).
 
     Raises:
-        storage.CacheError subclasses, ConfigError, TemperatureNotCachedError, LossInputError,
-        ModelNotFoundError, CheckpointError: before the first step, for a cache, dataset or
-        config that does not fit the run. DivergedError: every loss of an epoch non-finite.
+        The errors of `build_run`, before the first step; DivergedError: every loss of an
+        epoch non-finite.
     """
-    ctx = dist_context or DistContext()
-    place = make_placement(config, ctx)
-    run = RunDir(config.run_dir)
-    resuming = run.prepare(config, write=ctx.is_main)
-
-    # Data: the cache, checked against the images and this config.
-    from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.student.train` light
-
-    m = config.views_per_image
-    train_images = load_dataset(config.dataset_root, config.dataset_split, config.classes)
-    if config.cache is None:  # plain supervised training (loss ce), e.g. of a teacher
-        reader, plan = None, supervised_plan(train_images, config)
-        slabs, train_index = NoSlabs(m), np.arange(len(train_images))
-    else:
-        reader = open_cache(config.cache_location())
-        plan = check_cache(reader, train_images, config)
-        slabs = EpochSlabs(
-            reader, plan.num_views, plan.load_k, m, plan.replay_cache,
-            on_load=lambda slab: check_slab_values(slab, plan.num_classes),
-        )  # fmt: skip
-        train_index = good_indices(reader.bad_mask(), reader.num_samples)
-    val_images = None
-    if config.val_root:
-        val_images = ImageFolderDataset(config.val_root, config.val_split, train_images.classes)
-    batch, steps_per_epoch = split_batch(config.batch_size, len(train_index), ctx.world_size, m)
-
-    # Model, criterion, (online teacher), optimizer, schedule.
-    memory = torch.channels_last if place.channels_last else torch.contiguous_format
-    with _INIT_LOCK:  # fits in threads of one process (a sweep) share torch's global RNG
-        seed_everything(config.seed, config.deterministic)
-        model = create_model(config.student.name, num_classes=plan.num_classes)
-    model = model.to(place.device, memory_format=memory)
-    criterion = make_loss(config.loss.name, **config.loss.make_kwargs())
-    manifest = reader.manifest if reader is not None else None
-    teacher = make_online_teacher(config, plan, manifest, criterion.params, place)
-    state = load_checkpoint(run.checkpoint, place.device) if resuming else None
-    start_epoch = int(state["epoch"]) + 1 if state is not None else 0
-    in_epoch = state.get("in_epoch") if state is not None else None  # a mid-epoch checkpoint
-    if teacher is None and reader is not None:
-        preflight(criterion, slabs.get(start_epoch), train_index, plan, place.device)
-    optimizer = make_optimizer(model, config.optim)
-    scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
-    scaler = torch.amp.GradScaler(place.device.type, enabled=place.amp_dtype == torch.float16)
-
-    # Resume: weights, optimizer, schedule, scaler, RNG, history.
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"top1": None, "epoch": None}
-    if state is not None:
-        history, best = run.restore_state(
-            state, plan.manifest_hash, model, optimizer, scheduler, scaler
-        )
-    if ctx.is_main:
-        run.metrics.keep_epochs_before(start_epoch)
-    trained = model
-    if ctx.enabled:
-        ids = [place.device] if place.device.type == "cuda" else None
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    step = Step(trained, criterion, optimizer, scheduler, scaler, place,
-                config.optim.clip_grad_norm, plan.form, teacher)  # fmt: skip
-    loaders = build_loaders(
-        config, train_images, val_images, train_index, batch, ctx, teacher, place.device
-    )
-    device_batches = make_device_batches(config, place, teacher)
-
-    # Epoch loop: the epoch's m views, train, evaluate, record, checkpoint.
-    for epoch in range(start_epoch, config.epochs):
-        epoch_slabs = slabs.get(epoch)
+    run = build_run(config, dist_context)
+    ctx, place = run.ctx, run.placement
+    for epoch in range(run.start_epoch, config.epochs):
+        epoch_slabs = run.slabs.get(epoch)
         totals = None
-        if in_epoch is not None and int(in_epoch["epoch"]) == epoch:
-            totals = EpochTotals.from_state(in_epoch["totals"], place.device, ctx.is_main)
-        skip, drop = resume_offsets(totals.steps if totals else 0, m, config.views_layout)
-        views = train_views(config, plan, epoch_slabs, epoch)
-        loaders.train_sampler.set_epoch(epoch, views, skip=skip * (batch // m))
-        batches = device_batches(iter(loaders.train))  # workers start before the prefetch
-        if m > 1 and config.views_layout == "spread":
-            batches = spread_views(batches, m, place.device, drop_first=drop)
+        if run.in_epoch is not None and int(run.in_epoch["epoch"]) == epoch:
+            totals = EpochTotals.from_state(run.in_epoch["totals"], place.device, ctx.is_main)
+        batches = run.train_batches(epoch, epoch_slabs, totals.steps if totals else 0)
         if epoch + 1 < config.epochs:
-            slabs.prefetch(epoch + 1)
-        view_ids = slabs.views_of(epoch)
+            run.slabs.prefetch(epoch + 1)
+        view_ids = run.slabs.views_of(epoch)
         record: dict[str, Any] = {"epoch": epoch, "view": view_ids[0], "views": list(view_ids)}
 
-        def save_mid_epoch(partial: EpochTotals, epoch: int = epoch, best: dict = best) -> None:
+        def save_mid_epoch(partial: EpochTotals, epoch: int = epoch) -> None:
             global_sums = partial.reduced(ctx)  # every rank takes part in the sum
             if ctx.is_main:
-                run.save_state(plan.manifest_hash, model, optimizer, scheduler, scaler,
-                               epoch - 1, best, history, False,
-                               in_epoch={"epoch": epoch, "totals": global_sums})  # fmt: skip
+                run.save_state(epoch - 1, False, in_epoch={"epoch": epoch, "totals": global_sums})
 
         record.update(
             train_one_epoch(
-                step,
+                run.step,
                 batches,
                 epoch_slabs,
                 epoch,
@@ -193,26 +88,28 @@ def fit(
             )  # fmt: skip
         )
         last = epoch + 1 == config.epochs
-        if loaders.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
-            record.update(evaluate(model, loaders.val, place, ctx))
+        if run.loaders.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
+            record.update(evaluate(run.model, run.loaders.val, place, ctx))
         top1 = record.get("val_top1")
+        best = run.best
         record["is_best"] = top1 is not None and (best["top1"] is None or top1 > best["top1"])
         if record["is_best"]:
-            best = {"top1": top1, "epoch": epoch}
-        history.append(record)
+            run.best = {"top1": top1, "epoch": epoch}
+        run.history.append(record)
         if ctx.is_main:
-            run.metrics.append(record)
-            run.save_state(plan.manifest_hash, model, optimizer, scheduler, scaler, epoch,
-                           best, history, record["is_best"])  # fmt: skip
+            run.run_dir.metrics.append(record)
+            run.save_state(epoch, record["is_best"])
             summary = " ".join(f"{k}={record[k]:.4g}" for k in SUMMARY_KEYS if k in record)
             logger.info("epoch %d/%d %s", epoch + 1, config.epochs, summary)
             if progress_callback is not None:
                 progress_callback(dict(record))
         ctx.barrier()
 
-    result = build_result(config, plan, criterion.params, ctx.world_size, best, history)
+    result = build_result(
+        config, run.plan, run.criterion.params, ctx.world_size, run.best, run.history
+    )
     if ctx.is_main:
-        run.write_result(result.to_dict())
+        run.run_dir.write_result(result.to_dict())
     return result
 
 
@@ -300,7 +197,7 @@ def train_step(
     """One optimisation step on one batch, with no read-back to the host.
 
     The loss runs inside `losses.no_host_sync()`: its value checks were done once before
-    the first step (`train_setup.preflight`) and on each slab as it loaded
+    the first step (`run.preflight_loss`) and on each slab as it loaded
     (`cache_check.check_slab_values`), so a GPU never waits for the host here.
 
     Args:

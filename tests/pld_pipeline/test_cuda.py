@@ -29,8 +29,8 @@ from pld_pipeline.student.cached_dataset import (
 )
 from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
 from pld_pipeline.student.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.placement import Placement
 from pld_pipeline.student.train import Step, fit, train_step
-from pld_pipeline.student.train_setup import Placement
 from pld_pipeline.views import replay_view, replay_view_float, sample_view
 
 pytestmark = [

@@ -16,8 +16,8 @@ from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.device_policy import resolve_amp
 from pld_pipeline.errors import CheckpointError, ConfigError
 from pld_pipeline.student.ddp import DistContext
+from pld_pipeline.student.placement import make_placement
 from pld_pipeline.student.run_dir import RunDir
-from pld_pipeline.student.train_setup import make_placement
 from pld_pipeline.teacher import device as teacher_device
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -59,6 +59,7 @@ def test_the_old_student_word_none_reads_as_off_with_a_deprecation_line(caplog):
         assert resolve_amp("none", device) == resolve_amp("off", device)
     placement = make_placement(old, DistContext())
     assert placement.amp_dtype is None
+    assert not placement.grad_scaler().is_enabled()
 
 
 @pytest.mark.parametrize("word", ["fp8", "None", "bfloat16"])

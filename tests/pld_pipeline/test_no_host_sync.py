@@ -24,8 +24,8 @@ from pld_pipeline.losses.pld_kernel import _RankedPLD, ranked_pld
 from pld_pipeline.student.cached_dataset import ViewBatch, gather_targets
 from pld_pipeline.student.ddp import DistContext
 from pld_pipeline.student.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.placement import Placement
 from pld_pipeline.student.train import Step, train_one_epoch, train_step
-from pld_pipeline.student.train_setup import Placement
 
 META = torch.device("meta")
 

@@ -25,8 +25,8 @@ from pld_pipeline.student.cache_check import check_cache
 from pld_pipeline.student.cached_dataset import ViewBatch
 from pld_pipeline.student.ddp import DistContext
 from pld_pipeline.student.epoch_views import EpochSlabs, distinct_views, epoch_view_ids
+from pld_pipeline.student.loaders import build_loaders, split_batch, train_views
 from pld_pipeline.student.train import fit
-from pld_pipeline.student.train_setup import build_loaders, split_batch, train_views
 from pld_pipeline.student.view_order import resume_offsets, spread_views
 from pld_pipeline.views import replay_view, sample_view
 

@@ -1,24 +1,18 @@
-"""Assembling a run for `fit`: device placement, seeding, loaders, the online teacher, a preflight.
-
-Kept apart from train.py so `fit` reads as a table of contents.
+"""The student's data path: batch split over ranks and views, the loaders, each epoch's views,
+and what moves batches onto the device.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.device_policy import resolve_amp
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.student.cache_check import TargetPlan
 from pld_pipeline.student.cached_dataset import (
@@ -29,59 +23,12 @@ from pld_pipeline.student.cached_dataset import (
     StoredViews,
     StudentViewDataset,
     collate_views,
-    gather_targets,
 )
 from pld_pipeline.student.ddp import DistContext
 from pld_pipeline.student.epoch_views import own_crop_ids
-from pld_pipeline.views import normalize_batch
+from pld_pipeline.student.placement import Placement
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How student inputs reach the device: dtype policy, memory format, normalisation."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, S, S] -> normalised float32 on the device."""
-        return normalize_batch(images, self.mean, self.std, self.device, self.channels_last)
-
-    def autocast(self) -> AbstractContextManager:
-        """Mixed precision as configured (a no-op context without AMP)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        )
-
-
-def make_placement(config: TrainConfig, ctx: DistContext) -> Placement:
-    """This rank's device ('auto' and 'cuda' -> its GPU), the AMP dtype of the policy both
-    wings share (`pld_pipeline.device_policy`), and channels_last (default: on for CUDA)."""
-    device = ctx.device(config.device)
-    channels_last = config.channels_last
-    if channels_last is None:
-        channels_last = device.type == "cuda"
-    amp_dtype = resolve_amp(config.amp, device)
-    return Placement(device, amp_dtype, channels_last, config.student.mean, config.student.std)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, numpy and torch; optionally ask torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def split_batch(
@@ -256,51 +203,3 @@ def train_views(
         SampledViews("replay", config.seed, v, s.random_scale, s.random_ratio)
         for v in own_crop_ids(epoch, config.views_per_image)
     ]
-
-
-def make_online_teacher(
-    config: TrainConfig,
-    plan: TargetPlan,
-    manifest: Any,
-    loss_params: dict[str, Any],
-    placement: Placement,
-) -> Any:
-    """The live teacher of online mode, or None (the cached path never builds a teacher)."""
-    if config.online_teacher is None:
-        return None
-    from pld_pipeline.student.online_teacher import OnlineTeacher  # noqa: PLC0415 - online mode only
-
-    # A live teacher can give any temperature: the cached ones, T = 1 and the loss's.
-    temperatures = set(manifest.temperatures) | {1.0}
-    if loss_params.get("temperature") is not None:
-        temperatures.add(float(loss_params["temperature"]))
-    return OnlineTeacher(
-        config.online_teacher,
-        placement.device,
-        plan.num_classes,
-        plan.form,
-        plan.k,
-        sorted(temperatures),
-        placement.amp_dtype,
-        placement.channels_last,
-        manifest.teacher.name,
-    )
-
-
-def preflight(
-    criterion: Any,
-    slabs: Sequence[Any],
-    train_index: np.ndarray,
-    plan: TargetPlan,
-    device: torch.device,
-) -> None:
-    """Run the loss once, with its value checks, on two cached samples of every slot, so a
-    loss/targets mismatch (e.g. the loss's default temperature not cached) fails before the
-    first step with the loss's own error. (The steps then skip the value checks; the slabs'
-    values are checked as they load, `cache_check.check_slab_values`.)"""
-    idx = np.repeat(np.asarray(train_index[:2]), len(slabs))
-    slot = np.tile(np.arange(len(slabs)), min(2, len(train_index)))
-    targets = gather_targets(list(slabs), idx, plan.form, device, slot=slot)
-    first = slabs[0]
-    labels = torch.as_tensor(first.label[idx - first.start], dtype=torch.int64, device=device)
-    criterion(torch.zeros(len(idx), plan.num_classes, device=device), targets, labels)
