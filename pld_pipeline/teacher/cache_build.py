@@ -257,13 +257,15 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
     Raises:
         storage.IncompleteCacheError: some (view, shard) is missing (listed).
     """
-    reader = storage.open_cache(config.location())
-    reader.validate()
-    bad = reader.bad_mask().any(axis=0)
-    bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
-    if bad_keys:
-        storage.open_writer(config.location()).record_bad_samples(bad_keys)
-    summary = storage.summarize(config.location())
+    # The cache is opened once for reading and once for writing, and both are reused.
+    with storage.open_cache(config.location()) as reader:
+        writer = storage.open_writer(reader.location)
+        reader.validate()
+        bad = reader.bad_mask().any(axis=0)
+        bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
+        if bad_keys:
+            writer.record_bad_samples(bad_keys)
+        summary = storage.summary_of(reader)
     label_check = None
     if summary.top1:  # some record could be decoded
         check = label_order.agreement_check(
@@ -272,7 +274,7 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
             summary.num_classes,
             config.min_label_agreement,
         )
-        storage.open_writer(config.location()).record_label_check(check)
+        writer.record_label_check(check)
         label_check = asdict(check)
         if check.flagged:
             logger.error(label_order.mismatch_message(label_check, config.output))
