@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from photos import make_folder
 from timing import sync
 
+import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.teacher.compute import compute_shard, run_batches
 from pld_pipeline.teacher.device import (
@@ -49,30 +49,39 @@ from pld_pipeline.teacher.device import (
     resolve_device,
 )
 from pld_pipeline.teacher.models import create_model
+from pld_pipeline.teacher.options import PassOptions
 from pld_pipeline.teacher.view_images import TeacherViewImages, make_teacher_loader
 from pld_pipeline.views import normalize_batch
+from storage.synthetic import make_manifest
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-VIEWS = SimpleNamespace(
-    mode="replay", num_views=1, seed=0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
-)
+VIEWS = storage.ViewInfo("replay", 1, 0, (0.08, 1.0), (3 / 4, 4 / 3), 0.875)
+TEMPERATURES = (1.0, 2.0, 4.0)
+
+
+def pass_spec(model_name: str, n: int, size: int, fmt: str, k: int) -> storage.Manifest:
+    """The manifest the pass computes from: one replay view, ImageNet preprocessing."""
+    teacher = storage.TeacherInfo(model_name, "none", "", 1000, size, MEAN, STD, "bilinear")
+    return make_manifest(
+        num_samples=n, num_classes=1000, k=k if fmt == "topk" else 0, fmt=fmt,
+        temperatures=TEMPERATURES, teacher=teacher, views=VIEWS, shard_size=n,
+    )  # fmt: skip
 
 
 def decoded_batches(
-    data: ImageFolderDataset, n: int, size: int, batch: int, workers: int, device: torch.device
+    data: ImageFolderDataset, spec: storage.Manifest, options: PassOptions, device: torch.device
 ) -> tuple[list, list]:
     """(uint8 batches, the pass's own batches): every view decoded and replayed once by a
     plain DataLoader, and again by the pass's loader (`make_teacher_loader`: uint8 pinned on CUDA,
     float32 normalised in the workers on the CPU)."""
+    n = spec.num_samples
     plain = torch.utils.data.DataLoader(
-        TeacherViewImages(data, VIEWS, [0], 0, n, size, "bilinear"),
-        batch_size=batch,
-        num_workers=workers,
+        TeacherViewImages(data, spec, [0], 0, n),
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
         pin_memory=device.type == "cuda",
     )
-    loader = make_teacher_loader(
-        data, VIEWS, [0], 0, n, size, "bilinear", False, batch, workers, device, MEAN, STD
-    )
+    loader = make_teacher_loader(data, spec, [0], 0, n, options, device)
     return list(plain), list(loader)
 
 
@@ -82,6 +91,7 @@ def paired_ratios(
     pass_batches,
     inputs,
     data,
+    spec,
     args,
     device,
     amp,
@@ -103,10 +113,7 @@ def paired_ratios(
     def cached(i: int) -> None:
         first = int(pass_batches[i]["index"][0])
         stop = first + len(pass_batches[i]["index"])
-        run_batches(
-            model, [pass_batches[i]], data, [0], first, stop, args.format, args.k, (1.0, 2.0, 4.0),
-            MEAN, STD, device, amp,
-        )  # fmt: skip
+        run_batches(model, [pass_batches[i]], data, spec, [0], first, stop, device, amp)
 
     figures = [("bare", bare), ("plain", plain), ("pass", cached)]
     ratios: dict[str, list[float]] = {"bare": [], "plain": []}
@@ -140,7 +147,9 @@ def bench(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     model = prepare_model(create_model(model_name), device)
-    batches, pass_batches = decoded_batches(data, n, args.size, batch, workers, device)
+    spec = pass_spec(model_name, n, args.size, args.format, args.k)
+    options = PassOptions(device=device, batch_size=batch, num_workers=workers, amp=amp)
+    batches, pass_batches = decoded_batches(data, spec, options, device)
     inputs = [
         normalize_batch(b["image"].flatten(0, 1), MEAN, STD, device, channels_last=cuda)
         for b in batches
@@ -164,16 +173,10 @@ def bench(args: argparse.Namespace) -> dict:
                 model(normalize_batch(b["image"].flatten(0, 1), MEAN, STD, device, cuda))
 
     def pass_decoded() -> None:
-        run_batches(
-            model, pass_batches, data, [0], 0, n, args.format, args.k, (1.0, 2.0, 4.0), MEAN, STD,
-            device, amp,
-        )  # fmt: skip
+        run_batches(model, pass_batches, data, spec, [0], 0, n, device, amp)
 
     def pass_full() -> None:
-        compute_shard(
-            model, data, VIEWS, 0, 0, n, args.format, args.k, (1.0, 2.0, 4.0), args.size,
-            MEAN, STD, "bilinear", device, batch, workers, amp,
-        )  # fmt: skip
+        compute_shard(model, data, spec, 0, 0, n, options)
 
     def timed(fn) -> tuple[float, float]:
         """(wall seconds, this process's CPU seconds) of one call."""
@@ -193,7 +196,9 @@ def bench(args: argparse.Namespace) -> dict:
         runs["plain"].append(timed(plain_loop))
         runs["pass"].append(timed(pass_decoded))
     full_wall = min(timed(pass_full)[0] for _ in range(max(1, args.repeat // 2)))
-    paired = paired_ratios(model, batches, pass_batches, inputs, data, args, device, amp, timed)
+    paired = paired_ratios(
+        model, batches, pass_batches, inputs, data, spec, args, device, amp, timed
+    )
     if args.dir is None:
         shutil.rmtree(tmp)
     # Best of the runs: the figure least disturbed by other work on the machine. On the

@@ -4,8 +4,9 @@ Public API (see storage/README.md for the on-disk format):
 ``create`` / ``open_writer`` -> ``CacheWriter.write_shard`` (``check_create`` makes
 ``create``'s checks without writing); ``open_cache`` ->
 ``CacheReader.validate`` / ``load_view`` / ``prefetch`` / ``iter_view``;
-``inspect``; the ``Manifest`` dataclasses (with ``ClassList``, ``LabelCheck``),
-``fingerprint`` and ``class_list_sha256``; the errors.
+``inspect`` / ``summarize`` (``summary_of`` an open reader); the ``Manifest``
+dataclasses (with ``ClassList``, ``LabelCheck``), ``fingerprint`` and
+``class_list_sha256``; the errors.
 """
 
 from storage.errors import (
@@ -29,7 +30,7 @@ from storage.manifest import SCHEMA_VERSION, Manifest, TeacherInfo, ViewInfo, fi
 from storage.reader import CacheReader, open_cache
 from storage.schema import COMPRESSORS, DEFAULT_COMPRESSOR, DEFAULT_SHARD_SIZE
 from storage.slab import ViewSlab
-from storage.summary import CacheSummary, inspect, summarize
+from storage.summary import CacheSummary, inspect, summarize, summary_of
 from storage.writer import CacheWriter, check_create, create, open_writer
 
 __all__ = [
@@ -68,4 +69,5 @@ __all__ = [
     "open_cache",
     "open_writer",
     "summarize",
+    "summary_of",
 ]

@@ -151,7 +151,17 @@ def summarize(path: location.PathOrLocation, storage_options: dict | None = None
     Raises:
         NotACacheError, SchemaVersionError, CorruptChunkError: see ``open_cache``.
     """
-    reader = CacheReader(path, storage_options)
+    with CacheReader(path, storage_options) as reader:
+        return summary_of(reader)
+
+
+def summary_of(reader: CacheReader) -> CacheSummary:
+    """``summarize`` for a cache already open (left open), so a caller that reads it anyway
+    (the pass's finishing step) opens it once.
+
+    Raises:
+        CorruptChunkError: see ``open_cache``.
+    """
     missing = reader.missing()
     missing_set = set(missing)
     specs = array_specs(reader.manifest)
@@ -203,7 +213,6 @@ def summarize(path: location.PathOrLocation, storage_options: dict | None = None
     bad_index = np.flatnonzero(bad)
     summary.bad_count = len(bad_index)
     summary.bad_keys = [str(reader.keys[i]) for i in bad_index[:BAD_KEYS_SHOWN]]
-    reader.close()
     return summary
 
 

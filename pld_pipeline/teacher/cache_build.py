@@ -25,6 +25,7 @@ from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.models import LoadedTeacher, load_teacher
+from pld_pipeline.teacher.options import PassOptions
 
 logger = logging.getLogger(__name__)
 
@@ -177,16 +178,15 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
     if not todo:
         return outcome
     dataset = dataset_of(config)
-    teacher = teacher_of(config)
-    pre = teacher.preprocess
-    records = compute_views(
-        teacher.model, dataset, manifest.views, todo, start, stop,
-        fmt=manifest.format, k=manifest.k, temperatures=manifest.temperatures,
-        input_size=pre.input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-        device=worker_device(config.device), batch_size=config.batch_size,
-        num_workers=config.num_workers, amp_dtype=config.amp,
+    # The stored manifest is the spec: preprocessing, views and format as the cache says.
+    options = PassOptions(
+        device=worker_device(config.device),
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        amp=config.amp,
         skip_bad_images=config.skip_bad_images,
-    )  # fmt: skip
+    )
+    records = compute_views(teacher_of(config).model, dataset, manifest, todo, start, stop, options)
     for view in todo:
         if writer.write_shard(view, shard, records[view]):
             outcome.written.append(view)
@@ -257,13 +257,15 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
     Raises:
         storage.IncompleteCacheError: some (view, shard) is missing (listed).
     """
-    reader = storage.open_cache(config.location())
-    reader.validate()
-    bad = reader.bad_mask().any(axis=0)
-    bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
-    if bad_keys:
-        storage.open_writer(config.location()).record_bad_samples(bad_keys)
-    summary = storage.summarize(config.location())
+    # The cache is opened once for reading and once for writing, and both are reused.
+    with storage.open_cache(config.location()) as reader:
+        writer = storage.open_writer(reader.location)
+        reader.validate()
+        bad = reader.bad_mask().any(axis=0)
+        bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
+        if bad_keys:
+            writer.record_bad_samples(bad_keys)
+        summary = storage.summary_of(reader)
     label_check = None
     if summary.top1:  # some record could be decoded
         check = label_order.agreement_check(
@@ -272,7 +274,7 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
             summary.num_classes,
             config.min_label_agreement,
         )
-        storage.open_writer(config.location()).record_label_check(check)
+        writer.record_label_check(check)
         label_check = asdict(check)
         if check.flagged:
             logger.error(label_order.mismatch_message(label_check, config.output))
@@ -333,20 +335,15 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
     good = np.flatnonzero(~reader.bad_mask().any(axis=0))
     picks = rng.choice(good, size=min(count, len(good)), replace=False)
     views = rng.integers(0, manifest.views.num_views, size=len(picks))
-    teacher = teacher_of(config)
-    pre = teacher.preprocess
+    model = teacher_of(config).model
     dataset = dataset_of(config)
+    # The stored manifest is the spec, as in `build_shard`: the check replays what was written.
+    options = PassOptions(device=config.device, batch_size=1, num_workers=0, amp=config.amp)
     worst = 0.0
     for view, sample in zip(views.tolist(), picks.tolist()):
         # One record read per check: a whole view of ImageNet would be hundreds of MB.
         cached = reader.load_view(view, start=sample, stop=sample + 1)
-        fresh = compute_views(
-            teacher.model, dataset, manifest.views, [view], sample, sample + 1,
-            fmt=manifest.format, k=manifest.k, temperatures=manifest.temperatures,
-            input_size=pre.input_size, mean=pre.mean, std=pre.std,
-            interpolation=pre.interpolation, device=config.device, batch_size=1,
-            num_workers=0, amp_dtype=config.amp,
-        )[view]  # fmt: skip
+        fresh = compute_views(model, dataset, manifest, [view], sample, sample + 1, options)[view]
         worst = max(worst, _logp_error(cached, 0, fresh))
     passed = worst <= config.replay_check_tolerance
     result = ReplayCheck(len(picks), worst, config.replay_check_tolerance, passed)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
 from pld_pipeline.teacher.device import prepare_model, resolve_amp, resolve_device, teacher_logits
-from pld_pipeline.teacher.models import IMAGENET_MEAN, IMAGENET_STD
+from pld_pipeline.teacher.options import DEFAULT_OPTIONS, PassOptions
 from pld_pipeline.teacher.outputs import (
     check_output_spec,
     check_teacher_labels,
@@ -31,7 +31,7 @@ from pld_pipeline.teacher.view_images import make_teacher_loader
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset
-    from storage import ViewInfo
+    from storage import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -39,73 +39,43 @@ logger = logging.getLogger(__name__)
 def compute_shard(
     model: nn.Module,
     dataset: ImageFolderDataset,
-    view_info: ViewInfo,
+    manifest: Manifest,
     view: int,
     start: int,
     stop: int,
-    fmt: str = "topk",
-    k: int = 10,
-    temperatures: Sequence[float] = (1.0,),
-    input_size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    interpolation: str = "bilinear",
-    device: str | torch.device = "cpu",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    amp_dtype: str | torch.dtype | None = None,
-    skip_bad_images: bool = False,
-    multiprocessing_context: str | None = None,
+    options: PassOptions = DEFAULT_OPTIONS,
 ) -> dict[str, np.ndarray]:
     """Records of samples [start, stop) under view `view`, ready for `CacheWriter.write_shard`.
 
     `compute_views` for a single view: see it for the arguments, records and errors.
     """
-    return compute_views(
-        model, dataset, view_info, [view], start, stop, fmt=fmt, k=k, temperatures=temperatures,
-        input_size=input_size, mean=mean, std=std, interpolation=interpolation, device=device,
-        batch_size=batch_size, num_workers=num_workers, amp_dtype=amp_dtype,
-        skip_bad_images=skip_bad_images, multiprocessing_context=multiprocessing_context,
-    )[view]  # fmt: skip
+    return compute_views(model, dataset, manifest, [view], start, stop, options)[view]
 
 
 def compute_views(
     model: nn.Module,
     dataset: ImageFolderDataset,
-    view_info: ViewInfo,
+    manifest: Manifest,
     views: Sequence[int],
     start: int,
     stop: int,
-    fmt: str = "topk",
-    k: int = 10,
-    temperatures: Sequence[float] = (1.0,),
-    input_size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    interpolation: str = "bilinear",
-    device: str | torch.device = "cpu",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    amp_dtype: str | torch.dtype | None = None,
-    skip_bad_images: bool = False,
-    multiprocessing_context: str | None = None,
+    options: PassOptions = DEFAULT_OPTIONS,
 ) -> dict[int, dict[str, np.ndarray]]:
     """Teacher records of samples [start, stop) for several views, decoding each image once.
 
+    What is computed comes from the manifest alone, so a cache's own (stored) manifest
+    reproduces its records; `options` only say where and how fast.
+
     Args:
-        model: the teacher (moved to `device`, put in eval mode, channels_last on CUDA).
+        model: the teacher (moved to the device, put in eval mode, channels_last on CUDA).
         dataset: an ImageFolderDataset (keys, labels, load_rgb).
-        view_info: mode, num_views, seed, scale, ratio, crop_pct (a storage.ViewInfo or alike).
+        manifest: the cache's spec (a storage.Manifest or alike): `views` (mode, num_views,
+            seed, scale, ratio, crop_pct), `format`, `k`, `temperatures` (what to store, see
+            outputs.logits_to_records) and `teacher` (input_size, mean, std, interpolation:
+            the teacher's preprocessing).
         views: distinct view indices (eval mode: only 0; replay: < num_views).
         start, stop: the sample range (a shard).
-        fmt, k, temperatures: what to store (see outputs.logits_to_records).
-        input_size, mean, std, interpolation: the teacher's preprocessing.
-        device: "cpu", "cuda", "cuda:N" or "auto".
-        batch_size: images per forward (samples per batch = batch_size // len(views)).
-        num_workers: DataLoader decoding processes (0: decode in this thread).
-        amp_dtype: "auto", "bf16", "fp16", "off"/None or a torch dtype; used on CUDA only.
-        skip_bad_images: record undecodable images as bad instead of stopping.
-        multiprocessing_context: the DataLoader workers' start method ("fork", "spawn", ...).
+        options: device, batch size, workers, AMP, bad-image policy (see PassOptions).
 
     Returns:
         view -> records with leading dim n = stop - start: `topk_idx` int32 [n, K] and
@@ -119,32 +89,23 @@ def compute_views(
         ConfigError: K > C, labels outside the teacher's classes, a bad range or views.
     """
     views = [int(v) for v in views]
-    _check_request(dataset, view_info, views, start, stop, fmt, k, temperatures, batch_size)
-    dev = resolve_device(device)
-    amp = resolve_amp(amp_dtype, dev)
+    _check_request(dataset, manifest, views, start, stop, options.batch_size)
+    dev = resolve_device(options.device)
+    amp = resolve_amp(options.amp, dev)
     prepare_model(model, dev)
-    loader = make_teacher_loader(
-        dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images,
-        batch_size, num_workers, dev, mean, std, multiprocessing_context,
-    )  # fmt: skip
+    loader = make_teacher_loader(dataset, manifest, views, start, stop, options, dev)
     batches = _batches(loader, start, stop)
-    return run_batches(
-        model, batches, dataset, views, start, stop, fmt, k, temperatures, mean, std, dev, amp
-    )
+    return run_batches(model, batches, dataset, manifest, views, start, stop, dev, amp)
 
 
 def run_batches(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
     dataset: ImageFolderDataset,
+    manifest: Manifest,
     views: Sequence[int],
     start: int,
     stop: int,
-    fmt: str,
-    k: int,
-    temperatures: Sequence[float],
-    mean: Sequence[float],
-    std: Sequence[float],
     device: torch.device,
     amp_dtype: torch.dtype | None,
 ) -> dict[int, dict[str, np.ndarray]]:
@@ -163,6 +124,8 @@ def run_batches(
         As `compute_views`.
     """
     views = list(views)
+    fmt, k, temperatures = manifest.format, manifest.k, manifest.temperatures
+    mean, std = manifest.teacher.mean, manifest.teacher.std
     out = _Collector(dataset, len(views), start, stop)
     with torch.inference_mode():
         for batch in batches:
@@ -207,10 +170,10 @@ def _batches(loader: DataLoader, start: int, stop: int) -> Iterator[dict[str, An
 
 
 def _check_request(
-    dataset: Any, view_info: Any, views: list[int], start: int, stop: int,
-    fmt: str, k: int, temperatures: Sequence[float], batch_size: int,
-) -> None:  # fmt: skip
-    check_output_spec(fmt, k, temperatures, None)
+    dataset: Any, manifest: Manifest, views: list[int], start: int, stop: int, batch_size: int
+) -> None:
+    check_output_spec(manifest.format, manifest.k, manifest.temperatures, None)
+    view_info = manifest.views
     if not 0 <= start < stop <= len(dataset):
         raise ConfigError(
             f"Sample range [{start}, {stop}) is empty or outside the dataset's "

@@ -18,7 +18,8 @@ from pld_pipeline.views import normalize_batch, replay_view, sample_view
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset
-    from storage import ViewInfo
+    from pld_pipeline.teacher.options import PassOptions
+    from storage import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ BAD_HW = (1, 1)
 class TeacherViewImages(Dataset):
     """Samples [start, stop) decoded once each and replayed for each requested view.
 
-    Item j: "image" uint8 [nV, 3, S, S], "index" (start + j), "label" int64, "crop" int32 [nV, 4]
+    The views (`manifest.views`) and the side S and resize method (`manifest.teacher`) come
+    from the cache's manifest (a storage.Manifest or alike). Item j: "image" uint8
+    [nV, 3, S, S], "index" (start + j), "label" int64, "crop" int32 [nV, 4]
     (top, left, h, w), "flip" bool [nV], "hw" int32 [2], "bad" bool. With
     `skip_bad_images`, an undecodable image gives zeros, filler crop/hw and bad=True.
     """
@@ -38,17 +41,16 @@ class TeacherViewImages(Dataset):
     def __init__(
         self,
         dataset: ImageFolderDataset,
-        view_info: ViewInfo,
+        manifest: Manifest,
         views: Sequence[int],
         start: int,
         stop: int,
-        size: int,
-        interpolation: str = "bilinear",
         skip_bad_images: bool = False,
     ) -> None:
-        self.dataset, self.view_info, self.views = dataset, view_info, list(views)
-        self.start, self.stop, self.size = start, stop, size
-        self.interpolation, self.skip_bad_images = interpolation, skip_bad_images
+        self.dataset, self.view_info, self.views = dataset, manifest.views, list(views)
+        self.start, self.stop, self.size = start, stop, manifest.teacher.input_size
+        self.interpolation = manifest.teacher.interpolation
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -111,34 +113,28 @@ class NormalizeCollate:
 
 def make_teacher_loader(
     dataset: ImageFolderDataset,
-    view_info: ViewInfo,
+    manifest: Manifest,
     views: Sequence[int],
     start: int,
     stop: int,
-    input_size: int,
-    interpolation: str,
-    skip_bad_images: bool,
-    batch_size: int,
-    num_workers: int,
+    options: PassOptions,
     device: torch.device,
-    mean: Sequence[float],
-    std: Sequence[float],
-    multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """The pass's DataLoader of `TeacherViewImages` batches ([b, nV, 3, S, S] each).
 
     CUDA: uint8 images in pinned memory (normalised on the device). CPU with workers:
-    float32 images normalised in the workers, off the forward's critical path.
+    float32 images normalised in the workers (with `manifest.teacher`'s mean and std), off
+    the forward's critical path. `device` is `options.device` resolved.
     """
-    images = TeacherViewImages(
-        dataset, view_info, views, start, stop, input_size, interpolation, skip_bad_images
-    )
-    in_workers = device.type == "cpu" and num_workers > 0
+    images = TeacherViewImages(dataset, manifest, views, start, stop, options.skip_bad_images)
+    workers = options.num_workers
+    in_workers = device.type == "cpu" and workers > 0
+    pre = manifest.teacher
     return DataLoader(
         images,
-        batch_size=max(1, batch_size // len(views)),
-        num_workers=num_workers,
-        collate_fn=NormalizeCollate(mean, std) if in_workers else None,
+        batch_size=max(1, options.batch_size // len(views)),
+        num_workers=workers,
+        collate_fn=NormalizeCollate(pre.mean, pre.std) if in_workers else None,
         pin_memory=device.type == "cuda",
-        multiprocessing_context=multiprocessing_context if num_workers else None,
+        multiprocessing_context=options.multiprocessing_context if workers else None,
     )

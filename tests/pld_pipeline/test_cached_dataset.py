@@ -23,6 +23,7 @@ from pld_pipeline.student.cached_dataset import (
 )
 from pld_pipeline.student.epoch_views import EpochSlabs, distinct_views
 from pld_pipeline.teacher.compute import compute_shard
+from pld_pipeline.teacher.options import PassOptions
 from pld_pipeline.views import normalize_batch, sample_view
 
 MEAN, STD, SIZE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 12
@@ -65,18 +66,7 @@ def teacher_pass_cache(tmp_path_factory, tiny_imagefolder):
             start, stop = writer.shard_range(s)
             teacher.seen.clear()
             records = compute_shard(
-                teacher,
-                images,
-                view_info,
-                v,
-                start,
-                stop,
-                k=3,
-                temperatures=(1.0, 2.0),
-                input_size=SIZE,
-                mean=MEAN,
-                std=STD,
-                batch_size=4,
+                teacher, images, manifest, v, start, stop, PassOptions(batch_size=4)
             )
             writer.write_shard(v, s, records)
             seen[(v, start)] = torch.cat(teacher.seen)

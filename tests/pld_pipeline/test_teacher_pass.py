@@ -3,6 +3,7 @@ bad images, non-finite teachers, K > C, and a real pretrained teacher on real ph
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,18 +18,16 @@ from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
 from pld_pipeline.teacher.compute import compute_shard, compute_views
 from pld_pipeline.teacher.models import create_model, resolve_preprocess
+from pld_pipeline.teacher.options import PassOptions
 from pld_pipeline.teacher.zoo import tiny_convnet
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
 SIZE = 24
 TEMPS = (1.0, 2.0, 0.5)
-REPLAY = SimpleNamespace(
-    mode="replay", num_views=3, seed=5, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
-)
-EVAL = SimpleNamespace(
-    mode="eval", num_views=1, seed=0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), crop_pct=0.875
-)
+REPLAY = storage.ViewInfo("replay", 3, 5, (0.08, 1.0), (3 / 4, 4 / 3), 0.875)
+EVAL = storage.ViewInfo("eval", 1, 0, (0.08, 1.0), (3 / 4, 4 / 3), 0.875)
+TINY = storage.TeacherInfo("tiny", "none", "", 3, SIZE, MEAN, STD, "bilinear")
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +42,20 @@ def teacher() -> nn.Module:
     return model.eval()
 
 
-def _run(model: nn.Module, data: ImageFolderDataset, info=REPLAY, view: int = 1, **kw) -> dict:
-    args = {
-        "fmt": "topk",
-        "k": 2,
-        "temperatures": TEMPS,
-        "input_size": SIZE,
-        "mean": MEAN,
-        "std": STD,
-        "interpolation": "bilinear",
-        "device": "cpu",
-        "batch_size": 4,
-    } | kw
-    return compute_shard(model, data, info, view, 0, len(data), **args)
+def _run(
+    model: nn.Module,
+    data: ImageFolderDataset,
+    info: storage.ViewInfo = REPLAY,
+    view: int = 1,
+    fmt: str = "topk",
+    k: int = 2,
+    spec=None,
+    **options,
+) -> dict:
+    """The pass over all of `data` for a manifest of this file's teacher (or `spec`)."""
+    spec = spec or _manifest(data, k=k if fmt == "topk" else 0, views=info, fmt=fmt)
+    options = PassOptions(**({"device": "cpu", "batch_size": 4} | options))
+    return compute_shard(model, data, spec, view, 0, len(data), options)
 
 
 def _reference_logits(model: nn.Module, data: ImageFolderDataset, rec: dict) -> torch.Tensor:
@@ -152,36 +152,11 @@ def test_views_share_one_decode_and_match_single_view_calls(
     decodes = []
     real = data.load_tensor
     monkeypatch.setattr(data, "load_tensor", lambda i: decodes.append(i) or real(i))
-    together = compute_views(
-        teacher,
-        data,
-        REPLAY,
-        [0, 2],
-        2,
-        9,
-        k=3,
-        temperatures=TEMPS,
-        input_size=SIZE,
-        mean=MEAN,
-        std=STD,
-        batch_size=6,
-    )
+    spec = _manifest(data, k=3)
+    together = compute_views(teacher, data, spec, [0, 2], 2, 9, PassOptions(batch_size=6))
     assert sorted(decodes) == list(range(2, 9))
     for v in (0, 2):
-        alone = compute_shard(
-            teacher,
-            data,
-            REPLAY,
-            v,
-            2,
-            9,
-            k=3,
-            temperatures=TEMPS,
-            input_size=SIZE,
-            mean=MEAN,
-            std=STD,
-            batch_size=3,
-        )
+        alone = compute_shard(teacher, data, spec, v, 2, 9, PassOptions(batch_size=3))
         for name, value in alone.items():
             assert np.allclose(together[v][name], value, atol=1e-5), (v, name)
 
@@ -237,15 +212,21 @@ class _Subset:
         return self.data.load_rgb(self.rows[i])
 
 
-def _manifest(data: ImageFolderDataset, k: int):
-    teacher = storage.TeacherInfo("tiny", "none", "", 3, SIZE, MEAN, STD, "bilinear")
-    views = storage.ViewInfo("replay", 3, 5, REPLAY.scale, REPLAY.ratio, 0.875)
+def _manifest(
+    data: ImageFolderDataset,
+    k: int,
+    views: storage.ViewInfo = REPLAY,
+    fmt: str = "topk",
+    temperatures: tuple[float, ...] = TEMPS,
+    teacher: storage.TeacherInfo = TINY,
+) -> storage.Manifest:
+    """The spec of a pass over all of `data` (one shard)."""
     return storage.Manifest(
         teacher=teacher,
         views=views,
-        format="topk",
+        format=fmt,
         k=k,
-        temperatures=TEMPS,
+        temperatures=temperatures,
         dataset_fingerprint=data.fingerprint(),
         num_samples=len(data),
         shard_size=len(data),
@@ -281,17 +262,28 @@ def test_non_finite_teacher_is_refused_naming_the_sample(
     [
         ({"k": 4}, "k=4 is larger than the teacher's 3 classes"),
         ({"k": 0}, "k must be >= 1"),
-        ({"fmt": "dense"}, "Unknown cache format"),
+        ({"format": "dense"}, "Unknown cache format"),
         ({"temperatures": (1.0, 0.0)}, "positive"),
-        ({"view": 3}, "not distinct indices in \\[0, 3\\)"),
     ],
 )
-def test_bad_requests_are_refused(
+def test_bad_outputs_are_refused(
     teacher: nn.Module, tiny_imagefolder: Path, kw: dict, fragment: str
 ) -> None:
+    """The pass's own guard, for a spec that is not a validated storage.Manifest (which
+    refuses these too)."""
     data = ImageFolderDataset(tiny_imagefolder)
+    valid = _manifest(data, k=2)
+    fields = {f.name: getattr(valid, f.name) for f in dataclasses.fields(valid)}
+    with pytest.raises(storage.InvalidManifestError):
+        storage.Manifest(**(fields | kw))
     with pytest.raises(ConfigError, match=fragment):
-        _run(teacher, data, **kw)
+        _run(teacher, data, spec=SimpleNamespace(**(fields | kw)))
+
+
+def test_views_outside_the_spec_are_refused(teacher: nn.Module, tiny_imagefolder: Path) -> None:
+    data = ImageFolderDataset(tiny_imagefolder)
+    with pytest.raises(ConfigError, match="not distinct indices in \\[0, 3\\)"):
+        _run(teacher, data, view=3)
 
 
 def test_labels_beyond_the_teacher_are_refused(tiny_imagefolder: Path) -> None:
@@ -308,29 +300,12 @@ def test_pretrained_efficientnet_lite0_on_real_photos(real_photos: Path) -> None
     model = create_model(name)
     pre = resolve_preprocess(name, model)
     data = ImageFolderDataset(real_photos, classes=["astronaut", "cat", "coffee", "rocket"])
-    rec = compute_shard(
-        model,
-        data,
-        SimpleNamespace(
-            mode="eval",
-            num_views=1,
-            seed=0,
-            crop_pct=pre.crop_pct,
-            scale=(0.08, 1.0),
-            ratio=(0.75, 4 / 3),
-        ),
-        0,
-        0,
-        len(data),
-        fmt="topk",
-        k=5,
-        temperatures=(1.0,),
-        input_size=pre.input_size,
-        mean=pre.mean,
-        std=pre.std,
-        interpolation=pre.interpolation,
-        batch_size=4,
+    views = storage.ViewInfo("eval", 1, 0, (0.08, 1.0), (0.75, 4 / 3), pre.crop_pct)
+    info = storage.TeacherInfo(
+        name, "none", "", 1000, pre.input_size, pre.mean, pre.std, pre.interpolation
     )
+    spec = _manifest(data, k=5, views=views, temperatures=(1.0,), teacher=info)
+    rec = compute_shard(model, data, spec, 0, 0, len(data), PassOptions(batch_size=4))
     top1 = dict(zip(data.keys, rec["topk_idx"][:, 0].tolist(), strict=True))
     assert 281 <= top1["cat/chelsea.jpg"] <= 285  # tabby, tiger, Persian, Siamese, Egyptian cat
     assert top1["coffee/coffee.jpg"] in (504, 967, 968)  # coffee mug, espresso, cup

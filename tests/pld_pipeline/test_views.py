@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +13,12 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError, ViewError
 from pld_pipeline.teacher.view_images import TeacherViewImages
 from pld_pipeline.views import normalize_batch, replay_view, sample_view
+from storage.synthetic import make_manifest
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
@@ -43,12 +45,15 @@ def test_views_and_seeds_differ() -> None:
 
 def test_same_views_with_any_worker_count(tiny_imagefolder: Path) -> None:
     data = ImageFolderDataset(tiny_imagefolder)
-    info = SimpleNamespace(
-        mode="replay", num_views=3, seed=11, scale=SCALE, ratio=RATIO, crop_pct=0.875
+    base = make_manifest(num_samples=len(data), num_views=3)
+    spec = dataclasses.replace(
+        base,
+        teacher=dataclasses.replace(base.teacher, input_size=16),
+        views=storage.ViewInfo("replay", 3, 11, SCALE, RATIO, 0.875),
     )
 
     def crops(workers: int, batch: int, start: int) -> dict[int, tuple]:
-        ds = TeacherViewImages(data, info, [2, 0], start, len(data), size=16)
+        ds = TeacherViewImages(data, spec, [2, 0], start, len(data))
         out = {}
         for b in DataLoader(ds, batch_size=batch, num_workers=workers):
             for idx, crop, flip in zip(
