@@ -48,11 +48,14 @@ def test_demo_prints_results_table(demo_run):
     teacher = [float(row[2]) for row in rows if row[:2] == ["teacher", "ce"]]
     assert teacher
     # Learning must show even in the quick demo: chance is 10 % on 10 classes; measured
-    # 66 % for the teacher and 62-72 % for the students (seed 0). A model at 3x chance
-    # or less means training broke.
+    # 64 % for the teacher and 53-72 % for the students (seed 0, CPU). A model at 3x
+    # chance or less means training broke.
     chance = 10.0
     assert teacher[0] > 3 * chance, teacher
     assert all(top1 > 3 * chance for top1 in students.values()), students
+    # PLD stays within a stated margin of the student trained alone: 6 points on the
+    # quick demo's 300 validation images (measured: -2.7 on CPU, -0.7 on an H200).
+    assert students["pld"] >= students["ce"] - 6.0, students
     assert any(row[0] == "stage:cache" and "views" in row for row in rows)
 
 
