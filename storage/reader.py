@@ -57,11 +57,19 @@ class CacheReader:
     """A cache opened for reading. Cheap to open; data is read by ``load_view``."""
 
     def __init__(
-        self, path: location.PathOrLocation, storage_options: dict[str, Any] | None = None
+        self,
+        path: location.PathOrLocation,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        opened: tuple[Manifest, Any] | None = None,
     ) -> None:
+        """`opened`: the (manifest, zarr group) of a store already open (a writer's), so
+        reading it opens nothing more."""
         self.location = location.resolve(path, storage_options)
         self.path = self.location.url
-        self.manifest, self._group = location.read_manifest(self.location, mode="r")
+        if opened is None:
+            opened = location.read_manifest(self.location, mode="r")
+        self.manifest, self._group = opened
         self._arrays: dict[str, Any] = {}
         for name, spec in array_specs(self.manifest).items():
             try:

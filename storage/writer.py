@@ -14,7 +14,7 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numcodecs
 import numpy as np
@@ -40,6 +40,9 @@ from storage.schema import (
     array_specs,
     codecs_for,
 )
+
+if TYPE_CHECKING:
+    from storage.reader import CacheReader
 
 logger = logging.getLogger(__name__)
 # Chunks equal to the fill value must still be written: the reader treats a
@@ -80,6 +83,12 @@ class CacheWriter:
     def __reduce__(self) -> tuple:
         # Pickles as "reopen this path" so Dask/multiprocessing workers get a live writer.
         return (open_writer, (self.location, self.manifest))
+
+    def reader(self) -> CacheReader:
+        """A reader of this same open store: read back what was written, opening nothing."""
+        from storage.reader import CacheReader  # noqa: PLC0415 - reader and writer pair up
+
+        return CacheReader(self.location, opened=(self.manifest, self._group))
 
     @property
     def num_shards(self) -> int:

@@ -257,9 +257,9 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
     Raises:
         storage.IncompleteCacheError: some (view, shard) is missing (listed).
     """
-    # The cache is opened once for reading and once for writing, and both are reused.
-    with storage.open_cache(config.location()) as reader:
-        writer = storage.open_writer(reader.location)
+    # The cache is opened once; the reader reads the writer's open store.
+    writer = storage.open_writer(config.location())
+    with writer.reader() as reader:
         reader.validate()
         bad = reader.bad_mask().any(axis=0)
         bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]

@@ -119,7 +119,7 @@ def test_finalize_opens_the_cache_once(tiny_imagefolder_corrupt, tmp_path, monke
 
     monkeypatch.setattr(storage.location, "read_manifest", counting)
     report = cache_build.finalize_cache(config)
-    assert opened == ["r", "r+"]  # one reader, one writer, each reused
+    assert opened == ["r+"]  # one open store: the writer, and a reader of it
 
     # What it recorded, read back with plain zarr.
     group = zarr.open_group(str(out), mode="r")

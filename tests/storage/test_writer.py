@@ -194,3 +194,28 @@ def test_writer_pickles_as_a_reopened_writer(tmp_path, manifest, labels):
     w2 = pickle.loads(pickle.dumps(w))
     w2.write_shard(0, 1, make_records(manifest, 0, 16, 32, labels))
     assert w.is_done(0, 1)
+
+
+def test_a_writers_reader_reads_its_open_store(tmp_path, manifest, labels, monkeypatch):
+    # finalize_cache reads back what it writes through one open store (storage.writer.reader):
+    # it must see the writer's latest writes, equal to plain zarr, and open nothing more.
+    w = storage.create(tmp_path / "c.zarr", manifest, keys_for(labels), labels)
+    w.write_shard(0, 1, make_records(manifest, 0, S, 2 * S, labels))
+    opened = []
+    real = storage.location.read_manifest
+    monkeypatch.setattr(
+        storage.location, "read_manifest", lambda *a, **kw: opened.append(kw) or real(*a, **kw)
+    )
+    with w.reader() as r:
+        w.write_shard(1, 2, make_records(manifest, 1, 2 * S, 3 * S, labels))  # after opening
+        arrays = zarr_arrays(tmp_path / "c.zarr")
+        assert (1, 2) not in r.missing()
+        assert r.missing() == w.missing()
+        assert (
+            len(r.missing())
+            == V * manifest.num_shards - int(arrays["done"].sum())
+            == len(w.missing())
+        )
+        np.testing.assert_array_equal(r.bad_mask(), arrays["bad"])
+        np.testing.assert_array_equal(np.asarray(r.keys), arrays["key"])
+    assert opened == []
