@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.cache_teacher import cache_teacher
     from flows.sweep import sweep
     from flows.train_student import train_run
-    from pld_pipeline.configs.demo import DemoConfig
+    from pld_pipeline.configs.demo import DEMO_LOSSES, DemoConfig
     from pld_pipeline.configs.train import SweepConfig
     from pld_pipeline.demo import plan as demo_plan
     from pld_pipeline.demo.fashion_mnist import write_image_folder
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     base = demo_plan.sweep_config(demo, root).base
     seeds = {"seed": list(args.seeds)}
     sweeps = {
-        "losses": (base, {"loss.name": ["ce", "kd", "dist", "dkd", "pld"], **seeds}),
+        "losses": (base, {"loss.name": list(DEMO_LOSSES), **seeds}),
         "kd-t1": (base.model_copy(update={"loss": base.loss.model_copy(update={"name": "kd"})}),
                   {"loss.temperature": [1.0], **seeds}),
         "pld-k": (base, {"k": [1, 2], **seeds}),
