@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pld_pipeline.device_policy import resolve_amp, resolve_device
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
-from pld_pipeline.teacher.device import prepare_model, resolve_amp, resolve_device, teacher_logits
+from pld_pipeline.teacher.device import prepare_model, teacher_logits
 from pld_pipeline.teacher.options import DEFAULT_OPTIONS, PassOptions
 from pld_pipeline.teacher.outputs import (
     check_output_spec,

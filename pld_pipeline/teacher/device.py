@@ -8,12 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pld_pipeline.device_policy import resolve_amp, resolve_device
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.views import normalize_batch
-
-# The policy is shared with the student wing; re-exported for this wing's callers.
-__all__ = ["prepare_model", "resolve_amp", "resolve_device", "teacher_logits"]
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -18,14 +18,14 @@ from pld_pipeline.errors import CheckpointError, ConfigError
 from pld_pipeline.student.ddp import DistContext
 from pld_pipeline.student.placement import make_placement
 from pld_pipeline.student.run_dir import RunDir
-from pld_pipeline.teacher import device as teacher_device
+from pld_pipeline.teacher import compute as teacher_pass
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_both_wings_share_one_vocabulary_and_one_resolver():
     assert AMP_NAMES == ("auto", "bf16", "fp16", "off")
-    assert teacher_device.resolve_amp is resolve_amp
+    assert teacher_pass.resolve_amp is resolve_amp  # the teacher pass resolves with it
     for model in (TrainConfig, CacheConfig):
         field = model.model_fields["amp"]
         assert field.default == "auto"
