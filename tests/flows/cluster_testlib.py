@@ -195,6 +195,13 @@ class Cluster:
         self.workers.append(proc)
         return proc
 
+    def start(self, *workers: str) -> list[Proc]:
+        """A scheduler and these workers (one GPU resource each), all joined."""
+        self.start_scheduler()
+        procs = [self.start_worker(name) for name in workers]
+        self.wait_for_workers(len(workers))
+        return procs
+
     def wait_for_workers(self, count: int, timeout: float = 180) -> None:
         import distributed
 

@@ -12,51 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cluster_testlib import arrays_of, assert_same_arrays, cache_config
 
 import storage
 from pld_pipeline.configs.cache import CacheConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
-
 
 def make_config(root: Path, output: Path, **overrides) -> CacheConfig:
-    # An untrained 10-class teacher on 3 folders: the sorted folder positions are opted in
-    # and the label-agreement check is off (its own tests are in test_label_order_flow.py).
-    data = {
-        "dataset_root": str(root),
-        "classes": "sorted-folders",
-        "min_label_agreement": 0.0,
-        "teacher": {"name": TEACHER, "num_classes": 10, "input_size": 24},
-        "views": {"mode": "replay", "num_views": 2, "seed": 3},
-        "format": "topk",
-        "k": 4,
-        "temperatures": [1.0, 2.0],
-        "shard_size": 4,
-        "output": str(output),
-        "batch_size": 4,
-        "num_workers": 0,
-        "device": "cpu",
-        "replay_check_samples": 4,
-    }
-    data.update(overrides)
+    # The installed-CLI tests' tiny pass (an untrained 10-class teacher on 3 folders, the
+    # label-agreement check off; its own tests are in test_label_order_flow.py), in shards
+    # and batches of 4.
+    data = cache_config(root, str(output), shard_size=4, batch_size=4, **overrides)
     return CacheConfig.model_validate(data)
 
 
-def arrays_of(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a cache read with plain zarr (an independent reader)."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(array[...]) for name, array in group.arrays()}
-
-
 def assert_same_cache(a: Path, b: Path) -> None:
-    left, right = arrays_of(a), arrays_of(b)
-    assert sorted(left) == sorted(right)
-    for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+    assert_same_arrays(arrays_of(str(a)), arrays_of(str(b)))
 
 
 @pytest.fixture(scope="module")

@@ -47,37 +47,31 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(installed_reference) -> dict:
-    return installed_reference
-
-
-@pytest.fixture(scope="module")
 def prefect_server(work: Path):
     proc, url = start_prefect_server(work, user_env(work))
     yield url
     proc.kill_group()
 
 
-def test_local_dask_cluster_from_the_cli_equals_threads(work, tiny_imagefolder, reference):
+def test_local_dask_cluster_from_the_cli_equals_threads(
+    work, tiny_imagefolder, installed_reference
+):
     out = work / "local-dask.zarr"
     config = write_yaml(work / "local.yaml", cache_config(tiny_imagefolder, str(out)))
     result = run_pld(
         ["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work)
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_same_arrays(arrays_of(str(out)), reference)
+    assert_same_arrays(arrays_of(str(out)), installed_reference)
 
 
-def test_readme_multi_machine_recipe(work, tiny_imagefolder, reference, prefect_server):
+def test_readme_multi_machine_recipe(work, tiny_imagefolder, installed_reference, prefect_server):
     """Scheduler + two `dask worker --resources GPU=1` from their own folders, PREFECT_API_URL
     set, then `pld cache --dask-address ... gpus_per_task=1`."""
     env = user_env(work, PREFECT_API_URL=prefect_server)
     cluster = Cluster(work / "recipe", env)
     try:
-        cluster.start_scheduler()
-        cluster.start_worker("gpu0")
-        cluster.start_worker("gpu1")
-        cluster.wait_for_workers(2)
+        cluster.start("gpu0", "gpu1")
         out = work / "recipe.zarr"
         config = write_yaml(work / "recipe.yaml", cache_config(tiny_imagefolder, str(out)))
         result = run_pld(
@@ -87,14 +81,14 @@ def test_readme_multi_machine_recipe(work, tiny_imagefolder, reference, prefect_
         assert result.returncode == 0, result.stderr[-4000:]
     finally:
         cluster.stop()
-    assert_same_arrays(arrays_of(str(out)), reference)
+    assert_same_arrays(arrays_of(str(out)), installed_reference)
     runs = api(prefect_server, "/task_runs/filter", {"task_runs": {"name": {"like_": "shard-"}}})
     shards = {r["name"] for r in runs if r["state_type"] == "COMPLETED"}
     assert len(shards) == 6, sorted(r["name"] for r in runs)
 
 
 def test_a_killed_worker_s_shard_is_retried_elsewhere(
-    work, tiny_imagefolder, reference, prefect_server
+    work, tiny_imagefolder, installed_reference, prefect_server
 ):
     """SIGKILL one worker's process group mid-pass: the pass finishes, identical cache, and the
     retry shows in the flow run's logs (what the UI shows)."""
@@ -106,10 +100,7 @@ def test_a_killed_worker_s_shard_is_retried_elsewhere(
     data = cache_config(tiny_imagefolder, str(out), **{"teacher.name": SLOW_TEACHER})
     config = write_yaml(work / "kill-one.yaml", data)
     try:
-        cluster.start_scheduler()
-        doomed = cluster.start_worker("doomed")
-        cluster.start_worker("survivor")
-        cluster.wait_for_workers(2)
+        doomed, _ = cluster.start("doomed", "survivor")
         pld = start_pld(["cache", "--config", str(config), "--dask-address", cluster.address,
                          "gpus_per_task=1"], work / "kill-one-cli", env)  # fmt: skip
         wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
@@ -119,7 +110,7 @@ def test_a_killed_worker_s_shard_is_retried_elsewhere(
         assert pld.popen.returncode == 0, pld.output()[-4000:]
     finally:
         cluster.stop()
-    assert_same_arrays(arrays_of(str(out)), reference)
+    assert_same_arrays(arrays_of(str(out)), installed_reference)
     # The newest warnings: earlier tests on this server logged their own.
     logs = api(prefect_server, "/logs/filter",
                {"logs": {"level": {"ge_": 30}}, "sort": "TIMESTAMP_DESC", "limit": 200})  # fmt: skip
@@ -132,7 +123,9 @@ def test_a_killed_worker_s_shard_is_retried_elsewhere(
     # it once (busy SQLite), so it is not asserted here.
 
 
-def test_losing_every_worker_fails_within_the_bound_then_resumes(work, tiny_imagefolder, reference):
+def test_losing_every_worker_fails_within_the_bound_then_resumes(
+    work, tiny_imagefolder, installed_reference
+):
     teacher_dir = write_user_teacher(work / "user-code")
     env = user_env(work, PYTHONPATH=str(teacher_dir), USER_TEACHER_SECONDS="1.5")
     cluster = Cluster(work / "kill-all", env)
@@ -143,9 +136,7 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(work, tiny_imag
     config = write_yaml(work / "kill-all.yaml", data)
     args = ["cache", "--config", str(config), "--dask-address", cluster.address]
     try:
-        cluster.start_scheduler()
-        workers = [cluster.start_worker("a"), cluster.start_worker("b")]
-        cluster.wait_for_workers(2)
+        workers = cluster.start("a", "b")
         pld = start_pld(args, work / "kill-all-cli", env)
         wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
         for worker in workers:
@@ -171,7 +162,7 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(work, tiny_imag
         assert "to compute" in result.stderr + result.stdout
     finally:
         cluster.stop()
-    assert_same_arrays(arrays_of(str(out)), reference)
+    assert_same_arrays(arrays_of(str(out)), installed_reference)
 
 
 def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefolder):
@@ -186,9 +177,7 @@ def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefo
     out = work / "shadowed.zarr"
     config = write_yaml(work / "shadowed.yaml", cache_config(tiny_imagefolder, str(out)))
     try:
-        cluster.start_scheduler()
-        cluster.start_worker("shadowed")
-        cluster.wait_for_workers(1)
+        cluster.start("shadowed")
         started = time.monotonic()
         result = run_pld(["cache", "--config", str(config), "--dask-address", cluster.address],
                          work, env, timeout=300)  # fmt: skip
@@ -204,7 +193,7 @@ def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefo
     assert done_count(str(out)) == 0
 
 
-def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, reference):
+def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, installed_reference):
     """The Prefect server goes down mid-pass and comes back on the same port and database:
     the shard tasks on Dask never needed it, the pass finishes with an identical cache, and
     its flow run ends Completed in the restarted server (README, Troubleshooting)."""
@@ -221,10 +210,7 @@ def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, reference):
     data = cache_config(tiny_imagefolder, str(out), **{"teacher.name": SLOW_TEACHER})
     config = write_yaml(root / "restart.yaml", data)
     try:
-        cluster.start_scheduler()
-        cluster.start_worker("a")
-        cluster.start_worker("b")
-        cluster.wait_for_workers(2)
+        cluster.start("a", "b")
         pld = start_pld(["cache", "--config", str(config), "--dask-address", cluster.address],
                         root / "cli", env)  # fmt: skip
         wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
@@ -236,7 +222,7 @@ def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, reference):
     finally:
         cluster.stop()
         server.kill_group()
-    assert_same_arrays(arrays_of(str(out)), reference)
+    assert_same_arrays(arrays_of(str(out)), installed_reference)
 
 
 def test_an_unreachable_scheduler_is_one_error(work, tiny_imagefolder):

@@ -41,12 +41,7 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_reference(installed_reference) -> dict:
-    return installed_reference
-
-
-@pytest.fixture(scope="module")
-def s3_cache(work, tiny_imagefolder, s3, local_reference) -> str:
+def s3_cache(work, tiny_imagefolder, s3, installed_reference) -> str:
     """`pld cache` to s3:// with the thread runner, endpoint and keys from AWS_* variables."""
     url = s3.url("threads")
     config = write_yaml(work / "threads.yaml", cache_config(tiny_imagefolder, url))
@@ -55,11 +50,13 @@ def s3_cache(work, tiny_imagefolder, s3, local_reference) -> str:
     return url
 
 
-def test_thread_runner_to_s3_equals_local_disk(s3_cache, s3, local_reference):
-    assert_same_arrays(arrays_of(s3_cache, s3.storage_options), local_reference)
+def test_thread_runner_to_s3_equals_local_disk(s3_cache, s3, installed_reference):
+    assert_same_arrays(arrays_of(s3_cache, s3.storage_options), installed_reference)
 
 
-def test_local_dask_cluster_to_s3_with_storage_options(work, tiny_imagefolder, s3, local_reference):
+def test_local_dask_cluster_to_s3_with_storage_options(
+    work, tiny_imagefolder, s3, installed_reference
+):
     """No AWS variables at all: endpoint and keys come from `storage_options` in the config,
     and reach the Dask workers with the config."""
     url = s3.url("dask")
@@ -69,10 +66,10 @@ def test_local_dask_cluster_to_s3_with_storage_options(work, tiny_imagefolder, s
         ["cache", "--config", str(config), "--dask-workers", "2"], work, user_env(work)
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_same_arrays(arrays_of(url, s3.storage_options), local_reference)
+    assert_same_arrays(arrays_of(url, s3.storage_options), installed_reference)
 
 
-def test_sigkill_mid_pass_then_resume_on_s3(work, tiny_imagefolder, s3, local_reference):
+def test_sigkill_mid_pass_then_resume_on_s3(work, tiny_imagefolder, s3, installed_reference):
     teacher_dir = write_user_teacher(work / "user-code")
     env = user_env(work, PYTHONPATH=str(teacher_dir), USER_TEACHER_SECONDS="1.0", **s3.env)
     url = s3.url("killed")
@@ -85,7 +82,7 @@ def test_sigkill_mid_pass_then_resume_on_s3(work, tiny_imagefolder, s3, local_re
     assert written < 12, "the pass finished before the kill; nothing was tested"
     result = run_pld(["cache", "--config", str(config)], work / "killed-cli", env)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_same_arrays(arrays_of(url, s3.storage_options), local_reference)
+    assert_same_arrays(arrays_of(url, s3.storage_options), installed_reference)
 
 
 def test_inspect_and_train_from_s3(work, tiny_imagefolder, s3, s3_cache):
