@@ -24,7 +24,7 @@ def make_config(root: Path, output: Path, **overrides) -> CacheConfig:
     # The installed-CLI tests' tiny pass (an untrained 10-class teacher on 3 folders, the
     # label-agreement check off; its own tests are in test_label_order_flow.py), in shards
     # and batches of 4.
-    data = cache_config(root, str(output), shard_size=4, batch_size=4, **overrides)
+    data = cache_config(root, str(output), **{"shard_size": 4, "batch_size": 4, **overrides})
     return CacheConfig.model_validate(data)
 
 
