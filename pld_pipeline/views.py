@@ -19,6 +19,8 @@ from torchvision.transforms import InterpolationMode
 
 from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE
 from pld_pipeline.errors import ConfigError, ViewError
+from pld_pipeline.uint8_resize import FILTERS as EXACT_FILTERS
+from pld_pipeline.uint8_resize import resize_uint8_exact
 
 Crop = tuple[int, int, int, int]  # top, left, height, width in source pixels
 
@@ -183,50 +185,45 @@ def check_crop(crop: Sequence[int], height: int, width: int, size: int) -> Crop:
     return top, left, h, w
 
 
-def replay_view_float(
+def replay_view_on_device(
     image: torch.Tensor,
     crop: Sequence[int],
     flip: bool,
     size: int,
     interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """`replay_view` for an image already in float (0..255), on any device; uint8 out.
+    """`replay_view` for a uint8 image on any device: the same box check, the same pixels.
 
-    What GPU decoding uses: the decoded image is widened to float once and each of its
-    views is cut from it, with the same box check and the same antialiased resize as
-    `replay_view`. On the CPU `replay_view` runs torch's uint8 kernel (fixed-point
-    weights, rounded to uint8 after its horizontal pass), so the two differ by rounding:
-    at most 1 level for bilinear and nearest. Bicubic overshoots, and the uint8 kernel
-    clips the overshoot between its passes, so here bicubic also runs as two clipped
-    passes, horizontal then vertical: at most 2 levels, on about 0.3% of the pixels
-    (tests measure both).
+    What GPU decoding uses. torch has no uint8 antialiased kernel on GPUs, and its float
+    kernel differs from the CPU's uint8 one by rounding (up to 2 levels for bicubic). So
+    bilinear and bicubic run the CPU kernel's integer arithmetic as exact float64 matrix
+    products (`uint8_resize`), and the nearest modes, which only pick pixels, run as they
+    are. Tests compare every mode with `replay_view` on the CPU.
 
     Args:
-        image: float tensor [3, H, W] holding 0..255 values.
+        image: uint8 tensor [3, H, W] on any device.
         crop, flip, size, interpolation: as `replay_view`.
 
     Returns:
         uint8 tensor [3, size, size] on the image's device.
 
     Raises:
-        ViewError: not a float [3, H, W] image, or a box that does not fit it.
+        ViewError: not a uint8 [3, H, W] image, or a box that does not fit it.
     """
-    if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ViewError(
-            f"replay_view_float needs a float tensor [3, H, W], got {image.dtype} "
+            f"replay_view_on_device needs a uint8 tensor [3, H, W], got {image.dtype} "
             f"{tuple(image.shape)}."
         )
     top, left, h, w = check_crop(crop, image.shape[1], image.shape[2], size)
     mode = interpolation_mode(interpolation)
     out = image[:, top : top + h, left : left + w]
-    passes = [(h, size), (size, size)] if mode == InterpolationMode.BICUBIC else [(size, size)]
-    for shape in passes:
-        if tuple(out.shape[1:]) != shape:
-            # Rounded and clipped as torchvision does for uint8 images without a uint8 kernel.
-            out = TF.resize(out, list(shape), interpolation=mode, antialias=True)
-            out = out.clamp_(0.0, 255.0).round_()
-    out = out.to(torch.uint8)
-    return TF.horizontal_flip(out) if flip else out
+    if interpolation in EXACT_FILTERS:
+        out = resize_uint8_exact(out, (size, size), interpolation)
+    elif (h, w) != (size, size):
+        out = TF.resize(out.float(), [size, size], interpolation=mode, antialias=True)
+        out = out.round_().to(torch.uint8)  # picked pixels: already whole levels
+    return TF.horizontal_flip(out) if flip else out.contiguous()
 
 
 def normalize_batch(

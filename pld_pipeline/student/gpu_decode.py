@@ -3,9 +3,9 @@
 DataLoader workers read each image's file bytes and work out its m view boxes (cached
 boxes, or the student's own crops from the JPEG header's size); they decode nothing. In
 the main process a background thread hands each batch's JPEGs to
-`torchvision.io.decode_jpeg(device="cuda")` (nvJPEG, one batched call), widens each decoded
-image to float once and cuts its m views with `views.replay_view_float` (the CPU path's box
-check and antialiased resize), on its own CUDA stream, a batch or two ahead of training.
+`torchvision.io.decode_jpeg(device="cuda")` (nvJPEG, one batched call) and cuts each decoded
+image's m views with `views.replay_view_on_device` (the CPU path's box check and exactly its
+antialiased resize), on its own CUDA stream, a batch or two ahead of training.
 
 Files nvJPEG cannot read take the CPU decoder, with a log line: non-JPEG files and JPEGs
 with other than 1 or 3 colour components (CMYK) are decoded and replayed in the worker;
@@ -13,7 +13,8 @@ JPEGs that nvJPEG refuses are decoded on the CPU in the decoding thread.
 
 nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so GPU-decoded pixels can
 differ from what the teacher saw on the CPU by a few levels (`bench/student_data.py`
-reports the difference on a GPU); the crop boxes and flips are exactly the cached ones.
+reports the difference on a GPU); the crop boxes, flips and resize are exactly the cached
+views' (given the same decoded pixels, the views are equal to the CPU path's).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pld_pipeline.student.cached_dataset import (
     ViewRef,
     resolve_views,
 )
-from pld_pipeline.views import replay_view_float
+from pld_pipeline.views import replay_view_on_device
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class GpuViewDecoder:
         student, teacher = [], []
         for j, item in enumerate(items):
             if j in decoded:
-                image = decoded[j].float()  # widened once, shared by the image's views
+                image = decoded[j]
                 student.append(self._views(image, item, self.size, self.interpolation))
                 if self.teacher_size is not None:
                     teacher.append(
@@ -161,7 +162,7 @@ class GpuViewDecoder:
     def _views(self, image: torch.Tensor, item: EncodedImage, size: int, mode: str) -> torch.Tensor:
         crops, flips = item.crops.tolist(), item.flips.tolist()
         return torch.stack(
-            [replay_view_float(image, c, f, size, mode) for c, f in zip(crops, flips, strict=True)]
+            [replay_view_on_device(image, c, f, size, mode) for c, f in zip(crops, flips, strict=True)]
         )
 
     def decode(self, jpegs: list[torch.Tensor], names: Sequence[Any]) -> list[torch.Tensor]:

@@ -31,7 +31,7 @@ from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, 
 from pld_pipeline.student.optim import make_optimizer, make_scheduler
 from pld_pipeline.student.placement import Placement
 from pld_pipeline.student.train import Step, fit, train_step
-from pld_pipeline.views import replay_view, replay_view_float, sample_view
+from pld_pipeline.views import replay_view, replay_view_on_device, sample_view
 
 pytestmark = [
     pytest.mark.cuda,
@@ -63,14 +63,16 @@ def test_nvjpeg_pixels_are_close_to_the_cpu_decoders():
     assert decoder.cpu_fallbacks == 0
 
 
-def test_gpu_views_are_within_a_level_of_replay_view_of_the_same_pixels():
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_gpu_views_equal_replay_view_of_the_same_pixels(interpolation):
     pixels = decode_rgb_bytes(_jpeg("astronaut", quality=90), "x.jpg")
-    image = pixels.to(CUDA).float()
+    image = pixels.to(CUDA)
     for i in range(50):
         crop, flip = sample_view("replay", 1, 0, i, 375, 500)
-        a = replay_view(pixels, crop, flip, 224)
-        b = replay_view_float(image, crop, flip, 224)
-        assert int((a.int() - b.cpu().int()).abs().max()) <= 1
+        a = replay_view(pixels, crop, flip, 224, interpolation)
+        b = replay_view_on_device(image, crop, flip, 224, interpolation)
+        assert b.is_cuda
+        assert torch.equal(a, b.cpu()), i
 
 
 def test_encoded_batches_decode_on_the_gpu_like_the_cpu_pipeline(tiny_imagefolder):
