@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -17,7 +21,8 @@ import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError, ViewError
 from pld_pipeline.teacher.view_images import TeacherViewImages
-from pld_pipeline.views import normalize_batch, replay_view, sample_view
+from pld_pipeline.uint8_resize import resize_uint8_exact
+from pld_pipeline.views import interpolation_mode, normalize_batch, replay_view, sample_view
 from storage.synthetic import make_manifest
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
@@ -157,6 +162,55 @@ def test_replay_resize_matches_pillow(size: int, interpolation: str) -> None:
     diff = np.abs(out - np.asarray(ref).astype(int))
     assert diff.max() <= 2
     assert diff.mean() < 0.6
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "nearest-exact"])
+def test_replay_equals_torchvision_resized_crop_and_the_integer_reference(interpolation) -> None:
+    gen = torch.Generator().manual_seed(2)
+    image = torch.randint(0, 256, (3, 187, 250), dtype=torch.uint8, generator=gen)
+    mode = interpolation_mode(interpolation)
+    avx = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    for i in range(40):
+        crop, flip = sample_view("replay", 9, 0, i, 187, 250, scale=(0.01, 1.0))
+        for size in (224, 40):
+            got = replay_view(image, crop, flip, size, interpolation)
+            want = TF.resized_crop(image, *crop, [size, size], interpolation=mode, antialias=True)
+            want = TF.horizontal_flip(want) if flip else want
+            if interpolation in ("bilinear", "bicubic"):
+                top, left, h, w = crop
+                exact = resize_uint8_exact(
+                    image[:, top : top + h, left : left + w], (size, size), interpolation
+                )
+                assert torch.equal(got, TF.horizontal_flip(exact) if flip else exact)
+            if avx or interpolation != "bilinear":  # torchvision's own uint8 path
+                assert torch.equal(got, want), (i, size)
+
+
+_REPLAY_SCRIPT = """
+import sys, torch
+from pld_pipeline.views import replay_view, sample_view
+image = torch.randint(0, 256, (3, 187, 250), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+views = [replay_view(image, *sample_view("replay", 3, 0, i, 187, 250), 64, mode)
+         for i in range(8) for mode in ("bilinear", "bicubic")]
+torch.save((torch.backends.cpu.get_cpu_capability(), torch.stack(views)), sys.argv[1])
+"""
+
+
+def test_replay_gives_the_same_pixels_on_every_cpu_capability(tmp_path) -> None:
+    """A teacher on an AVX-512 host and a student on a CPU without AVX2 see the same pixels
+    (torchvision's resize would take a float path there, a level off)."""
+    results = {}
+    for capability in ("default", None):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        out = tmp_path / f"{capability}.pt"
+        subprocess.run(
+            [sys.executable, "-c", _REPLAY_SCRIPT, str(out)], env=env, check=True, timeout=120
+        )
+        results[capability] = torch.load(out)
+    assert results["default"][0] == "DEFAULT"
+    assert torch.equal(results["default"][1], results[None][1]), results[None][0]
 
 
 def test_replay_accepts_pil_or_tensor_and_checks_the_box() -> None:
