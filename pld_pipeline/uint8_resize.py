@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -95,48 +96,166 @@ def axis_taps(in_size: int, out_size: int, mode: str) -> AxisTaps:
     return AxisTaps(first, weights.astype(np.int64), precision)
 
 
-def taps_matrix(in_size: int, out_size: int, mode: str, device: torch.device) -> torch.Tensor:
-    """The axis's weights as a dense float64 [out, in] matrix on `device`."""
-    index, weights = _device_taps(in_size, out_size, mode, torch.device(device))
-    dense = torch.zeros(out_size, in_size, dtype=torch.float64, device=device)
-    # Past an output's support the weights are 0, so clipped indices add nothing.
-    return dense.scatter_add_(1, index, weights)
+def pass_taps(in_size: int, out_size: int, mode: str) -> AxisTaps:
+    """`axis_taps`, or the identity when the size is unchanged (the kernel skips that pass:
+    weight 1 at precision 0 leaves every value as it is)."""
+    if in_size == out_size:
+        return AxisTaps(np.arange(out_size), np.ones((out_size, 1), dtype=np.int64), 0)
+    return axis_taps(in_size, out_size, mode)
 
 
-@functools.lru_cache(maxsize=2048)
-def _device_taps(
-    in_size: int, out_size: int, mode: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # Kept on the device (tens of KB each), so a view costs no host-to-device copy.
-    taps = axis_taps(in_size, out_size, mode)
-    width = taps.weights.shape[1]
-    index = np.minimum(taps.first[:, None] + np.arange(width), in_size - 1)
-    return (
-        torch.from_numpy(index).to(device),
-        torch.from_numpy(taps.weights.astype(np.float64)).to(device),
-    )
+class CropBatch(NamedTuple):
+    """Crops to resize, all from a list of images: view n is image owner[n]'s box crops[n]."""
+
+    owner: np.ndarray  # int64 [N]
+    crops: np.ndarray  # int64 [N, 4] top, left, h, w
 
 
-def _round_shift(acc: torch.Tensor, precision: int) -> torch.Tensor:
+def resize_crops_exact(
+    images: Sequence[torch.Tensor],
+    batch: CropBatch,
+    size: tuple[int, int],
+    mode: str,
+    max_chunk_bytes: int = 512 << 20,
+) -> torch.Tensor:
+    """Resize every crop of `batch` to `size` (h, w) as torch's CPU uint8 kernel would.
+
+    Batched for the GPU: images are stacked (zero-padded) a few at a time, each image's
+    crops get their weight matrices placed at the crop's offset, and each pass is one
+    batched matrix product, so a batch costs a few dozen kernel launches however many
+    views it has. Memory per chunk of images is held under `max_chunk_bytes`.
+
+    Args:
+        images: [C, H, W] tensors holding 0..255 values, on one device.
+        batch: which image and box each output view comes from (boxes inside the image).
+        size: output (h, w).
+        mode: "bilinear" or "bicubic".
+
+    Returns:
+        uint8 tensor [N, C, h, w] on the images' device, in batch order.
+    """
+    device, channels = images[0].device, images[0].shape[0]
+    out = torch.empty(len(batch.owner), channels, *size, dtype=torch.uint8, device=device)
+    for chunk in _image_chunks(images, batch, size, max_chunk_bytes):
+        first, last = chunk[0], chunk[-1]
+        views = np.flatnonzero((batch.owner >= first) & (batch.owner <= last))
+        if len(views):
+            part = CropBatch(batch.owner[views] - first, batch.crops[views])
+            out[torch.from_numpy(views).to(device)] = _resize_chunk(
+                images[first : last + 1], part, size, mode
+            )
+    return out
+
+
+def _image_chunks(
+    images: Sequence[torch.Tensor], batch: CropBatch, size: tuple[int, int], max_bytes: int
+) -> list[list[int]]:
+    """Consecutive groups of image indices whose float64 work fits in `max_bytes`."""
+    views = np.bincount(batch.owner, minlength=len(images))
+    chunks: list[list[int]] = [[]]
+    used = 0
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        cost = 8 * (
+            image.shape[0] * h * (w + 2 * views[i] * size[1]) + views[i] * sum(size) * (h + w)
+        )
+        if chunks[-1] and used + cost > max_bytes:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += cost
+    return chunks
+
+
+def _resize_chunk(
+    images: Sequence[torch.Tensor], batch: CropBatch, size: tuple[int, int], mode: str
+) -> torch.Tensor:
+    """`resize_crops_exact` for a few images at once (batch.owner indexes `images`)."""
+    device, channels = images[0].device, images[0].shape[0]
+    n_img, (out_h, out_w) = len(images), size
+    h_max = max(int(im.shape[-2]) for im in images)
+    w_max = max(int(im.shape[-1]) for im in images)
+    v_max = int(np.bincount(batch.owner, minlength=n_img).max())
+    stacked = torch.zeros(n_img, channels, h_max, w_max, dtype=torch.float64, device=device)
+    for s, im in enumerate(images):
+        stacked[s, :, : im.shape[-2], : im.shape[-1]] = im
+    rows = np.zeros(len(batch.owner), dtype=np.int64)  # each view's (image, slot) row
+    horiz = _PassArrays(n_img, v_max, out_w)
+    vert = _PassArrays(n_img, v_max, out_h)
+    filled = np.zeros(n_img, dtype=np.int64)
+    for n, (s, (top, left, h, w)) in enumerate(zip(batch.owner, batch.crops.tolist(), strict=True)):
+        v, filled[s] = filled[s], filled[s] + 1
+        rows[n] = s * v_max + v
+        horiz.put(s, v, pass_taps(w, out_w, mode), left, left + w - 1)
+        vert.put(s, v, pass_taps(h, out_h, mode), top, top + h - 1)
+    # Horizontal: [I, C, H, W] @ [I, W, V*out_w] -> [I, C, H, V*out_w], rounded per view.
+    wx = horiz.dense(w_max, device).transpose(1, 2)
+    t = _round_shift(stacked @ wx[:, None], *horiz.shift(device, (n_img, 1, 1, v_max * out_w)))
+    t = t.view(n_img, channels, h_max, v_max, out_w).permute(0, 3, 1, 2, 4)  # [I, V, C, H, w]
+    # Vertical: [I, V, 1, out_h, H] @ [I, V, C, H, out_w] -> [I, V, C, out_h, out_w].
+    wy = vert.dense(h_max, device).view(n_img, v_max, 1, out_h, h_max)
+    o = _round_shift(wy @ t, *vert.shift(device, (n_img, v_max, 1, 1, 1)))
+    o = o.reshape(n_img * v_max, channels, out_h, out_w)
+    return o[torch.from_numpy(rows).to(device)].to(torch.uint8)
+
+
+class _PassArrays:
+    """One pass's weights for a chunk, gathered on the host as (column, weight) per output
+    row, then scattered into dense [I, V*out, in] matrices on the device in one call."""
+
+    def __init__(self, n_img: int, v_max: int, out: int) -> None:
+        self.out, self.v_max = out, v_max
+        self.items: list[tuple[int, int, AxisTaps, int, int]] = []
+        self.precision = np.zeros((n_img, v_max), dtype=np.int64)
+
+    def put(self, s: int, v: int, taps: AxisTaps, start: int, last: int) -> None:
+        self.items.append((s, v, taps, start, last))
+        self.precision[s, v] = taps.precision
+
+    def dense(self, in_max: int, device: torch.device) -> torch.Tensor:
+        n_img, v_max = self.precision.shape
+        k_max = max(t.weights.shape[1] for _, _, t, _, _ in self.items)
+        index = np.zeros((n_img, v_max, self.out, k_max), dtype=np.int64)
+        weight = np.zeros((n_img, v_max, self.out, k_max), dtype=np.float64)
+        for s, v, taps, start, last in self.items:
+            k = taps.weights.shape[1]
+            # Columns past an output's support carry weight 0; clipped into the crop.
+            index[s, v, :, :k] = np.minimum(start + taps.first[:, None] + np.arange(k), last)
+            weight[s, v, :, :k] = taps.weights
+        dense = torch.zeros(n_img, v_max * self.out, in_max, dtype=torch.float64, device=device)
+        shape = (n_img, v_max * self.out, k_max)
+        return dense.scatter_add_(
+            2,
+            torch.from_numpy(index.reshape(shape)).to(device),
+            torch.from_numpy(weight.reshape(shape)).to(device),
+        )
+
+    def shift(
+        self, device: torch.device, shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(half, 2**precision) per output column/view, broadcastable to the pass's output."""
+        p = self.precision
+        if shape[-1] != 1:  # horizontal: one value per output column
+            p = np.repeat(p, self.out, axis=1)
+        half = np.where(p > 0, 2.0 ** (p - 1), 0.0).reshape(shape)
+        return (
+            torch.from_numpy(half).to(device),
+            torch.from_numpy(2.0**p).reshape(shape).to(device),
+        )
+
+
+def _round_shift(acc: torch.Tensor, half: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     """(acc + half) >> precision, clipped to 0..255: the kernel's rounding, exact in float64."""
-    half = float(1 << (precision - 1)) if precision > 0 else 0.0
-    return torch.floor_((acc + half) / float(1 << precision)).clamp_(0.0, 255.0)
+    return torch.floor_((acc + half) / unit).clamp_(0.0, 255.0)
 
 
 def resize_uint8_exact(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased resize of a [C, H, W] image holding 0..255 values (any dtype, any device)
-    to `size` (h, w), giving the pixels torch's CPU uint8 kernel gives.
+    """Antialiased resize of one [C, H, W] image holding 0..255 values (any dtype, any
+    device) to `size` (h, w), giving the pixels torch's CPU uint8 kernel gives.
 
     Returns:
         uint8 tensor [C, h, w] on the image's device.
     """
-    out = image.to(torch.float64)
-    in_h, in_w = out.shape[-2:]
-    out_h, out_w = size
-    if in_w != out_w:  # horizontal pass first, rounded to uint8 values
-        matrix = taps_matrix(in_w, out_w, mode, out.device)
-        out = _round_shift(out @ matrix.T, axis_taps(in_w, out_w, mode).precision)
-    if in_h != out_h:
-        matrix = taps_matrix(in_h, out_h, mode, out.device)
-        out = _round_shift(matrix @ out, axis_taps(in_h, out_h, mode).precision)
-    return out.to(torch.uint8)
+    h, w = image.shape[-2:]
+    whole = CropBatch(np.zeros(1, dtype=np.int64), np.array([[0, 0, h, w]], dtype=np.int64))
+    return resize_crops_exact([image], whole, size, mode)[0]

@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE
 from pld_pipeline.errors import ConfigError, ViewError
 from pld_pipeline.uint8_resize import FILTERS as EXACT_FILTERS
-from pld_pipeline.uint8_resize import resize_uint8_exact
+from pld_pipeline.uint8_resize import CropBatch, resize_crops_exact
 
 Crop = tuple[int, int, int, int]  # top, left, height, width in source pixels
 
@@ -189,6 +189,58 @@ def check_crop(crop: Sequence[int], height: int, width: int, size: int) -> Crop:
     return top, left, h, w
 
 
+def replay_views_on_device(
+    images: Sequence[torch.Tensor],
+    owner: Sequence[int],
+    crops: Sequence[Sequence[int]],
+    flips: Sequence[bool],
+    size: int,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """`replay_view` for many views of uint8 images on any device: the same box checks,
+    the same pixels, in a few batched kernels (what GPU decoding uses).
+
+    torch has no uint8 antialiased kernel on GPUs, and its float kernel differs from the
+    CPU's uint8 one by rounding (up to 2 levels for bicubic). So bilinear and bicubic run
+    the CPU kernel's integer arithmetic as exact float64 matrix products
+    (`uint8_resize.resize_crops_exact`); the nearest modes, which only pick pixels, run
+    per view. Tests compare every mode with `replay_view` on the CPU.
+
+    Args:
+        images: uint8 tensors [3, H, W], on one device.
+        owner: for each view, the index of its image in `images`.
+        crops, flips: each view's (top, left, h, w) box and flip.
+        size, interpolation: as `replay_view`.
+
+    Returns:
+        uint8 tensor [N, 3, size, size] on the images' device.
+
+    Raises:
+        ViewError: an image that is not uint8 [3, H, W], or a box that does not fit its image.
+    """
+    for image in images:
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ViewError(
+                f"replay_views_on_device needs uint8 tensors [3, H, W], got {image.dtype} "
+                f"{tuple(image.shape)}."
+            )
+    boxes = [check_crop(c, *images[i].shape[1:], size) for i, c in zip(owner, crops, strict=True)]
+    if interpolation in EXACT_FILTERS:
+        batch = CropBatch(
+            np.asarray(owner, dtype=np.int64).reshape(-1), np.array(boxes).reshape(-1, 4)
+        )
+        out = resize_crops_exact(images, batch, (size, size), interpolation)
+    else:
+        mode = interpolation_mode(interpolation)
+        picked = []
+        for i, (top, left, h, w) in zip(owner, boxes, strict=True):
+            view = images[i][:, top : top + h, left : left + w].float()
+            picked.append(TF.resize(view, [size, size], interpolation=mode, antialias=False))
+        out = torch.stack(picked).round_().to(torch.uint8)  # picked pixels: whole levels
+    mirror = torch.tensor(list(flips), dtype=torch.bool).to(out.device, non_blocking=True)
+    return torch.where(mirror.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
 def replay_view_on_device(
     image: torch.Tensor,
     crop: Sequence[int],
@@ -196,38 +248,8 @@ def replay_view_on_device(
     size: int,
     interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """`replay_view` for a uint8 image on any device: the same box check, the same pixels.
-
-    What GPU decoding uses. torch has no uint8 antialiased kernel on GPUs, and its float
-    kernel differs from the CPU's uint8 one by rounding (up to 2 levels for bicubic). So
-    bilinear and bicubic run the CPU kernel's integer arithmetic as exact float64 matrix
-    products (`uint8_resize`), and the nearest modes, which only pick pixels, run as they
-    are. Tests compare every mode with `replay_view` on the CPU.
-
-    Args:
-        image: uint8 tensor [3, H, W] on any device.
-        crop, flip, size, interpolation: as `replay_view`.
-
-    Returns:
-        uint8 tensor [3, size, size] on the image's device.
-
-    Raises:
-        ViewError: not a uint8 [3, H, W] image, or a box that does not fit it.
-    """
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise ViewError(
-            f"replay_view_on_device needs a uint8 tensor [3, H, W], got {image.dtype} "
-            f"{tuple(image.shape)}."
-        )
-    top, left, h, w = check_crop(crop, image.shape[1], image.shape[2], size)
-    mode = interpolation_mode(interpolation)
-    out = image[:, top : top + h, left : left + w]
-    if interpolation in EXACT_FILTERS:
-        out = resize_uint8_exact(out, (size, size), interpolation)
-    elif (h, w) != (size, size):
-        out = TF.resize(out.float(), [size, size], interpolation=mode, antialias=True)
-        out = out.round_().to(torch.uint8)  # picked pixels: already whole levels
-    return TF.horizontal_flip(out) if flip else out.contiguous()
+    """One view of `replay_views_on_device`: uint8 [3, size, size] on the image's device."""
+    return replay_views_on_device([image], [0], [crop], [flip], size, interpolation)[0]
 
 
 def normalize_batch(

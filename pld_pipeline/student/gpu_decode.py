@@ -4,8 +4,8 @@ DataLoader workers read each image's file bytes and work out its m view boxes (c
 boxes, or the student's own crops from the JPEG header's size); they decode nothing. In
 the main process a background thread hands each batch's JPEGs to
 `torchvision.io.decode_jpeg(device="cuda")` (nvJPEG, one batched call) and cuts each decoded
-image's m views with `views.replay_view_on_device` (the CPU path's box check and exactly its
-antialiased resize), on its own CUDA stream, a batch or two ahead of training.
+image's m views with `views.replay_views_on_device` (the CPU path's box check and exactly its
+antialiased resize, batched over the whole batch), on its own CUDA stream, a batch or two ahead of training.
 
 Files nvJPEG cannot read take the CPU decoder, with a log line: non-JPEG files and JPEGs
 with other than 1 or 3 colour components (CMYK) are decoded and replayed in the worker;
@@ -37,7 +37,7 @@ from pld_pipeline.student.cached_dataset import (
     ViewRef,
     resolve_views,
 )
-from pld_pipeline.views import replay_view_on_device
+from pld_pipeline.views import replay_views_on_device
 
 logger = logging.getLogger(__name__)
 
@@ -136,34 +136,44 @@ class GpuViewDecoder:
     def __call__(self, batch: EncodedBatch) -> ViewBatch:
         items = batch.images
         on_gpu = [j for j, it in enumerate(items) if it.jpeg is not None]
-        decoded = dict(zip(on_gpu, self.decode([items[j].jpeg for j in on_gpu],
-                                               [items[j].index for j in on_gpu]), strict=True))  # fmt: skip
-        student, teacher = [], []
-        for j, item in enumerate(items):
-            if j in decoded:
-                image = decoded[j]
-                student.append(self._views(image, item, self.size, self.interpolation))
-                if self.teacher_size is not None:
-                    teacher.append(
-                        self._views(image, item, self.teacher_size, self.teacher_interpolation)
-                    )
-            else:
-                student.append(item.pixels.to(self.device, non_blocking=True))
-                if self.teacher_size is not None:
-                    teacher.append(item.teacher_pixels.to(self.device, non_blocking=True))
+        decoded = self.decode([items[j].jpeg for j in on_gpu], [items[j].index for j in on_gpu])
+        student = self._views(items, on_gpu, decoded, "pixels", self.size, self.interpolation)
+        teacher = None
+        if self.teacher_size is not None:
+            teacher = self._views(items, on_gpu, decoded, "teacher_pixels",
+                                  self.teacher_size, self.teacher_interpolation)  # fmt: skip
         return ViewBatch(
-            images=torch.cat(student),
+            images=student,
             labels=batch.labels.to(self.device, non_blocking=True),
             index=batch.index,
             slot=batch.slot,
-            teacher_images=torch.cat(teacher) if teacher else None,
+            teacher_images=teacher,
         )
 
-    def _views(self, image: torch.Tensor, item: EncodedImage, size: int, mode: str) -> torch.Tensor:
-        crops, flips = item.crops.tolist(), item.flips.tolist()
-        return torch.stack(
-            [replay_view_on_device(image, c, f, size, mode) for c, f in zip(crops, flips, strict=True)]
-        )
+    def _views(
+        self,
+        items: list[EncodedImage],
+        on_gpu: list[int],
+        decoded: list[torch.Tensor],
+        done_field: str,
+        size: int,
+        mode: str,
+    ) -> torch.Tensor:
+        """Every item's views in item order: the decoded ones cut in one batched call, the
+        ones the workers already cut (`done_field`) moved over."""
+        owner = [k for k, j in enumerate(on_gpu) for _ in range(len(items[j].flips))]
+        crops = [c for j in on_gpu for c in items[j].crops.tolist()]
+        flips = [f for j in on_gpu for f in items[j].flips.tolist()]
+        cut = replay_views_on_device(decoded, owner, crops, flips, size, mode) if decoded else None
+        parts, row = [], 0
+        for item in items:
+            m = len(item.flips)
+            if item.jpeg is not None:
+                parts.append(cut[row : row + m])
+                row += m
+            else:
+                parts.append(getattr(item, done_field).to(self.device, non_blocking=True))
+        return torch.cat(parts)
 
     def decode(self, jpegs: list[torch.Tensor], names: Sequence[Any]) -> list[torch.Tensor]:
         """Decode JPEG bytes on the device in one batched call; a file the decoder refuses

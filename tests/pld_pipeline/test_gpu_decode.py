@@ -36,7 +36,12 @@ from pld_pipeline.student.gpu_decode import (
     GpuViewDecoder,
     collate_encoded,
 )
-from pld_pipeline.views import replay_view, replay_view_on_device, sample_view
+from pld_pipeline.views import (
+    replay_view,
+    replay_view_on_device,
+    replay_views_on_device,
+    sample_view,
+)
 
 CPU = torch.device("cpu")
 
@@ -57,6 +62,23 @@ def test_device_replay_equals_replay_view(interpolation):
                 got = replay_view_on_device(pixels, crop, flip, size, interpolation)
                 assert got.dtype == torch.uint8
                 assert torch.equal(got, want), (photo, i, size)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_batched_device_replay_equals_replay_view_per_view(interpolation):
+    photos = [_photo(name, size) for name, size in (("coffee", (250, 188)), ("rocket", (120, 200)))]
+    owner, crops, flips = [], [], []
+    for i in range(10):
+        k = i % 2
+        crop, flip = sample_view("replay", 2, 1, i, *photos[k].shape[1:], scale=(0.05, 1.0))
+        owner.append(k)
+        crops.append(crop)
+        flips.append(flip)
+    assert any(flips)
+    assert not all(flips)
+    got = replay_views_on_device(photos, owner, crops, flips, 56, interpolation)
+    for n, (k, crop, flip) in enumerate(zip(owner, crops, flips, strict=True)):
+        assert torch.equal(got[n], replay_view(photos[k], crop, flip, 56, interpolation)), n
 
 
 def test_device_replay_refuses_a_float_image():

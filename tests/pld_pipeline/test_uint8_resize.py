@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from pld_pipeline.uint8_resize import axis_taps, resize_uint8_exact
+from pld_pipeline.uint8_resize import CropBatch, axis_taps, resize_crops_exact, resize_uint8_exact
 
 MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
@@ -63,3 +63,31 @@ def test_float_input_and_one_axis_unchanged():
 def test_unknown_filter_is_refused():
     with pytest.raises(ValueError, match="bilinear"):
         axis_taps(10, 5, "lanczos")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 512 << 20])  # one image per chunk, or all at once
+def test_many_crops_of_many_images_equal_the_kernel_crop_by_crop(chunk_bytes):
+    rng = np.random.default_rng(7)
+    gen = torch.Generator().manual_seed(7)
+    images = [
+        torch.randint(0, 256, (3, int(h), int(w)), dtype=torch.uint8, generator=gen)
+        for h, w in rng.integers(8, 160, (5, 2))
+    ]
+    owner, crops = [], []
+    for i in rng.integers(0, 5, 23):  # uneven views per image, in no order
+        h, w = images[i].shape[1:]
+        ch, cw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+        owner.append(int(i))
+        crops.append([int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw])
+    for mode in MODES:
+        got = resize_crops_exact(
+            images,
+            CropBatch(np.array(owner), np.array(crops)),
+            (24, 40),
+            mode,
+            max_chunk_bytes=chunk_bytes,
+        )
+        for n, (i, (top, left, h, w)) in enumerate(zip(owner, crops, strict=True)):
+            crop = images[i][:, top : top + h, left : left + w]
+            want = TF.resize(crop, [24, 40], interpolation=MODES[mode], antialias=True)
+            assert torch.equal(got[n], want), (mode, n)
