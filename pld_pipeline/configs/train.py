@@ -224,11 +224,14 @@ class TrainConfig(StrictModel):
         None, description="channels_last memory format; None = on for CUDA"
     )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes decoding images")
-    decode: Literal["cpu", "cuda"] = Field(
+    decode: Literal["cpu", "cpu-crop-on-cuda", "cuda"] = Field(
         "cpu",
-        description="where training images are decoded: 'cpu' (workers decode and crop) or "
-        "'cuda' (workers read file bytes; nvJPEG decodes and the GPU crops; needs a CUDA "
-        "device; files nvJPEG cannot read fall back to the CPU)",
+        description="where training images are decoded and cut: 'cpu' (workers decode and "
+        "crop), 'cpu-crop-on-cuda' (workers decode, exactly the teacher's pixels; the GPU "
+        "crops and resizes, exactly as the CPU would; workers do one decode per image "
+        "whatever views_per_image is) or 'cuda' (workers read file bytes; nvJPEG decodes, "
+        "pixels a few levels off the CPU decoder's, and the GPU crops; files nvJPEG cannot "
+        "read fall back to the CPU). Both GPU modes need a CUDA device",
     )
     checkpoint_every: int | None = Field(
         None,
@@ -265,10 +268,10 @@ class TrainConfig(StrictModel):
                 f"cache=null trains without a teacher, so loss must be 'ce' (got "
                 f"{self.loss.name!r}) and online_teacher unset; give a cache for distillation"
             )
-        if self.decode == "cuda" and not (self.device == "auto" or self.device.startswith("cuda")):
+        if self.decode != "cpu" and not (self.device == "auto" or self.device.startswith("cuda")):
             raise ValueError(
-                f"decode='cuda' decodes on the GPU but device={self.device!r}; set device "
-                "to 'cuda' (or 'auto') or decode='cpu'"
+                f"decode={self.decode!r} works on the GPU but device={self.device!r}; set "
+                "device to 'cuda' (or 'auto') or decode='cpu'"
             )
         if self.target_form == "dense" and self.k is not None:
             raise ValueError(

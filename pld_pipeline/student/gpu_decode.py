@@ -1,11 +1,16 @@
-"""GPU decoding for students (`decode: cuda`): workers read bytes, nvJPEG decodes, the GPU cuts the views.
+"""GPU decoding and cutting for students: `decode: cuda` and `decode: cpu-crop-on-cuda`.
 
-DataLoader workers read each image's file bytes and work out its m view boxes (cached
-boxes, or the student's own crops from the JPEG header's size); they decode nothing. In
-the main process a background thread hands each batch's JPEGs to
-`torchvision.io.decode_jpeg(device="cuda")` (nvJPEG, one batched call) and cuts each decoded
-image's m views with `views.replay_views_on_device` (the CPU path's box check and exactly its
-antialiased resize, batched over the whole batch), on its own CUDA stream, a batch or two ahead of training.
+With `cuda`, workers read bytes, nvJPEG decodes and the GPU cuts the views. With
+`cpu-crop-on-cuda`, workers decode with the teacher's decoder (`DecodedViewDataset`) and
+the GPU cuts the views: exactly the teacher's pixels, one CPU decode per image whatever m.
+
+With `cuda`, DataLoader workers read each image's file bytes and work out its m view
+boxes (cached boxes, or the student's own crops from the JPEG header's size); they decode
+nothing. In the main process a background thread hands each batch's JPEGs to
+`torchvision.io.decode_jpeg(device="cuda")` (nvJPEG, one batched call) and, in both modes,
+cuts every view of the batch with `views.replay_views_on_device` (the CPU path's box check
+and exactly its antialiased resize, batched), on its own CUDA stream, a batch or two ahead
+of training.
 
 Files nvJPEG cannot read take the CPU decoder, with a log line: non-JPEG files and JPEGs
 with other than 1 or 3 colour components (CMYK) are decoded and replayed in the worker;
@@ -45,16 +50,18 @@ GPU_COMPONENTS = (1, 3)  # greyscale and YCbCr JPEGs; CMYK/YCCK take the CPU
 
 
 class EncodedImage(NamedTuple):
-    """One image as a worker hands it over: JPEG bytes to decode on the GPU, or (for files
-    the GPU does not take) views already decoded and replayed on the CPU.
+    """One image as a worker hands it over: JPEG bytes to decode on the GPU, the decoded
+    image to cut on the GPU (`decode: cpu-crop-on-cuda`), or (for files the GPU does not
+    take) views already decoded and replayed on the CPU.
 
     Attributes:
         jpeg: uint8 [n] file bytes, or None.
-        pixels: uint8 [m, 3, S, S] views decoded on the CPU, or None.
+        pixels: uint8 [m, 3, S, S] views decoded and cut on the CPU, or None.
         teacher_pixels: the same at the teacher's size (online mode), or None.
         crops: int64 [m, 4] (top, left, h, w) of each view in source pixels.
         flips: bool [m].
         label, index: the sample's class and index.
+        decoded: uint8 [3, H, W] the whole image decoded on the CPU, or None.
     """
 
     jpeg: torch.Tensor | None
@@ -64,6 +71,12 @@ class EncodedImage(NamedTuple):
     flips: torch.Tensor
     label: int
     index: int
+    decoded: torch.Tensor | None = None
+
+    @property
+    def cut_on_device(self) -> bool:
+        """Whether the device cuts this image's views (else the worker did)."""
+        return self.jpeg is not None or self.decoded is not None
 
 
 class EncodedViewDataset(StudentViewDataset):
@@ -87,6 +100,24 @@ class EncodedViewDataset(StudentViewDataset):
         student, teacher = self.replay(pixels, boxes)
         crops, flips = _boxes_to_tensors(boxes)
         return EncodedImage(None, student, teacher, crops, flips, label, i)
+
+
+class DecodedViewDataset(StudentViewDataset):
+    """(index, views) -> EncodedImage holding the whole decoded image and its view boxes
+    (`decode: cpu-crop-on-cuda`).
+
+    The worker decodes with the teacher's decoder (libjpeg-turbo, PIL for other files), so
+    the views keep exactly the teacher's pixels, and leaves the m crops and resizes to the
+    GPU (`replay_views_on_device`, equal to `replay_view`): a worker's work per image is
+    one decode, whatever m is.
+    """
+
+    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> EncodedImage:
+        i, refs = item
+        pixels = self.images.load_tensor(i)
+        crops, flips = _boxes_to_tensors(resolve_views(refs, i, *pixels.shape[1:]))
+        label = int(self.images.labels[i])
+        return EncodedImage(None, None, None, crops, flips, label, i, decoded=pixels)
 
 
 def _boxes_to_tensors(boxes: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +166,14 @@ class GpuViewDecoder:
 
     def __call__(self, batch: EncodedBatch) -> ViewBatch:
         items = batch.images
-        on_gpu = [j for j, it in enumerate(items) if it.jpeg is not None]
-        decoded = self.decode([items[j].jpeg for j in on_gpu], [items[j].index for j in on_gpu])
+        on_gpu = [j for j, it in enumerate(items) if it.cut_on_device]
+        jpegs = [j for j in on_gpu if items[j].jpeg is not None]
+        from_jpeg = dict(zip(jpegs, self.decode([items[j].jpeg for j in jpegs],
+                                                [items[j].index for j in jpegs]), strict=True))  # fmt: skip
+        decoded = [
+            from_jpeg[j] if j in from_jpeg else items[j].decoded.to(self.device, non_blocking=True)
+            for j in on_gpu
+        ]
         student = self._views(items, on_gpu, decoded, "pixels", self.size, self.interpolation)
         teacher = None
         if self.teacher_size is not None:
@@ -168,7 +205,7 @@ class GpuViewDecoder:
         parts, row = [], 0
         for item in items:
             m = len(item.flips)
-            if item.jpeg is not None:
+            if item.cut_on_device:
                 parts.append(cut[row : row + m])
                 row += m
             else:

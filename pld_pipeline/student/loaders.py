@@ -120,7 +120,8 @@ def build_loaders(
     Whole images are split over ranks (each rank decodes its own images and trains all m
     views of each), so a train batch holds per_rank_batch / m images. With an online
     `teacher` the train items also carry the views at the teacher's size. With
-    `decode: cuda` the train loader's workers only read file bytes (`gpu_decode`).
+    `decode: cuda` the train loader's workers only read file bytes, with
+    `cpu-crop-on-cuda` they only decode (`gpu_decode`).
     Validation uses the eval view (centered crop of eval_crop_pct, no flip), split over
     ranks without padding, decoded on the CPU.
     """
@@ -129,10 +130,12 @@ def build_loaders(
     m = config.views_per_image
     sampler = EpochViewSampler(ShuffleSampler(train_index, config.seed, ctx.rank, ctx.world_size))
     dataset_type, collate = StudentViewDataset, collate_views
-    if config.decode == "cuda" and cuda:
-        from pld_pipeline.student.gpu_decode import EncodedViewDataset, collate_encoded  # noqa: PLC0415
+    if config.decode != "cpu" and cuda:
+        from pld_pipeline.student import gpu_decode  # noqa: PLC0415
 
-        dataset_type, collate = EncodedViewDataset, collate_encoded
+        dataset_type = {"cuda": gpu_decode.EncodedViewDataset,
+                        "cpu-crop-on-cuda": gpu_decode.DecodedViewDataset}[config.decode]  # fmt: skip
+        collate = gpu_decode.collate_encoded
     train_set = dataset_type(
         train_images,
         s.image_size,
@@ -162,16 +165,16 @@ def make_device_batches(
     config: TrainConfig, placement: Placement, teacher: Any = None
 ) -> Callable[[Iterator], Iterator]:
     """What turns the train loader's batches into training batches: the identity, or with
-    `decode: cuda` the GPU decoder (`gpu_decode.DeviceBatches`); when the run is not on a
-    GPU after all (device 'auto' on a machine without one) the workers decode on the CPU,
-    with a log line."""
-    if config.decode != "cuda":
+    `decode: cuda` or `cpu-crop-on-cuda` the GPU decoder (`gpu_decode.DeviceBatches`);
+    when the run is not on a GPU after all (device 'auto' on a machine without one) the
+    workers decode and crop on the CPU, with a log line."""
+    if config.decode == "cpu":
         return lambda batches: batches
     if placement.device.type != "cuda":
         logger.warning(
-            "decode='cuda' but the run is on %s: the DataLoader workers decode on the CPU.",
-            placement.device,
-        )
+            "decode=%r but the run is on %s: the DataLoader workers decode and crop on the CPU.",
+            config.decode, placement.device,
+        )  # fmt: skip
         return lambda batches: batches
     from pld_pipeline.student.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
 

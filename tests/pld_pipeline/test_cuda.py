@@ -117,7 +117,7 @@ def test_a_training_step_never_waits_for_the_gpu(loss, replay_cache):
     torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("decode", ["cpu", "cuda"])
+@pytest.mark.parametrize("decode", ["cpu", "cuda", "cpu-crop-on-cuda"])
 def test_fit_on_the_gpu_with_two_views_per_image(decode, tiny_imagefolder, tmp_path: Path):
     cache = make_cache(tmp_path / "c.zarr", tiny_imagefolder, num_views=3)
     cfg = train_config(cache, tiny_imagefolder, tmp_path / "r", device="cuda", decode=decode,

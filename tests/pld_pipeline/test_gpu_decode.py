@@ -31,6 +31,7 @@ from pld_pipeline.student.cached_dataset import (
     collate_views,
 )
 from pld_pipeline.student.gpu_decode import (
+    DecodedViewDataset,
     DeviceBatches,
     EncodedViewDataset,
     GpuViewDecoder,
@@ -123,6 +124,25 @@ def test_decoder_gives_the_cpu_pipelines_views(tiny_imagefolder, mixed_cache):
         boxes = [r.get(i, h, w) if isinstance(r, SampledViews) else r for r in refs]
         assert e.crops.tolist() == [list(c) for c, _ in boxes]
         assert e.flips.tolist() == [f for _, f in boxes]
+
+
+def test_cpu_decode_with_device_crops_gives_the_cpu_pipelines_views(tiny_imagefolder, mixed_cache):
+    """decode: cpu-crop-on-cuda: workers decode every file (JPEG, CMYK, PNG, ...) and hand over
+    the whole image; the device cuts the views, equal to the CPU pipeline's."""
+    images, items = _items(tiny_imagefolder, mixed_cache)
+    cpu = StudentViewDataset(images, 20, teacher_size=12, teacher_interpolation="bicubic")
+    dec = DecodedViewDataset(images, 20, teacher_size=12, teacher_interpolation="bicubic")
+    decoded = [dec[item] for item in items]
+    assert all(e.jpeg is None and e.pixels is None for e in decoded)
+    assert all(torch.equal(e.decoded, images.load_tensor(e.index)) for e in decoded)
+    want = collate_views([cpu[item] for item in items])
+    decoder = GpuViewDecoder(CPU, 20, teacher_size=12, teacher_interpolation="bicubic")
+    got = decoder(collate_encoded(decoded))
+    assert torch.equal(got.index, want.index)
+    assert torch.equal(got.slot, want.slot)
+    assert torch.equal(got.labels, want.labels)
+    assert torch.equal(got.images, want.images)
+    assert torch.equal(got.teacher_images, want.teacher_images)
 
 
 def test_a_file_the_decoder_refuses_is_decoded_on_the_cpu(

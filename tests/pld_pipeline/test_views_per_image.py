@@ -214,23 +214,27 @@ def test_eval_cache_draws_m_own_crops_per_image(tiny_imagefolder, tmp_path):
     assert [h["views"] for h in r.history] == [[0, 0], [0, 0]]
 
 
-def test_decode_cuda_needs_a_cuda_device(three_view_cache, tiny_imagefolder, tmp_path):
-    with pytest.raises(ValueError, match="decode='cuda'"):
-        train_config(three_view_cache, tiny_imagefolder, tmp_path / "r", decode="cuda")
+@pytest.mark.parametrize("decode", ["cuda", "cpu-crop-on-cuda"])
+def test_decode_on_the_gpu_needs_a_cuda_device(
+    decode, three_view_cache, tiny_imagefolder, tmp_path
+):
+    with pytest.raises(ValueError, match=f"decode='{decode}' works on the GPU"):
+        train_config(three_view_cache, tiny_imagefolder, tmp_path / "r", decode=decode)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="device 'auto' resolves to cuda here")
-def test_decode_cuda_without_a_gpu_decodes_on_the_cpu_and_says_so(
-    three_view_cache, tiny_imagefolder, tmp_path, caplog
+@pytest.mark.parametrize("decode", ["cuda", "cpu-crop-on-cuda"])
+def test_decode_on_the_gpu_without_a_gpu_decodes_on_the_cpu_and_says_so(
+    decode, three_view_cache, tiny_imagefolder, tmp_path, caplog
 ):
     import logging
 
     cfg = train_config(three_view_cache, tiny_imagefolder, tmp_path / "r", device="auto",
-                       decode="cuda", epochs=1, batch_size=4)  # fmt: skip
+                       decode=decode, epochs=1, batch_size=4)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="pld_pipeline"):
         r = fit(cfg)
     assert r.samples_seen == 12
-    assert "decode='cuda' but the run is on cpu" in caplog.text
+    assert f"decode='{decode}' but the run is on cpu" in caplog.text
 
 
 def _batches(images_per_batch: int, m: int, count: int) -> list[ViewBatch]:
