@@ -143,10 +143,17 @@ def headline(name: str, data: dict) -> str:
     if name == "student-data":
         cpu = data.get("images_per_s", {})
         gpu = _get(data, "gpu", "images_per_s", default={})
-        return (f"CPU per worker m=1/2/4: {'/'.join(f'{cpu.get(m, 0):.0f}' for m in ('1', '2', '4'))} "
-                f"samples/s (decode-only {data.get('decode_only_images_per_s', 0):.0f}, PIL "
-                f"{data.get('decode_only_pil_images_per_s', 0):.0f}); GPU decode m=1/2/4: "
-                f"{'/'.join(f'{gpu.get(m, 0):.0f}' for m in ('1', '2', '4'))}; nvJPEG "
+        crop = _get(data, "cpu_crop_on_cuda", "worker_images_per_s", default={})
+        exact = _get(data, "gpu", "cpu_crop_on_cuda_images_per_s", default={})
+
+        def rates(d: dict) -> str:
+            return "/".join(f"{d.get(m, 0):.0f}" for m in ("1", "2", "4"))
+
+        return (f"CPU per worker m=1/2/4: {rates(cpu)} samples/s (decode-only "
+                f"{data.get('decode_only_images_per_s', 0):.0f}, PIL "
+                f"{data.get('decode_only_pil_images_per_s', 0):.0f}); cpu-crop-on-cuda per "
+                f"worker {rates(crop)}, whole chain {rates(exact)}; GPU decode m=1/2/4: "
+                f"{rates(gpu)}; nvJPEG "
                 f"{_get(data, 'gpu', 'nvjpeg_decode_only_images_per_s', default=0):.0f} img/s, "
                 f"mean |diff| {_get(data, 'gpu', 'nvjpeg_vs_cpu_mean_abs_diff', default=0):.2f}")  # fmt: skip
     if name == "demo":
