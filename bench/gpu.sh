@@ -9,11 +9,11 @@
 #                 scratch folder on PYTHONPATH, when there are any
 #   env           the card, driver and library versions; fails without CUDA
 #   cuda-tests    pytest -m cuda: nvJPEG decoding, GPU views, a training step under
-#                 torch.cuda.set_sync_debug_mode("error"), fit with decode=cuda
+#                 torch.cuda.set_sync_debug_mode("error"), fit with decode=cuda and cpu-crop-on-cuda
 #   losses        bench/losses.py at B=1024, C=1000 and the 21k head (C=21843)
 #   teacher       bench/teacher.py: ResNet-50 teacher pass in bf16 against its bare forward
 #   student       bench/student.py: student from the cache against the online teacher
-#   student-data  bench/student_data.py: input pipeline on CPU and with GPU decoding
+#   student-data  bench/student_data.py: input pipeline on CPU, cpu-crop-on-cuda and GPU decoding
 #   demo          pld demo --quick device=cuda, end to end (Prefect, teacher, cache, sweep)
 # Each writes bench/results/gpu-<section>.json; logs go to bench/results/gpu-logs/. The
 # run ends with a summary table and exits non-zero when any section failed. With $OUT set
