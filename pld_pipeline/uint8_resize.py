@@ -14,7 +14,9 @@ the result equals the CPU kernel's on every device (tests compare them on the CP
 random crops, both directions of scaling and both filters).
 
 The weights depend only on (input size, output size, filter), so they are built once per
-triple (`axis_taps`), kept on the device, and expanded to a dense matrix per use.
+triple (`axis_taps`, cached). `resize_crops_exact` batches many crops of many images: each
+crop's weights are placed at its offset in a dense matrix per image and view, so each
+pass is one batched matrix product.
 Source: `HelperInterpBase::_compute_indices_min_size_weights_aa` and
 `_compute_index_ranges_int16_weights` in ATen's `native/cpu/UpSampleKernel.cpp`.
 """
