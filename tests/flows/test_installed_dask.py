@@ -143,10 +143,12 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
             worker.kill_group()
         killed = time.monotonic()
         written = done_count(str(out))
-        # A hang fails here. The exit normally comes within the bound plus a few seconds;
-        # one clean-clone CI run on 2026-11-30 saw it take over 135 s (cause not found:
-        # Prefect's and Dask's shutdown after the failure), so the ceiling is 300 s.
-        pld.popen.wait(timeout=bound + 300)
+        # A hang fails here. The exit comes about 5 s after the bound. A clean-clone CI run
+        # once took over 135 s, most likely in the pass's best-effort task-run state writes
+        # (one per lost or unfinished shard, one after another, each waiting for a busy
+        # Prefect server with retries); those are bounded now (flows/shard_waiting.py).
+        # Prefect's own final state writes still wait for its server: 60 s of room.
+        pld.popen.wait(timeout=bound + 60)
         waited = time.monotonic() - killed
         output = pld.output()
         assert pld.popen.returncode == 2, output[-4000:]
@@ -154,7 +156,7 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
         assert len(errors) == 1, output[-4000:]
         assert "all 2 Dask workers were lost" in errors[0]
         assert "rerun the same command" in errors[0]
-        assert bound <= waited < bound + 300
+        assert bound <= waited < bound + 60
         assert written < 12, "the pass finished before the kill; nothing was tested"
         assert done_count(str(out)) >= written  # done bits already written stay
         cluster.start_worker("c")
