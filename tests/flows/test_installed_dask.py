@@ -8,6 +8,7 @@ inherited by anything here.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -143,12 +144,18 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
             worker.kill_group()
         killed = time.monotonic()
         written = done_count(str(out))
-        # A hang fails here. The exit comes about 5 s after the bound. A clean-clone CI run
-        # once took over 135 s, most likely in the pass's best-effort task-run state writes
-        # (one per lost or unfinished shard, one after another, each waiting for a busy
-        # Prefect server with retries); those are bounded now (flows/shard_waiting.py).
-        # Prefect's own final state writes still wait for its server: 60 s of room.
-        pld.popen.wait(timeout=bound + 60)
+        # A hang fails here. The exit comes about 5 s after the bound. One clean-clone CI
+        # run took over 135 s (cause not proven). Found since: while the Prefect server
+        # does not answer, each best-effort task-run state write (one per lost or
+        # unfinished shard, one after another) waited for it, retries included; they are
+        # bounded now (flows/shard_waiting.py). Prefect's own final state writes still
+        # wait for their server; on a timeout, the log's timestamps show where it was.
+        try:
+            pld.popen.wait(timeout=bound + 60)
+        except subprocess.TimeoutExpired:
+            pld.kill_group()  # its log's timestamps show which step it was waiting in
+            raise AssertionError(f"pld still running {bound + 60} s after the kill:\n"
+                                 f"{pld.output()[-6000:]}") from None  # fmt: skip
         waited = time.monotonic() - killed
         output = pld.output()
         assert pld.popen.returncode == 2, output[-4000:]
