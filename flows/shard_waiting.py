@@ -5,11 +5,15 @@ check (the Dask `ClusterWatch`), so a pass whose workers are all gone fails inst
 blocking on futures that will never finish. A lost worker's shards are logged and their
 task runs set to `AwaitingRetry` in Prefect (the UI's state history shows it) before
 Dask reruns them on another worker.
+
+Those state writes are for the UI only, so they are bounded: a busy Prefect server (a
+loaded machine, several temporary servers sharing one SQLite file) made each write wait
+minutes through Prefect's own timeouts and retries, holding up the lost-workers bound
+and the exit of a failed pass.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import time
@@ -17,15 +21,19 @@ from collections.abc import Callable
 from typing import Any
 
 import distributed
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.futures import PrefectFuture
-from prefect.states import AwaitingRetry, Crashed
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.states import AwaitingRetry, Crashed, State
 
 from flows.dask_watch import ClusterWatch
 from pld_pipeline.errors import ShardTaskError
 
 POLL_SECONDS = 2.0
+STATE_WRITE_TIMEOUT_S = 5.0  # one task-run state write, not retried
+STATE_WRITES_BUDGET_S = 10.0  # all the writes of one report
 logger = logging.getLogger(__name__)
 
 
@@ -81,7 +89,7 @@ def shard_result(future: PrefectFuture, shard: int, watch: ClusterWatch | None) 
         )
         if watch is not None:
             watch.last_error = message
-        _set_state(future, Crashed(message=message))
+        set_states_bounded([(future, Crashed(message=message))])
         raise ShardTaskError(message) from exc
     except Exception as exc:
         if watch is not None:
@@ -99,6 +107,7 @@ def report_lost_worker(
     if not lost:
         run_logger.warning("Dask worker %s (%s) was lost while idle", name, address)
         return
+    retries = []
     for future, shard in lost:
         message = (
             f"shard {shard}: Dask worker {name} ({address}) was lost with this shard assigned "
@@ -106,14 +115,57 @@ def report_lost_worker(
             "done are kept)"
         )
         run_logger.warning(message)
-        _set_state(future, AwaitingRetry(message=message))
+        retries.append((future, AwaitingRetry(message=message)))
+    set_states_bounded(retries)
 
 
 def mark_unfinished_crashed(futures: dict[PrefectFuture, int], message: str) -> None:
     """Leave no task run 'Running' forever in the UI when the pass stops early."""
-    for future in futures:
-        if not _dask_done(future):
-            _set_state(future, Crashed(message=message))
+    set_states_bounded([(f, Crashed(message=message)) for f in futures if not _dask_done(f)])
+
+
+def set_states_bounded(
+    updates: list[tuple[PrefectFuture, State]],
+    timeout_s: float = STATE_WRITE_TIMEOUT_S,
+    budget_s: float = STATE_WRITES_BUDGET_S,
+) -> int:
+    """Force these task-run states in Prefect, best effort and bounded; returns how many were set.
+
+    Each request waits at most `timeout_s` and is not retried. The writes stop at the first
+    one the server does not answer (or answers with a server error) and once `budget_s` is
+    spent, so all of them take at most `budget_s + timeout_s`. A task run the server does
+    not know (not created yet) is skipped. Writes given up are logged as a warning.
+    """
+    if not updates:
+        return 0
+    deadline = time.monotonic() + budget_s
+    written = answered = 0
+    problem = None
+    try:
+        with (
+            temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}),
+            get_client(sync_client=True, httpx_settings={"timeout": timeout_s}) as client,
+        ):
+            for future, state in updates:
+                if time.monotonic() >= deadline:
+                    problem = f"the {budget_s:g} s budget for them was spent"
+                    break
+                try:
+                    client.set_task_run_state(future.task_run_id, state, force=True)
+                    written += 1
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code >= 500:
+                        raise
+                answered += 1
+    except Exception as exc:  # noqa: BLE001 - best effort: the server may be busy or gone
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        logger.warning(
+            "Gave up setting %d of %d task-run state(s) in Prefect (%s); the UI may show "
+            "those shards in an older state",
+            len(updates) - answered, len(updates), problem,
+        )  # fmt: skip
+    return written
 
 
 def _dask_key(future: PrefectFuture) -> str | None:
@@ -124,9 +176,3 @@ def _dask_key(future: PrefectFuture) -> str | None:
 def _dask_done(future: PrefectFuture) -> bool:
     wrapped = getattr(future, "wrapped_future", None)
     return bool(wrapped.done()) if wrapped is not None else future.state.is_final()
-
-
-def _set_state(future: PrefectFuture, state: Any) -> None:
-    """Best effort: the server may itself be unreachable when a pass is failing."""
-    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-        client.set_task_run_state(future.task_run_id, state, force=True)

@@ -8,6 +8,7 @@ inherited by anything here.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -143,10 +144,18 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
             worker.kill_group()
         killed = time.monotonic()
         written = done_count(str(out))
-        # A hang fails here. The exit normally comes within the bound plus a few seconds;
-        # one clean-clone CI run on 2026-11-30 saw it take over 135 s (cause not found:
-        # Prefect's and Dask's shutdown after the failure), so the ceiling is 300 s.
-        pld.popen.wait(timeout=bound + 300)
+        # A hang fails here. The exit comes about 5 s after the bound. One clean-clone CI
+        # run took over 135 s (cause not proven). Found since: while the Prefect server
+        # does not answer, each best-effort task-run state write (one per lost or
+        # unfinished shard, one after another) waited for it, retries included; they are
+        # bounded now (flows/shard_waiting.py). Prefect's own final state writes still
+        # wait for their server; on a timeout, the log's timestamps show where it was.
+        try:
+            pld.popen.wait(timeout=bound + 60)
+        except subprocess.TimeoutExpired:
+            pld.kill_group()  # its log's timestamps show which step it was waiting in
+            raise AssertionError(f"pld still running {bound + 60} s after the kill:\n"
+                                 f"{pld.output()[-6000:]}") from None  # fmt: skip
         waited = time.monotonic() - killed
         output = pld.output()
         assert pld.popen.returncode == 2, output[-4000:]
@@ -154,7 +163,7 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
         assert len(errors) == 1, output[-4000:]
         assert "all 2 Dask workers were lost" in errors[0]
         assert "rerun the same command" in errors[0]
-        assert bound <= waited < bound + 300
+        assert bound <= waited < bound + 60
         assert written < 12, "the pass finished before the kill; nothing was tested"
         assert done_count(str(out)) >= written  # done bits already written stay
         cluster.start_worker("c")
