@@ -186,12 +186,19 @@ class Cluster:
         wait_until(lambda: _port_open(self.port), 120, "the Dask scheduler", self.scheduler)
 
     def start_worker(self, name: str, gpus: int = 1) -> Proc:
-        """`dask worker ADDRESS --nthreads 1 --resources GPU=1`, from its own folder."""
+        """`dask worker ADDRESS --nthreads 1 --resources GPU=1`, from its own folder.
+
+        Each worker has its own PREFECT_HOME, as on its own machine: a worker without
+        PREFECT_API_URL starts a temporary Prefect server, which on a shared home would
+        share (and lock) the SQLite file of the pld process's server.
+        """
         args = [str(BIN / "dask"), "worker", self.address, "--nthreads", "1", "--name", name,
                 "--no-dashboard"]  # fmt: skip
         if gpus:
             args += ["--resources", f"GPU={gpus}"]
-        proc = start(f"worker-{name}", args, self.root / f"worker-{name}", self.env)
+        folder = self.root / f"worker-{name}"
+        env = dict(self.env, PREFECT_HOME=str(folder / "prefect-home"))
+        proc = start(f"worker-{name}", args, folder, env)
         self.workers.append(proc)
         return proc
 
