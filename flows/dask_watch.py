@@ -101,19 +101,17 @@ class ClusterWatch:
         self.close()
 
     def workers(self) -> dict[str, dict]:
-        """Running workers that could take a shard task: {address: scheduler info}."""
+        """Workers in the cluster that could take a shard task, whatever their status
+        (a paused worker keeps its tasks): {address: scheduler info}."""
         assert self.client is not None
         if self.client.status != "running":
             raise ConnectionError(f"client status {self.client.status}")
         info = self.client.scheduler_info(n_workers=-1)
-        usable = {}
-        for address, worker in info.get("workers", {}).items():
-            if worker.get("status", "running") != "running":
-                continue
-            if worker.get("resources", {}).get("GPU", 0) < self.gpus_per_task:
-                continue
-            usable[address] = worker
-        return usable
+        return {
+            address: worker
+            for address, worker in info.get("workers", {}).items()
+            if worker.get("resources", {}).get("GPU", 0) >= self.gpus_per_task
+        }
 
     def check_imports(self, workers: list[str]) -> None:
         """Probe the imports of workers not probed yet.
@@ -158,7 +156,7 @@ class ClusterWatch:
         """
         now = time.monotonic()
         try:
-            workers = self.workers()
+            present = self.workers()
             running = {w: list(keys) for w, keys in self.client.processing().items()}
         except (OSError, ConnectionError, TimeoutError) as exc:
             if now - self._usable_since > self.lost_workers_timeout:
@@ -169,14 +167,18 @@ class ClusterWatch:
                     "command to resume"
                 ) from exc
             return 0
-        for address in set(self._workers) - set(workers):
+        # Lost: gone from the scheduler. A paused or closing worker is still there and keeps
+        # its tasks (Dask moves them only when it leaves), so it is not reported, but it is
+        # not usable either: it takes no new task.
+        for address in set(self._workers) - set(present):
             name = self._workers.pop(address)
             keys = self._running.get(address, [])
             logger.warning("Dask worker %s (%s) left the cluster", name, address)
             if on_lost is not None:
                 on_lost(address, name, keys)
+        workers = {a: w for a, w in present.items() if w.get("status", "running") == "running"}
         self.check_imports(list(workers))
-        self._workers.update({a: str(w.get("name", a)) for a, w in workers.items()})
+        self._workers.update({a: str(w.get("name", a)) for a, w in present.items()})
         self._running = running
         if workers:
             self._usable_since = now

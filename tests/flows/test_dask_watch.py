@@ -113,3 +113,43 @@ def test_a_shadowed_worker_is_refused(monkeypatch):
         ),
     ):
         watch.check()
+
+
+def test_a_paused_worker_is_not_lost_but_not_usable():
+    """Dask pauses a worker under memory pressure; it keeps its tasks, so its shards must not
+    be reported as lost, but it takes no new task, so it does not hold off the bound."""
+    from distributed.core import Status
+
+    with (
+        # No memory limit: the memory monitor would resume the worker at once.
+        distributed.LocalCluster(
+            n_workers=1, processes=False, dashboard_address=None, memory_limit=0
+        ) as cluster,
+        ClusterWatch(cluster.scheduler_address, lost_workers_timeout=1.0) as watch,
+    ):
+        assert watch.check() == 1
+        worker = next(iter(cluster.workers.values()))
+        # Set on the worker's loop, which tells the scheduler, as a memory-paused worker does.
+        cluster.loop.add_callback(setattr, worker, "status", Status.paused)
+        lost = []
+        deadline = time.monotonic() + 30
+        while watch.check(on_lost=lambda *args: lost.append(args)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the scheduler has heard
+        assert watch.check(on_lost=lambda *args: lost.append(args)) == 0
+        time.sleep(1.1)
+        with pytest.raises(WorkersLostError, match="no usable worker"):
+            watch.check(on_lost=lambda *args: lost.append(args))
+        assert lost == []
+        cluster.loop.add_callback(setattr, worker, "status", Status.running)
+
+        def usable() -> int:
+            try:
+                return watch.check(on_lost=lambda *args: lost.append(args))
+            except WorkersLostError:  # past the bound until the scheduler hears the resume
+                return 0
+
+        deadline = time.monotonic() + 30
+        while usable() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert usable() == 1
+        assert lost == []
