@@ -115,8 +115,12 @@ def run_shards(
             futures = {cache_shard.submit(config, shard, views): shard for shard, views in tasks}
         results: list[dict[str, Any]] = []
 
+        def health() -> None:
+            if watch is not None:
+                watch.check(on_lost=lambda a, n, keys: report_lost_worker(a, n, keys, futures))
+
         def record(future) -> None:  # noqa: ANN001 - a PrefectFuture
-            outcome = shard_result(future, futures[future], watch)
+            outcome = shard_result(future, futures[future], watch, health)
             results.append(outcome)
             progress.advance(note=f"{len(results)}/{len(tasks)} shards")
             logger.info(
@@ -124,10 +128,6 @@ def run_shards(
                 outcome["shard"], outcome["written"], outcome["records"], outcome["seconds"],
                 len(results), len(tasks),
             )  # fmt: skip
-
-        def health() -> None:
-            if watch is not None:
-                watch.check(on_lost=lambda a, n, keys: report_lost_worker(a, n, keys, futures))
 
         try:
             wait_each(list(futures), record, health, poll_seconds=POLL_SECONDS)

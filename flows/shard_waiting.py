@@ -76,10 +76,22 @@ def wait_for_workers(watch: ClusterWatch, poll_seconds: float = POLL_SECONDS) ->
         time.sleep(poll_seconds)
 
 
-def shard_result(future: PrefectFuture, shard: int, watch: ClusterWatch | None) -> dict[str, Any]:
-    """The shard's outcome; a shard that killed every worker it ran on is a clear error."""
+def shard_result(
+    future: PrefectFuture,
+    shard: int,
+    watch: ClusterWatch | None,
+    health: Callable[[], None] | None = None,
+    poll_seconds: float = POLL_SECONDS,
+) -> dict[str, Any]:
+    """The shard's outcome; a shard that killed every worker it ran on is a clear error.
+
+    A finished shard's result is fetched from its worker. When that worker dies meanwhile,
+    Dask reruns the shard and the fetch waits for a worker for as long as there is none,
+    so the fetch is polled with `health()` in between (which raises once no usable worker
+    is left for `lost_workers_timeout`).
+    """
     try:
-        return future.result()
+        return _result_polling(future, health, poll_seconds)
     except distributed.KilledWorker as exc:
         message = (
             f"shard {shard} was running on Dask workers that died, {exc.args[0] if exc.args else ''} "
@@ -95,6 +107,20 @@ def shard_result(future: PrefectFuture, shard: int, watch: ClusterWatch | None) 
         if watch is not None:
             watch.last_error = f"shard {shard}: {type(exc).__name__}: {exc}"
         raise
+
+
+def _result_polling(
+    future: PrefectFuture, health: Callable[[], None] | None, poll_seconds: float
+) -> Any:
+    if health is None:
+        return future.result()
+    while True:
+        try:
+            return future.result(timeout=poll_seconds)
+        except TimeoutError as exc:
+            if "did not complete within" not in str(exc):
+                raise  # the shard's own timeout, not the poll's
+            health()
 
 
 def report_lost_worker(

@@ -153,3 +153,42 @@ def test_a_paused_worker_is_not_lost_but_not_usable():
             time.sleep(0.1)
         assert usable() == 1
         assert lost == []
+
+
+def test_fetching_a_finished_shard_whose_worker_died_does_not_wait_forever():
+    """The worker holding a finished shard's result dies before the result is fetched:
+    Dask reruns the task and the fetch would wait for a worker forever. The fetch is
+    polled with the health check, which fails once no worker is left for the bound."""
+    import threading
+    import uuid
+
+    from prefect_dask.task_runners import PrefectDaskFuture
+
+    from flows.shard_waiting import shard_result
+
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+        ClusterWatch(cluster.scheduler_address, lost_workers_timeout=1.0) as watch,
+    ):
+        assert watch.check() == 1
+        done = client.submit(dict, shard=0, records=4, pure=False)
+        distributed.wait(done, timeout=30)
+        cluster.scale(0)  # the only worker, and the result it holds, are gone
+        deadline = time.monotonic() + 30
+        while client.scheduler_info()["workers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        future = PrefectDaskFuture(task_run_id=uuid.uuid4(), wrapped_future=done)
+        outcome: list = []
+
+        def fetch() -> None:
+            try:
+                outcome.append(shard_result(future, 0, watch, watch.check, poll_seconds=0.2))
+            except BaseException as exc:  # noqa: BLE001 - handed to the assertion
+                outcome.append(exc)
+
+        thread = threading.Thread(target=fetch, daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the fetch is still waiting for a worker"
+        assert isinstance(outcome[0], WorkersLostError), outcome
