@@ -144,11 +144,11 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
             worker.kill_group()
         killed = time.monotonic()
         written = done_count(str(out))
-        # A hang fails here. The exit comes about 5 s after the bound. One clean-clone CI
-        # run took over 135 s (cause not proven). Found since: while the Prefect server
-        # does not answer, each best-effort task-run state write (one per lost or
-        # unfinished shard, one after another) waited for it, retries included; they are
-        # bounded now (flows/shard_waiting.py). Prefect's own final state writes still
+        # A hang fails here. The exit comes about 5 s after the bound. Two causes of
+        # slow exits were found and fixed (flows/shard_waiting.py): a kill while a
+        # finished shard's result was being fetched made the fetch wait for a worker
+        # forever (two clean-clone CI runs), and task-run state writes waited minutes on
+        # a Prefect server that did not answer. Prefect's own final state writes still
         # wait for their server; on a timeout, the log's timestamps show where it was.
         try:
             pld.popen.wait(timeout=bound + 60)
