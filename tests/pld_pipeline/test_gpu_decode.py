@@ -145,6 +145,22 @@ def test_cpu_decode_with_device_crops_gives_the_cpu_pipelines_views(tiny_imagefo
     assert torch.equal(got.teacher_images, want.teacher_images)
 
 
+def test_decoded_images_cross_dataloader_worker_processes(tiny_imagefolder, mixed_cache):
+    """cpu-crop-on-cuda as training runs it: DataLoader worker processes decode and hand
+    whole images over; the cut views equal the CPU pipeline's, in the same order."""
+    images, items = _items(tiny_imagefolder, mixed_cache)
+    loader = torch.utils.data.DataLoader(
+        DecodedViewDataset(images, 20), batch_size=4, sampler=items, num_workers=2,
+        collate_fn=collate_encoded, multiprocessing_context="spawn",
+    )  # fmt: skip
+    decoder = GpuViewDecoder(CPU, 20)
+    got = torch.cat([decoder(batch).images for batch in loader])
+    cpu = StudentViewDataset(images, 20)
+    want = torch.cat([collate_views([cpu[item] for item in items[k : k + 4]]).images
+                      for k in range(0, len(items), 4)])  # fmt: skip
+    assert torch.equal(got, want)
+
+
 def test_a_file_the_decoder_refuses_is_decoded_on_the_cpu(
     tiny_imagefolder, mixed_cache, monkeypatch, caplog
 ):
