@@ -119,14 +119,19 @@ def decoders_agree(images: ImageFolderDataset) -> bool:
     )
 
 
+def epoch_loader(dataset, slabs, m: int, batch: int, collate) -> torch.utils.data.DataLoader:
+    """One epoch over every image with the first m cached views, in this process."""
+    sampler = EpochViewSampler(ShuffleSampler(np.arange(len(dataset)), seed=0))
+    sampler.set_epoch(0, [StoredViews(s.crop, s.flip) for s in slabs[:m]])
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch // m, sampler=sampler, num_workers=0, collate_fn=collate,
+        drop_last=True,
+    )  # fmt: skip
+
+
 def cpu_pipeline(images, slabs, m: int, batch: int, size: int) -> dict:
     """One epoch of the CPU pipeline at m views per image, in this process."""
-    sampler = EpochViewSampler(ShuffleSampler(np.arange(len(images)), seed=0))
-    sampler.set_epoch(0, [StoredViews(s.crop, s.flip) for s in slabs[:m]])
-    loader = torch.utils.data.DataLoader(
-        Counting(images, size), batch_size=batch // m, sampler=sampler, num_workers=0,
-        collate_fn=collate_views, drop_last=True,
-    )  # fmt: skip
+    loader = epoch_loader(Counting(images, size), slabs, m, batch, collate_views)
     Counting.decodes = 0
     samples, worker_s, main_s = 0, 0.0, 0.0
     started = t = time.perf_counter()
@@ -148,12 +153,7 @@ def crop_on_device_workers(images, slabs, m: int, batch: int, size: int) -> dict
     collate; the views are cut on the GPU), in this process."""
     from pld_pipeline.student.gpu_decode import DecodedViewDataset, collate_encoded
 
-    sampler = EpochViewSampler(ShuffleSampler(np.arange(len(images)), seed=0))
-    sampler.set_epoch(0, [StoredViews(s.crop, s.flip) for s in slabs[:m]])
-    loader = torch.utils.data.DataLoader(
-        DecodedViewDataset(images, size), batch_size=batch // m, sampler=sampler,
-        num_workers=0, collate_fn=collate_encoded, drop_last=True,
-    )  # fmt: skip
+    loader = epoch_loader(DecodedViewDataset(images, size), slabs, m, batch, collate_encoded)
     samples, decodes = 0, 0
     started = time.perf_counter()
     for b in loader:
@@ -175,12 +175,7 @@ def gpu_pipeline(
     )
 
     dataset = {"cuda": EncodedViewDataset, "cpu-crop-on-cuda": DecodedViewDataset}[decode]
-    sampler = EpochViewSampler(ShuffleSampler(np.arange(len(images)), seed=0))
-    sampler.set_epoch(0, [StoredViews(s.crop, s.flip) for s in slabs[:m]])
-    loader = torch.utils.data.DataLoader(
-        dataset(images, size), batch_size=batch // m, sampler=sampler,
-        num_workers=0, collate_fn=collate_encoded, drop_last=True,
-    )  # fmt: skip
+    loader = epoch_loader(dataset(images, size), slabs, m, batch, collate_encoded)
     decoder = GpuViewDecoder(device, size)
     samples = 0
     torch.cuda.synchronize(device)
