@@ -51,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from photos import make_folder
 
 import storage
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb
+from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.decoding import jpeg_header, read_bytes
+from pld_pipeline.rgb import load_rgb
 from pld_pipeline.student.cached_dataset import (
     EpochViewSampler,
     ShuffleSampler,

@@ -25,7 +25,6 @@ from flows.logs import run_logger_or
 from flows.placeholders import resolve_output
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.configs.train import SweepConfig, TrainConfig
-from pld_pipeline.student.run_dir import current_manifest_hash
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def emit_cache_finalized(config: CacheConfig, report: dict[str, Any]) -> Event |
     check = report["replay_check"]
     payload = {
         "cache": resource_url(config.output),
-        "manifest_hash": current_manifest_hash(config.location()),
+        "manifest_hash": report["manifest_hash"],
         "teacher": config.teacher.name,
         "format": report["format"],
         "k": report["k"],

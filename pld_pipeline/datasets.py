@@ -17,21 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from pld_pipeline.errors import BadImageError, DatasetError, DatasetNotFoundError
+from pld_pipeline.errors import DatasetError, DatasetNotFoundError
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared case-insensitively.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-# Background for images with an alpha channel: dropping alpha would expose whatever colour
-# the encoder left under transparent pixels, compositing gives what a viewer shows.
-ALPHA_BACKGROUND = (255, 255, 255)
 
 
 def split_folder(root: str | os.PathLike, split: str | None = None) -> Path:
@@ -180,6 +176,8 @@ class ImageFolderDataset:
         Raises:
             BadImageError: the file cannot be opened or decoded; the message names its path.
         """
+        from pld_pipeline.rgb import load_rgb  # noqa: PLC0415 - listing needs no decoder
+
         return load_rgb(self.path(i))
 
     def load_tensor(self, i: int) -> torch.Tensor:
@@ -193,50 +191,3 @@ class ImageFolderDataset:
         from pld_pipeline.decoding import decode_rgb  # noqa: PLC0415 - keeps torch out of listing
 
         return decode_rgb(self.path(i))
-
-
-# The contract's other name for the same listing.
-ImageFolderListing = ImageFolderDataset
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode one image file as RGB (see `to_rgb`).
-
-    Raises:
-        BadImageError: unreadable, truncated or not an image; the message names the path.
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now, inside the try, so truncation is caught here
-            return to_rgb(img)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise BadImageError(
-            f"Cannot decode image {str(path)!r}: {type(exc).__name__}: {exc}. Replace or remove "
-            "the file, or set skip_bad_images to record it as bad and exclude it."
-        ) from exc
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB.
-
-    Alpha (RGBA, LA, PA, palette with transparency) is composited on white; 16-bit
-    grayscale is scaled by 1/257 to keep its full range (PIL's own conversion clips it);
-    32-bit integer and float grayscale are clipped to 0..255; CMYK, YCbCr, L, 1, P use PIL's conversion.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16"):
-        gray = np.rint(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    if mode in ("I", "F"):
-        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in img.info
-    )
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")

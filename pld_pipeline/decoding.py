@@ -6,7 +6,7 @@ libjpeg-turbo with the same IDCT and chroma upsampling; tests compare baseline 4
 checks it on every run) and is about 1.5-2.5x faster, mostly because it writes straight
 into a tensor. So it is the default decoder of both the teacher pass and the students:
 the student sees the pixels the teacher saw. Anything it cannot read (PNG and other
-formats, 12-bit or damaged JPEGs) goes through PIL and `datasets.to_rgb`, which also
+formats, 12-bit or damaged JPEGs) goes through PIL and `rgb.to_rgb`, which also
 gives damaged files their `BadImageError`.
 
 torchvision marks its image codecs deprecated from 0.29 (TorchCodec takes them over) but
@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - a torchvision without image ops: PIL d
     ImageReadMode = decode_jpeg = None
 
 from pld_pipeline.errors import BadImageError
+from pld_pipeline.rgb import to_rgb
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # Start-of-frame markers (baseline, extended, progressive, lossless, ...): not DHT (C4),
@@ -119,8 +120,6 @@ def _decode_with_pil(data: torch.Tensor, name: str) -> torch.Tensor:
     import io  # noqa: PLC0415
 
     from PIL import Image  # noqa: PLC0415
-
-    from pld_pipeline.datasets import to_rgb  # noqa: PLC0415 - datasets imports this module
 
     try:
         with Image.open(io.BytesIO(data.numpy().tobytes())) as img:

@@ -5,7 +5,7 @@ Public API (see storage/README.md for the on-disk format):
 ``create``'s checks without writing); ``open_cache`` ->
 ``CacheReader.validate`` / ``load_view`` / ``prefetch`` / ``iter_view``;
 ``inspect`` / ``summarize`` (``summary_of`` an open reader); the ``Manifest``
-dataclasses (with ``ClassList``, ``LabelCheck``), ``fingerprint`` and
+dataclasses (with ``ClassList``, ``LabelCheck``), ``manifest_hash``, ``fingerprint`` and
 ``class_list_sha256``; the errors.
 """
 
@@ -26,7 +26,14 @@ from storage.errors import (
 )
 from storage.labels import ClassList, LabelCheck, class_list_sha256
 from storage.location import Location
-from storage.manifest import SCHEMA_VERSION, Manifest, TeacherInfo, ViewInfo, fingerprint
+from storage.manifest import (
+    SCHEMA_VERSION,
+    Manifest,
+    TeacherInfo,
+    ViewInfo,
+    fingerprint,
+    manifest_hash,
+)
 from storage.reader import CacheReader, open_cache
 from storage.schema import COMPRESSORS, DEFAULT_COMPRESSOR, DEFAULT_SHARD_SIZE
 from storage.slab import ViewSlab
@@ -66,6 +73,7 @@ __all__ = [
     "create",
     "fingerprint",
     "inspect",
+    "manifest_hash",
     "open_cache",
     "open_writer",
     "summarize",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -313,6 +314,22 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+def manifest_hash(manifest: Manifest) -> str:
+    """The id of a cache's contents: sha256 hex of the manifest's JSON with sorted keys,
+    without ``label_check``.
+
+    Student runs record it, so a run resumes or counts as finished only on the cache it
+    started from; events and reports name caches by it. The label check is a finding about
+    the cache that a rerun of the pass may rewrite (e.g. with another threshold), not its
+    contents; leaving it out also keeps the hash of a cache written before label checks
+    what it was, so runs on it still resume.
+    """
+    data = manifest.to_dict()
+    data.pop("label_check", None)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def fingerprint(keys: Sequence[str], sizes: Sequence[int]) -> str:

@@ -67,7 +67,7 @@ class TeacherConfig(StrictModel):
 
     name: str = Field(
         description="torchvision model name (e.g. 'resnet50') or 'package.module:callable' "
-        "returning an nn.Module (e.g. 'pld_pipeline.zoo:efficientnet_lite0')."
+        "returning an nn.Module (e.g. 'pld_pipeline.teacher.zoo:efficientnet_lite0')."
     )
     weights: str | None = Field(
         None,

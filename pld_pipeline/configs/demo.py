@@ -28,12 +28,12 @@ class DemoConfig(StrictModel):
     )
     image_size: int = Field(28, gt=7, description="input side for teacher and students")
     teacher_model: str = Field(
-        "pld_pipeline.small_models:demo_teacher",
+        "pld_pipeline.demo.small_models:demo_teacher",
         description="teacher factory (module:callable taking num_classes)",
     )
     teacher_epochs: int = Field(15, gt=0, description="teacher training epochs")
     student_model: str = Field(
-        "pld_pipeline.small_models:demo_student",
+        "pld_pipeline.demo.small_models:demo_student",
         description="student factory (module:callable taking num_classes)",
     )
     student_epochs: int = Field(20, gt=0, description="epochs of every student run")

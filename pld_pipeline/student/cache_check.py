@@ -7,11 +7,10 @@ clear error before any training, never a failure in the middle of an epoch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
+import storage
 from pld_pipeline import label_order
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
@@ -50,19 +49,6 @@ class TargetPlan:
     replay_cache: bool
     views_match: bool
     manifest_hash: str
-
-
-def manifest_hash(manifest) -> str:  # noqa: ANN001 - storage.Manifest
-    """sha256 hex of the manifest's JSON with sorted keys, without `label_check`.
-
-    The label check is a finding about the cache that a rerun of the pass may rewrite (e.g.
-    with another threshold), not its contents; leaving it out also keeps the hash of a cache
-    written before label checks what it was, so runs on it still resume.
-    """
-    data = manifest.to_dict()
-    data.pop("label_check", None)
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> TargetPlan:  # noqa: ANN001
@@ -164,7 +150,7 @@ def plan_targets(manifest, images: ImageFolderDataset, config: TrainConfig) -> T
         num_views=int(m.views.num_views),
         replay_cache=replay_cache,
         views_match=replay_cache or config.online_teacher is not None,
-        manifest_hash=manifest_hash(m),
+        manifest_hash=storage.manifest_hash(m),
     )
 
 

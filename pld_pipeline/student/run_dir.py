@@ -47,10 +47,10 @@ def current_manifest_hash(cache) -> str:  # noqa: ANN001 - storage.Location | st
     """The manifest hash a run on `cache` records ("none" without a cache)."""
     if cache is None:
         return "none"
-    from pld_pipeline.student.cache_check import manifest_hash  # noqa: PLC0415
-    from storage import open_cache  # noqa: PLC0415 - only when a finished run is checked
+    import storage  # noqa: PLC0415 - only when a finished run is checked
 
-    return manifest_hash(open_cache(cache).manifest)
+    with storage.open_cache(cache) as reader:
+        return storage.manifest_hash(reader.manifest)
 
 
 class RunDir:

@@ -229,6 +229,7 @@ class CacheReport:
     """The finished cache's figures (what the flow publishes as a table)."""
 
     path: str
+    manifest_hash: str  # storage.manifest_hash: the id runs on this cache record
     num_samples: int
     num_views: int
     format: str
@@ -266,6 +267,7 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
         if bad_keys:
             writer.record_bad_samples(bad_keys)
         summary = storage.summary_of(reader)
+        content_id = storage.manifest_hash(reader.manifest)
     label_check = None
     if summary.top1:  # some record could be decoded
         check = label_order.agreement_check(
@@ -280,6 +282,7 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
             logger.error(label_order.mismatch_message(label_check, config.output))
     return CacheReport(
         path=config.output,
+        manifest_hash=content_id,
         num_samples=summary.num_samples,
         num_views=summary.num_views,
         format=summary.format,

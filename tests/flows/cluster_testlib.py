@@ -24,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.prefix) / "bin"  # the venv `make` builds: .venv/bin
-TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
+TEACHER = "pld_pipeline.demo.small_models:seeded_tiny_cnn"
 
 # A user's own teacher module, outside the repository: the package's seeded tiny CNN,
 # slowed down so a pass can be interrupted mid-shard. Its outputs equal TEACHER's.

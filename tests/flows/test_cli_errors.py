@@ -26,7 +26,7 @@ import pytest
 from cluster_testlib import REPO, cache_config, free_port, run_pld, user_env, write_yaml
 from prefect_server import api, prefect_server
 
-STUDENT = "pld_pipeline.small_models:tiny_cnn"
+STUDENT = "pld_pipeline.demo.small_models:tiny_cnn"
 # The weights torchvision would need for this; TORCH_HOME points at an empty folder.
 TV_TEACHER = {"name": "resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"}
 

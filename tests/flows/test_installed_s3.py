@@ -94,7 +94,7 @@ def test_inspect_and_train_from_s3(work, tiny_imagefolder, s3, s3_cache):
     run_dir = work / "student"
     train = {
         "cache": s3_cache, "dataset_root": str(tiny_imagefolder), "val_root": str(tiny_imagefolder),
-        "student": {"name": "pld_pipeline.small_models:tiny_cnn", "image_size": 24},
+        "student": {"name": "pld_pipeline.demo.small_models:tiny_cnn", "image_size": 24},
         "loss": {"name": "pld"}, "optim": {"name": "sgd", "lr": 0.05}, "epochs": 2,
         "batch_size": 4, "run_dir": str(run_dir), "device": "cpu", "num_workers": 0,
     }  # fmt: skip

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def config_for(root: Path, output: Path, **overrides) -> CacheConfig:
     return CacheConfig.model_validate({
-        "dataset_root": str(root), "teacher": {"name": "pld_pipeline.zoo:efficientnet_lite0"},
+        "dataset_root": str(root), "teacher": {"name": "pld_pipeline.teacher.zoo:efficientnet_lite0"},
         "views": {"mode": "eval"}, "k": 5, "output": str(output), "batch_size": 8,
         "num_workers": 0, "device": "cpu", "amp": "off", "replay_check_samples": 2,
         **overrides,
@@ -78,7 +78,7 @@ def test_a_student_flow_refuses_the_flagged_cache(flagged_cache: Path, wnid_phot
 
     config = TrainConfig.model_validate({
         "cache": str(flagged_cache), "dataset_root": str(wnid_photos),
-        "student": {"name": "pld_pipeline.small_models:tiny_cnn", "image_size": 24},
+        "student": {"name": "pld_pipeline.demo.small_models:tiny_cnn", "image_size": 24},
         "epochs": 1, "batch_size": 2, "run_dir": str(tmp_path / "run"), "device": "cpu",
         "num_workers": 0,
     })  # fmt: skip

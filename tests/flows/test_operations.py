@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CUDA = torch.cuda.is_available()
-TEACHER = {"name": "pld_pipeline.small_models:seeded_tiny_cnn", "num_classes": 10, "input_size": 24}
+TEACHER = {"name": "pld_pipeline.demo.small_models:seeded_tiny_cnn", "num_classes": 10, "input_size": 24}
 
 
 def cache_config(root: Path, output: str, **overrides) -> dict:
@@ -48,7 +48,7 @@ def cache_config(root: Path, output: str, **overrides) -> dict:
 def train_config(root: Path, cache: str, run_dir: str, **overrides) -> dict:
     data = {
         "cache": cache, "dataset_root": str(root), "val_root": str(root),
-        "student": {"name": "pld_pipeline.small_models:tiny_cnn", "image_size": 24},
+        "student": {"name": "pld_pipeline.demo.small_models:tiny_cnn", "image_size": 24},
         "loss": {"name": "pld"}, "optim": {"name": "sgd", "lr": 0.05}, "epochs": 2,
         "batch_size": 4, "run_dir": run_dir, "device": "cpu", "num_workers": 0,
     }  # fmt: skip

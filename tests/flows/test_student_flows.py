@@ -30,7 +30,7 @@ def tiny_cache(tiny_imagefolder: Path, tmp_path_factory) -> Path:
 def train_config(cache: Path, root: Path, run_dir: Path, loss: str = "pld") -> dict:
     return {
         "cache": str(cache), "dataset_root": str(root), "val_root": str(root),
-        "student": {"name": "pld_pipeline.small_models:tiny_cnn", "image_size": 24},
+        "student": {"name": "pld_pipeline.demo.small_models:tiny_cnn", "image_size": 24},
         "loss": {"name": loss}, "optim": {"name": "sgd", "lr": 0.05},
         "epochs": 2, "batch_size": 4, "run_dir": str(run_dir), "device": "cpu",
         "num_workers": 0,

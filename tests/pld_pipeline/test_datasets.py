@@ -13,8 +13,9 @@ from images_testlib import CORRUPT_KEY, TINY_CLASSES
 from PIL import Image
 
 import storage
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb, to_rgb
+from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import BadImageError, DatasetError, DatasetNotFoundError
+from pld_pipeline.rgb import load_rgb, to_rgb
 
 
 def test_listing_matches_torchvision_imagefolder(tiny_imagefolder: Path) -> None:

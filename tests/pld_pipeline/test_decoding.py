@@ -11,9 +11,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb
+from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.decoding import decode_rgb, decode_rgb_bytes, is_jpeg, jpeg_header, read_bytes
 from pld_pipeline.errors import BadImageError
+from pld_pipeline.rgb import load_rgb
 
 CORRUPT_KEY = "cup/zz_corrupt.jpg"  # written by tests/conftest.py
 

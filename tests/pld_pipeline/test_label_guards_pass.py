@@ -140,7 +140,7 @@ def test_students_refuse_a_flagged_cache_unless_allowed(
 def test_the_guard_before_the_pass_computes_nothing(color_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "cache"
     config = cache_config(color_folder, out, None,
-                          teacher={"name": "pld_pipeline.small_models:seeded_tiny_cnn",
+                          teacher={"name": "pld_pipeline.demo.small_models:seeded_tiny_cnn",
                                    "num_classes": 10, "input_size": 16})  # fmt: skip
     with pytest.raises(ClassListError, match="3 class folders but the teacher outputs 10"):
         cache_build.prepare_cache(config)

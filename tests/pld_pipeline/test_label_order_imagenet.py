@@ -21,7 +21,7 @@ from pld_pipeline.views import replay_view
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytestmark = pytest.mark.slow  # a real 1000-class network over full-size photos
-TEACHER = "pld_pipeline.zoo:efficientnet_lite0"
+TEACHER = "pld_pipeline.teacher.zoo:efficientnet_lite0"
 
 
 def config_for(root: Path, output: Path, classes) -> CacheConfig:

@@ -23,7 +23,7 @@ from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.teacher import cache_build
 from pld_pipeline.views import replay_view, sample_view
 
-TEACHER = "pld_pipeline.small_models:seeded_tiny_cnn"
+TEACHER = "pld_pipeline.demo.small_models:seeded_tiny_cnn"
 # What the cache is written with, and what the config's teacher says afterwards.
 STORED = {"input_size": 24, "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.2, 0.3],
           "interpolation": "bilinear"}  # fmt: skip

@@ -29,7 +29,7 @@ from pld_pipeline.teacher.models import (
 from pld_pipeline.teacher.weights import state_dict_sha256
 from pld_pipeline.teacher.zoo import tiny_convnet
 
-TINY = "pld_pipeline.zoo:tiny_convnet"
+TINY = "pld_pipeline.teacher.zoo:tiny_convnet"
 
 
 class _NotAModel:
@@ -197,7 +197,8 @@ def test_load_teacher_from_config(tmp_path: Path) -> None:
     ],
 )
 def test_factory_names_stored_before_the_wings_still_load(stored: str, new_home: str) -> None:
-    """Manifests and users' configs keep the pre-wings module paths: both spell one model."""
+    """Manifests and configs written before the wings move keep the old module paths: the
+    alias table resolves them to the same model, and the name is recorded as given."""
     torch.manual_seed(0)
     old = create_model(stored, num_classes=10)
     torch.manual_seed(0)
@@ -205,11 +206,25 @@ def test_factory_names_stored_before_the_wings_still_load(stored: str, new_home:
     assert type(old) is type(new)
     assert state_dict_sha256(old) == state_dict_sha256(new)
     stored_info = teacher_info(stored, old, num_classes=10)
-    assert stored_info.name == stored  # the manifest records the name as given
+    assert stored_info.name == stored  # an old cache still compares equal to its config
 
 
-def test_demo_defaults_keep_their_stored_factory_names() -> None:
-    """The demo writes the same teacher name into its manifest as before the move."""
+def test_the_old_module_paths_are_aliases_not_modules() -> None:
+    """One alias table, no shim modules: importing the old paths fails."""
+    import importlib
+
+    from pld_pipeline.teacher.models import FACTORY_MODULE_ALIASES, resolve_factory_alias
+
+    for old, new in FACTORY_MODULE_ALIASES.items():
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
+        importlib.import_module(new)
+        assert resolve_factory_alias(f"{old}:x") == f"{new}:x"
+    assert resolve_factory_alias("my.module:build") == "my.module:build"
+
+
+def test_demo_defaults_name_the_factories_where_they_live() -> None:
+    """New manifests store the real factory names."""
     fields = DemoConfig.model_fields
-    assert fields["teacher_model"].default == "pld_pipeline.small_models:demo_teacher"
-    assert fields["student_model"].default == "pld_pipeline.small_models:demo_student"
+    assert fields["teacher_model"].default == "pld_pipeline.demo.small_models:demo_teacher"
+    assert fields["student_model"].default == "pld_pipeline.demo.small_models:demo_student"

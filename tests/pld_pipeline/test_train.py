@@ -192,7 +192,7 @@ MISMATCHES = [
         "num_classes",
         {
             "student": {
-                "name": "pld_pipeline.small_models:tiny_cnn",
+                "name": "pld_pipeline.demo.small_models:tiny_cnn",
                 "image_size": 16,
                 "num_classes": 5,
             }

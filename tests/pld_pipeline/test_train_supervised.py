@@ -13,7 +13,7 @@ from pld_pipeline.errors import ConfigError
 def config(root, run_dir, **extra) -> dict:
     data = {
         "cache": None, "dataset_root": str(root), "val_root": str(root),
-        "student": {"name": "pld_pipeline.small_models:tiny_cnn", "image_size": 24,
+        "student": {"name": "pld_pipeline.demo.small_models:tiny_cnn", "image_size": 24,
                     "random_scale": [0.6, 1.0]},
         "loss": {"name": "ce"}, "optim": {"name": "sgd", "lr": 0.05},
         "epochs": 4, "batch_size": 4, "run_dir": str(run_dir), "device": "cpu", "num_workers": 0,

@@ -19,8 +19,9 @@ import torchvision.transforms.v2.functional as TF
 from train_testlib import make_cache, train_config
 
 import storage
-from pld_pipeline.datasets import ImageFolderDataset, load_rgb
+from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError
+from pld_pipeline.rgb import load_rgb
 from pld_pipeline.student.cache_check import check_cache
 from pld_pipeline.student.cached_dataset import ViewBatch
 from pld_pipeline.student.ddp import DistContext

@@ -26,7 +26,7 @@ from pld_pipeline.views import normalize_batch, replay_view, sample_view
 COLORS = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 50, 40)}
 TEACHER_CLASSES = 6  # the teacher knows more classes than the folder uses
 TEACHER_SIZE = 12
-STUDENT = "pld_pipeline.small_models:tiny_cnn"
+STUDENT = "pld_pipeline.demo.small_models:tiny_cnn"
 
 
 def build_color_folder(root: Path, per_class: int, seed: int) -> Path:
