@@ -30,7 +30,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CUDA = torch.cuda.is_available()
-TEACHER = {"name": "pld_pipeline.demo.small_models:seeded_tiny_cnn", "num_classes": 10, "input_size": 24}
+TEACHER = {
+    "name": "pld_pipeline.demo.small_models:seeded_tiny_cnn",
+    "num_classes": 10,
+    "input_size": 24,
+}
 
 
 def cache_config(root: Path, output: str, **overrides) -> dict:
