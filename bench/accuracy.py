@@ -12,7 +12,7 @@ student (the demo's tiny CNN) is trained from the cache with:
   in `losses`: what top-K truncation costs KD;
 
 each with the same seeds, evaluated on the 10,000 test images (top-1, ECE and the rest of
-`pld_pipeline.student.eval_metrics`). Every stage is a Prefect flow (the demo's building blocks),
+`pld_pipeline.student.run.eval_metrics`). Every stage is a Prefect flow (the demo's building blocks),
 so a rerun reuses the finished teacher, caches and runs. Figures go to `--json`; the
 README table comes from `bench/accuracy_table.py`.
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from pld_pipeline.configs.train import SweepConfig
     from pld_pipeline.demo import plan as demo_plan
     from pld_pipeline.demo.fashion_mnist import write_image_folder
-    from pld_pipeline.student.run_dir import RunDir
+    from pld_pipeline.student.run.run_dir import RunDir
 
     workdir = Path(args.workdir)
     demo = DemoConfig(

@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pld_pipeline.student.seed_summary import DIFFERENCE_RULE, Stats, differs
+from pld_pipeline.reports.seed_summary import DIFFERENCE_RULE, Stats, differs
 
 # (label, sweep, grid point) of every row, in reading order.
 ARMS = (

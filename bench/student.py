@@ -4,8 +4,8 @@ Same student, same images, same views, same loss, in one run. A teacher pass wri
 replay cache once; then two measurements:
 
 1. Paired steps (the headline): one DataLoader pass over the images; every batch is trained
-   twice with `pld_pipeline.student.train.train_step`, once by a student (built by
-   `pld_pipeline.student.run.build_run`, as `fit` builds its run) reading its targets from
+   twice with `pld_pipeline.student.run.train.train_step`, once by a student (built by
+   `pld_pipeline.student.run.build.build_run`, as `fit` builds its run) reading its targets from
    the in-memory view slab (cached) and once by an identical student whose targets come
    from the teacher run on the same crop (online), the order alternating per batch. Each
    step is timed alone (CUDA synchronised), so slow drifts of a shared machine hit both
@@ -14,7 +14,7 @@ replay cache once; then two measurements:
    speed-up judged against the target is the median over batches of the paired ratio
    online step / cached step: a stall from another process hits one step of one mode and
    moves a sum, not that median. The ratio of the sums is reported too.
-2. End to end: `pld_pipeline.student.train.fit` epochs in each mode (`--fit-rounds`, alternating),
+2. End to end: `pld_pipeline.student.run.train.fit` epochs in each mode (`--fit-rounds`, alternating),
    including data loading; a check of 1. where the machine is quiet.
 
 Targets: online / cached >= 1.5 for a ResNet-50 teacher and a ResNet-18 student (by FLOPs
@@ -54,9 +54,9 @@ from timing import sync
 
 from pld_pipeline.configs.cache import CacheConfig, TeacherConfig
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.student.loaders import train_views
-from pld_pipeline.student.run import build_run
-from pld_pipeline.student.train import fit, train_step
+from pld_pipeline.student.data.loaders import train_views
+from pld_pipeline.student.run.build import build_run
+from pld_pipeline.student.run.train import fit, train_step
 from pld_pipeline.teacher.cache_build import build_shard, prepare_cache
 from pld_pipeline.teacher.models import create_model
 

@@ -54,7 +54,7 @@ import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.decoding import jpeg_header, read_bytes
 from pld_pipeline.rgb import load_rgb
-from pld_pipeline.student.cached_dataset import (
+from pld_pipeline.student.data.cached_dataset import (
     EpochViewSampler,
     ShuffleSampler,
     StoredViews,
@@ -152,7 +152,7 @@ def cpu_pipeline(images, slabs, m: int, batch: int, size: int) -> dict:
 def crop_on_device_workers(images, slabs, m: int, batch: int, size: int) -> dict:
     """One epoch of the workers' part of `decode: cpu-crop-on-cuda` (decode, view boxes,
     collate; the views are cut on the GPU), in this process."""
-    from pld_pipeline.student.gpu_decode import DecodedViewDataset, collate_encoded
+    from pld_pipeline.student.data.gpu_decode import DecodedViewDataset, collate_encoded
 
     loader = epoch_loader(DecodedViewDataset(images, size), slabs, m, batch, collate_encoded)
     samples, decodes = 0, 0
@@ -168,7 +168,7 @@ def gpu_pipeline(
 ) -> dict:
     """One epoch with `decode: cuda` (bytes read here, nvJPEG) or `cpu-crop-on-cuda`
     (decoded here), views and targets on the GPU."""
-    from pld_pipeline.student.gpu_decode import (
+    from pld_pipeline.student.data.gpu_decode import (
         DecodedViewDataset,
         EncodedViewDataset,
         GpuViewDecoder,
@@ -194,7 +194,7 @@ def gpu_pipeline(
 
 def nvjpeg_figures(images: ImageFolderDataset, batch: int, device: torch.device) -> dict:
     """nvJPEG decode-only rate (batched) and its pixel difference from the CPU decoder."""
-    from pld_pipeline.student.gpu_decode import GpuViewDecoder
+    from pld_pipeline.student.data.gpu_decode import GpuViewDecoder
 
     decoder = GpuViewDecoder(device, 224)
     files = [read_bytes(images.path(i)) for i in range(len(images))]

@@ -30,9 +30,10 @@ import storage
 from pld_pipeline.configs.demo import DemoConfig
 from pld_pipeline.demo import plan as demo_plan
 from pld_pipeline.demo.fashion_mnist import write_image_folder
-from pld_pipeline.student.run_dir import RunDir
-from pld_pipeline.student.train import fit
-from pld_pipeline.teacher.cache_build import build_shard, finalize_cache, prepare_cache
+from pld_pipeline.student.run.run_dir import RunDir
+from pld_pipeline.student.run.train import fit
+from pld_pipeline.teacher.cache_build import build_shard, prepare_cache
+from pld_pipeline.teacher.cache_report import finalize_cache
 
 
 def prepare(config: DemoConfig) -> str:

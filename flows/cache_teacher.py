@@ -23,7 +23,8 @@ from flows.shard_waiting import (
 )
 from flows.timeouts import shard_time_limit
 from pld_pipeline.configs.cache import CacheConfig
-from pld_pipeline.teacher import cache_build
+from pld_pipeline.teacher import cache_build, cache_report
+from pld_pipeline.teacher import replay_check as replay_checking
 
 
 def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)
@@ -75,14 +76,14 @@ def cache_shard(config: CacheConfig, shard: int, views: list[int]) -> dict[str, 
 @task(name="finalize-cache")
 def finalize(config: CacheConfig) -> dict[str, Any]:
     """Check every done bit, record bad samples, compute teacher top-1, tail mass, bytes/record."""
-    return cache_build.finalize_cache(config).as_dict()
+    return cache_report.finalize_cache(config).as_dict()
 
 
 @task(name="replay-check")
 def replay_check(config: CacheConfig) -> dict[str, Any]:
     """Recompute the teacher on random cached records and compare log-probs."""
     with gpu_slot(config.gpu_limit, config.device, "The replay check"):
-        return cache_build.replay_check(config).as_dict()
+        return replay_checking.replay_check(config).as_dict()
 
 
 @flow(name="cache-shards")
@@ -169,8 +170,8 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     check = replay_check(config)
     report["replay_check"] = check
     publish_table(
-        "cache-stats", cache_build.stats_rows(report), cache_build.stats_description(report)
+        "cache-stats", cache_report.stats_rows(report), cache_report.stats_description(report)
     )
-    cache_build.require_label_agreement(report)  # a flagged cache is kept, the run fails
+    cache_report.require_label_agreement(report)  # a flagged cache is kept, the run fails
     emit_cache_finalized(config, report)
     return report

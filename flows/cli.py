@@ -134,9 +134,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(CacheConfig, args.config, overrides)
         # The flow puts the run's scheduled date into `{date}`: for a run started now, today.
         dated = config.model_copy(update={"output": resolve_output(config.output, None)})
-        from pld_pipeline import preflight  # after the config: it loads zarr
+        from pld_pipeline.datasets import split_folder
 
-        preflight.check_cache_pass(dated)
+        split_folder(dated.dataset_root, dated.split)  # a wrong path: found before torch loads
+        from pld_pipeline.teacher import cache_build  # after the config: it loads torch
+
+        cache_build.check_pass(dated)
         from flows.cache_teacher import cache_teacher
 
         _run(cache_teacher, config, args)
@@ -145,7 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pld_pipeline.configs.train import TrainConfig
 
         config = load_config(TrainConfig, args.config, args.overrides)
-        from pld_pipeline import preflight  # after the config: it loads zarr
+        from pld_pipeline.student.run import preflight  # after the config: it loads zarr
 
         preflight.check_train_run(config)
         from flows.train_student import train_student
@@ -159,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.max_parallel is not None:
             overrides.append(f"max_parallel={args.max_parallel}")
         config = load_config(SweepConfig, args.config, overrides)
-        from pld_pipeline import preflight  # after the config: it loads zarr
+        from pld_pipeline.student.run import preflight  # after the config: it loads zarr
 
         preflight.check_sweep(config)
         from flows.sweep import sweep
@@ -174,7 +177,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides.append(f"workdir={args.workdir}")
         base = DemoConfig.quick_defaults() if args.quick else {}
         config = load_config(DemoConfig, None, overrides, base=base)
-        from pld_pipeline import preflight  # after the config: it loads zarr
+        from pld_pipeline.demo import preflight  # after the config: it loads zarr
 
         preflight.check_demo(config)
         from flows.demo import demo
@@ -206,8 +209,8 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     """Print the sweeps' summary tables; no Prefect, no training (reads summary.json)."""
-    from pld_pipeline.student.seed_summary import read_summary
-    from pld_pipeline.student.sweep_compare import report_text
+    from pld_pipeline.reports.seed_summary import read_summary
+    from pld_pipeline.reports.sweep_compare import report_text
 
     summaries = [read_summary(path) for path in args.sweep_dirs]
     print(report_text(summaries, args.sweep_dirs, baseline=args.baseline))

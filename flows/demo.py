@@ -15,8 +15,8 @@ from flows.train_student import train_run
 from pld_pipeline.configs.demo import DemoConfig
 from pld_pipeline.demo import plan as demo_plan
 from pld_pipeline.demo.fashion_mnist import write_image_folder
-from pld_pipeline.student.run_dir import RunDir
-from pld_pipeline.student.sweep_report import format_table
+from pld_pipeline.reports.sweep_report import format_table
+from pld_pipeline.student.run.run_dir import RunDir
 
 __all__ = ["DemoConfig", "demo"]
 

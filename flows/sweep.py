@@ -15,9 +15,9 @@ from flows.events import emit_sweep_finished
 from flows.train_student import result_row, train_run
 from pld_pipeline.configs.loading import get_dotted
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
-from pld_pipeline.student.run_dir import RunDir
-from pld_pipeline.student.seed_summary import summarize, write_summary
-from pld_pipeline.student.sweep_report import format_table, plot_summary
+from pld_pipeline.reports.seed_summary import summarize, write_summary
+from pld_pipeline.reports.sweep_report import format_table, plot_summary
+from pld_pipeline.student.run.run_dir import RunDir
 
 TABLE_COLUMNS = (
     "run", "loss", "temperature", "k", "best_top1", "final_top1", "final_ece", "dropped_weight",

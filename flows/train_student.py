@@ -12,7 +12,7 @@ from flows.concurrency import gpu_slot
 from flows.events import emit_run_finished
 from flows.timeouts import run_time_limit
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.student.train import fit
+from pld_pipeline.student.run.train import fit
 
 
 def result_row(name: str, result: dict[str, Any], skipped: bool = False) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Every field carries a description: it is the help text of the Prefect UI form and the CLI.
 Values are checked here (types, ranges, cross-field rules); checks that need the cache or the
-dataset (K, temperatures, class count, fingerprint) happen in `pld_pipeline.student.run.build_run` before
+dataset (K, temperatures, class count, fingerprint) happen in `pld_pipeline.student.run.build.build_run` before
 the first step.
 """
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from pld_pipeline.configs.loading import load_config
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.student.ddp import init_from_env, shutdown
-from pld_pipeline.student.train import fit
+from pld_pipeline.student.run.ddp import init_from_env, shutdown
+from pld_pipeline.student.run.train import fit
 
 
 def build_parser() -> argparse.ArgumentParser:

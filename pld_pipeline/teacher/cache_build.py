@@ -140,6 +140,29 @@ def _producer_versions() -> dict[str, str]:
             "pld-pipeline": __version__}  # fmt: skip
 
 
+def check_pass(config: CacheConfig) -> str:
+    """Check a teacher pass: dataset and class list, teacher and weights, K, the output.
+
+    Builds the manifest the pass will write (the dataset listing and the teacher are kept
+    for the pass in this process, see `dataset_of` / `teacher_of`) and makes
+    the checks `storage.create` makes at `output`, writing nothing.
+
+    Returns:
+        What the pass will do at `output`: "create", "resume" or "replace".
+
+    Raises:
+        DatasetError, ClassListError, ModelNotFoundError, WeightsNotFoundError,
+        WeightsCorruptError, ConfigError (K above the teacher's classes), and
+        storage.NotACacheError / ManifestMismatchError / DatasetMismatchError /
+        CacheLocationError for an output that holds something else.
+    """
+    dataset = dataset_of(config)
+    manifest = manifest_of(config)
+    return storage.check_create(
+        config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
+    )
+
+
 def prepare_cache(config: CacheConfig, producer: str = "") -> CachePlan:
     """Validate the config against the dataset and teacher, create or reopen the cache.
 
@@ -222,204 +245,3 @@ def worker_device(device: str) -> str:
     if isinstance(name, int) and torch.cuda.device_count() > 1:
         return f"cuda:{name % torch.cuda.device_count()}"
     return device
-
-
-@dataclass
-class CacheReport:
-    """The finished cache's figures (what the flow publishes as a table)."""
-
-    path: str
-    manifest_hash: str  # storage.manifest_hash: the id runs on this cache record
-    num_samples: int
-    num_views: int
-    format: str
-    k: int
-    num_classes: int
-    disk_mb: float
-    bytes_per_record: float
-    compression_ratio: float
-    top1: dict[int, float]
-    tail_mass: dict[int, float]
-    bad_keys: list[str]
-    label_check: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def finalize_cache(config: CacheConfig) -> CacheReport:
-    """Check that every (view, shard) is done, record bad samples, compute the stats, and
-    check that the teacher agrees with the labels.
-
-    A label agreement below `min_label_agreement` is recorded in the manifest
-    (`label_check.flagged`) and returned, not raised, so the stats can be published first;
-    call `require_label_agreement(report)` after that (the flow does).
-
-    Raises:
-        storage.IncompleteCacheError: some (view, shard) is missing (listed).
-    """
-    # The cache is opened once; the reader reads the writer's open store.
-    writer = storage.open_writer(config.location())
-    with writer.reader() as reader:
-        reader.validate()
-        bad = reader.bad_mask().any(axis=0)
-        bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
-        if bad_keys:
-            writer.record_bad_samples(bad_keys)
-        summary = storage.summary_of(reader)
-        content_id = storage.manifest_hash(reader.manifest)
-    label_check = None
-    if summary.top1:  # some record could be decoded
-        check = label_order.agreement_check(
-            float(np.mean(list(summary.top1.values()))),
-            int((~bad).sum()) * summary.num_views,
-            summary.num_classes,
-            config.min_label_agreement,
-        )
-        writer.record_label_check(check)
-        label_check = asdict(check)
-        if check.flagged:
-            logger.error(label_order.mismatch_message(label_check, config.output))
-    return CacheReport(
-        path=config.output,
-        manifest_hash=content_id,
-        num_samples=summary.num_samples,
-        num_views=summary.num_views,
-        format=summary.format,
-        k=summary.k,
-        num_classes=summary.num_classes,
-        disk_mb=summary.disk_bytes / 1e6,
-        bytes_per_record=summary.bytes_per_record,
-        compression_ratio=summary.compression_ratio,
-        top1={int(v): float(t) for v, t in summary.top1.items()},
-        tail_mass={int(v): float(t) for v, t in summary.tail_mass.items()},
-        bad_keys=bad_keys,
-        label_check=label_check,
-    )
-
-
-def require_label_agreement(report: dict[str, Any]) -> None:
-    """Fail a pass whose labels were flagged by `finalize_cache` (the cache stays, flagged).
-
-    Raises:
-        errors.LabelOrderError: the teacher's top-1 against the labels was below the threshold.
-    """
-    label_order.require_agreement(report.get("label_check"), report["path"])
-
-
-@dataclass
-class ReplayCheck:
-    """Cached vs. recomputed teacher log-probs on a random sample of records."""
-
-    samples: int
-    max_abs_error: float
-    tolerance: float
-    passed: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
-    """Recompute the teacher on `replay_check_samples` random (view, sample) records.
-
-    Compares the cached top-K log-probs (or full logits' log-softmax) with a fresh forward
-    on the replayed view, like TinyViT's check of saved logits.
-
-    Raises:
-        errors.ReplayCheckError: the largest error exceeds `replay_check_tolerance`.
-    """
-    count = config.replay_check_samples
-    if count == 0:
-        return ReplayCheck(0, 0.0, config.replay_check_tolerance, True)
-    reader = storage.open_cache(config.location())
-    manifest = reader.manifest
-    rng = np.random.default_rng(seed)
-    good = np.flatnonzero(~reader.bad_mask().any(axis=0))
-    picks = rng.choice(good, size=min(count, len(good)), replace=False)
-    views = rng.integers(0, manifest.views.num_views, size=len(picks))
-    model = teacher_of(config).model
-    dataset = dataset_of(config)
-    # The stored manifest is the spec, as in `build_shard`: the check replays what was written.
-    options = PassOptions(device=config.device, batch_size=1, num_workers=0, amp=config.amp)
-    worst = 0.0
-    for view, sample in zip(views.tolist(), picks.tolist()):
-        # One record read per check: a whole view of ImageNet would be hundreds of MB.
-        cached = reader.load_view(view, start=sample, stop=sample + 1)
-        fresh = compute_views(model, dataset, manifest, [view], sample, sample + 1, options)[view]
-        worst = max(worst, _logp_error(cached, 0, fresh))
-    passed = worst <= config.replay_check_tolerance
-    result = ReplayCheck(len(picks), worst, config.replay_check_tolerance, passed)
-    if not passed:
-        raise errors.ReplayCheckError(
-            f"Replay check failed for {config.output}: cached and recomputed teacher log-probs "
-            f"differ by up to {worst:.4g} (tolerance {config.replay_check_tolerance}). The "
-            "teacher, its weights or the images changed since caching; rebuild the cache "
-            "with overwrite=True, or raise replay_check_tolerance if AMP noise explains it."
-        )
-    return result
-
-
-def _logp_error(slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray]) -> float:
-    """Largest |cached - fresh| log-prob over the cached classes of one record."""
-    if slab.logits is not None:
-        cached = torch.log_softmax(torch.from_numpy(slab.logits[row].astype(np.float32)), -1)
-        recomputed = torch.log_softmax(torch.from_numpy(fresh["logits"][0]), -1)
-        return float((cached - recomputed).abs().max())
-    idx = slab.topk_idx[row].astype(np.int64)
-    cached = slab.topk_logp[row].astype(np.float32)
-    # Compare class by class: near-ties may swap order between the two forwards.
-    fresh_logp = dict(zip(fresh["topk_idx"][0].tolist(), fresh["topk_logp"][0].tolist()))
-    errors_ = []
-    for c, value in zip(idx.tolist(), cached.tolist()):
-        if c in fresh_logp:
-            errors_.append(abs(value - fresh_logp[c]))
-        else:  # fell out of the fresh top-K: it must then be at most the K-th log-prob
-            errors_.append(max(0.0, value - float(fresh["topk_logp"][0][-1])))
-    return max(errors_) if errors_ else 0.0
-
-
-def stats_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table row per view, plus the replay check, for the flow's table artifact."""
-    rows = []
-    for view, top1 in sorted(report["top1"].items(), key=lambda kv: int(kv[0])):
-        rows.append({
-            "view": int(view),
-            "teacher_top1_pct": 100.0 * top1,
-            "tail_mass": report["tail_mass"].get(view),
-            "records": report["num_samples"],
-            "bytes_per_record": report["bytes_per_record"],
-        })  # fmt: skip
-    check = report.get("replay_check") or {}
-    rows.append({
-        "view": "all",
-        "teacher_top1_pct": 100.0 * float(np.mean(list(report["top1"].values()) or [0.0])),
-        "tail_mass": None,
-        "records": report["num_samples"] * report["num_views"],
-        "bytes_per_record": report["bytes_per_record"],
-        "disk_mb": report["disk_mb"],
-        "compression_ratio": report["compression_ratio"],
-        "bad_samples": len(report["bad_keys"]),
-        "replay_max_abs_error": check.get("max_abs_error"),
-        "replay_check": "passed" if check.get("passed") else "failed/skipped",
-        "label_check": label_check_cell(report.get("label_check")),
-    })  # fmt: skip
-    return rows
-
-
-def label_check_cell(check: dict[str, Any] | None) -> str:
-    """The stats table's label-check entry: the flag first, then the figures."""
-    if check is None:
-        return "not checked"
-    figures = f"top-1 {check['top1']:.4f} vs required {check['min_agreement']:.4f}"
-    if check["flagged"]:
-        return f"FLAGGED: LABEL MISMATCH ({figures}); labels probably not in the teacher's order"
-    return f"passed ({figures})"
-
-
-def stats_description(report: dict[str, Any]) -> str:
-    """The stats table's description; a flagged cache says so first."""
-    text = f"Teacher cache {report['path']}: per-view statistics, replay and label checks"
-    if (report.get("label_check") or {}).get("flagged"):
-        text = "LABEL MISMATCH (flagged). " + text
-    return text

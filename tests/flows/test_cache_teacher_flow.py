@@ -169,7 +169,7 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     tiny_imagefolder_corrupt: Path, tmp_path
 ):
     from flows.cache_teacher import cache_teacher
-    from pld_pipeline.student.cached_dataset import good_indices
+    from pld_pipeline.student.data.cached_dataset import good_indices
 
     out = tmp_path / "cache"
     report = cache_teacher(make_config(tiny_imagefolder_corrupt, out, skip_bad_images=True))
@@ -198,7 +198,7 @@ def test_replay_check_fails_when_cached_outputs_were_altered(
     import zarr
 
     from pld_pipeline.errors import ReplayCheckError
-    from pld_pipeline.teacher import cache_build
+    from pld_pipeline.teacher import replay_check
 
     altered = tmp_path / "altered"
     shutil.copytree(reference_cache, altered)
@@ -206,8 +206,8 @@ def test_replay_check_fails_when_cached_outputs_were_altered(
     logp[0] = logp[0] - np.float16(0.5)
     config = make_config(tiny_imagefolder, altered, replay_check_samples=12)
     with pytest.raises(ReplayCheckError, match=r"differ by up to 0\.5"):
-        cache_build.replay_check(config, seed=0)
+        replay_check.replay_check(config, seed=0)
     # The untouched cache passes the same check.
-    assert cache_build.replay_check(
+    assert replay_check.replay_check(
         make_config(tiny_imagefolder, reference_cache, replay_check_samples=12)
     ).passed

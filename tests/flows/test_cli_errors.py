@@ -63,7 +63,7 @@ def world(tmp_path_factory, tiny_imagefolder: Path) -> World:
     """The tiny image folder and its cache (2 replay views, top-4 of 10, T = 1 and 2),
     written with the library's own pass steps (no Prefect)."""
     from pld_pipeline.configs.cache import CacheConfig
-    from pld_pipeline.teacher import cache_build
+    from pld_pipeline.teacher import cache_build, cache_report
 
     root = tmp_path_factory.mktemp("cli-errors")
     data = Path(shutil.copytree(tiny_imagefolder, root / "data"))
@@ -72,7 +72,7 @@ def world(tmp_path_factory, tiny_imagefolder: Path) -> World:
     plan = cache_build.prepare_cache(config)
     for shard, views in plan.shard_tasks():
         cache_build.build_shard(config, shard, views)
-    cache_build.finalize_cache(config)
+    cache_report.finalize_cache(config)
     (root / "empty-torch-home").mkdir()
     env = user_env(
         root, PYTHONPATH=str(REPO), TORCH_HOME=str(root / "empty-torch-home"),

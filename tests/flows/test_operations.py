@@ -204,9 +204,9 @@ def test_finalized_cache_event_is_read_back_through_the_events_api(server, weekl
     assert payload["replay_max_error"] == pytest.approx(table[-1]["replay_max_abs_error"], abs=1e-4)
     # ... and the one the same check (same seed, same records) finds when run again here.
     from pld_pipeline.configs.cache import CacheConfig
-    from pld_pipeline.teacher import cache_build
+    from pld_pipeline.teacher import replay_check
 
-    again = cache_build.replay_check(CacheConfig.model_validate(weekly_cache["config"]))
+    again = replay_check.replay_check(CacheConfig.model_validate(weekly_cache["config"]))
     assert payload["replay_max_error"] == pytest.approx(again.max_abs_error, abs=1e-7)
     assert 0 <= payload["replay_max_error"] <= 0.05
     # Prefect relates the event to the flow run that sent it.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pld_pipeline.student.seed_summary import DIFFERENCE_RULE, summarize, write_summary
+from pld_pipeline.reports.seed_summary import DIFFERENCE_RULE, summarize, write_summary
 
 REPO = Path(__file__).resolve().parents[2]
 

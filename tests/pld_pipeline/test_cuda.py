@@ -21,16 +21,16 @@ from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.decoding import decode_rgb_bytes
 from pld_pipeline.demo.small_models import tiny_cnn
 from pld_pipeline.losses import LOSS_NAMES, make_loss
-from pld_pipeline.student.cached_dataset import (
+from pld_pipeline.student.data.cached_dataset import (
     SampledViews,
     StudentViewDataset,
     ViewBatch,
     collate_views,
 )
-from pld_pipeline.student.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
-from pld_pipeline.student.optim import make_optimizer, make_scheduler
-from pld_pipeline.student.placement import Placement
-from pld_pipeline.student.train import Step, fit, train_step
+from pld_pipeline.student.data.gpu_decode import EncodedViewDataset, GpuViewDecoder, collate_encoded
+from pld_pipeline.student.run.optim import make_optimizer, make_scheduler
+from pld_pipeline.student.run.placement import Placement
+from pld_pipeline.student.run.train import Step, fit, train_step
 from pld_pipeline.views import replay_view, replay_view_on_device, sample_view
 
 pytestmark = [

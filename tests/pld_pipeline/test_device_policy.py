@@ -15,9 +15,9 @@ from pld_pipeline.configs.loading import validate_config
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.device_policy import resolve_amp
 from pld_pipeline.errors import CheckpointError, ConfigError
-from pld_pipeline.student.ddp import DistContext
-from pld_pipeline.student.placement import make_placement
-from pld_pipeline.student.run_dir import RunDir
+from pld_pipeline.student.run.ddp import DistContext
+from pld_pipeline.student.run.placement import make_placement
+from pld_pipeline.student.run.run_dir import RunDir
 from pld_pipeline.teacher import compute as teacher_pass
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -20,7 +20,7 @@ from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ClassListError, DatasetError
-from pld_pipeline.student.train import fit
+from pld_pipeline.student.run.train import fit
 from storage import manifest_hash
 
 BASE = {"dataset_root": "/data", "teacher": {"name": "resnet50"}, "output": "runs/c"}

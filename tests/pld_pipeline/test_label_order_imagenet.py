@@ -16,7 +16,7 @@ from imagenet_subset import WNID_INDEX, imagenet_class_list
 import storage
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.errors import ClassListError, LabelOrderError
-from pld_pipeline.teacher import cache_build
+from pld_pipeline.teacher import cache_build, cache_report
 from pld_pipeline.views import replay_view
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -37,7 +37,7 @@ def run_pass(config: CacheConfig) -> dict:
     plan = cache_build.prepare_cache(config)
     for shard, views in plan.shard_tasks():
         cache_build.build_shard(config, shard, views)
-    return cache_build.finalize_cache(config).as_dict()
+    return cache_report.finalize_cache(config).as_dict()
 
 
 def reference_logits(path: Path, root: Path) -> np.ndarray:
@@ -93,5 +93,5 @@ def test_sorted_folder_labels_are_flagged_after_the_pass(wnid_photos: Path, tmp_
     assert report["label_check"]["flagged"]
     assert report["label_check"]["top1"] == 0.0
     with pytest.raises(LabelOrderError, match="top-1 against the labels .* is 0.0000"):
-        cache_build.require_label_agreement(report)
+        cache_report.require_label_agreement(report)
     assert "FLAGGED: LABEL MISMATCH" in storage.inspect(str(out))
