@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
 from flows.artifacts import Progress, artifact_key, publish_table
 from flows.concurrency import gpu_slot
-from flows.dask_watch import ClusterWatch
+from flows.dask_cluster import PassCluster, announce_shard
 from flows.events import cache_failed_hook, emit_cache_finalized
-from flows.placeholders import resolve_output
 from flows.runners import gpu_restriction, shard_task_runner
-from flows.shard_waiting import (
-    POLL_SECONDS,
-    mark_unfinished_crashed,
-    report_lost_worker,
-    shard_result,
-    wait_each,
-    wait_for_workers,
-)
 from flows.timeouts import shard_time_limit
-from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.configs.cache import CacheConfig, resolve_output
 from pld_pipeline.teacher import cache_build, cache_report
 from pld_pipeline.teacher import replay_check as replay_checking
+
+EVENTS_EVERY_S = 2.0  # how often the wait for shards stops to log the cluster's events
 
 
 def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)
@@ -65,6 +61,7 @@ def cache_shard(config: CacheConfig, shard: int, views: list[int]) -> dict[str, 
 
     On CUDA it first takes its GPU slot(s) of `gpu_limit`; then `shard_timeout_s` runs.
     """
+    announce_shard(shard)
     slots = max(1, config.gpus_per_task)
     with (
         gpu_slot(config.gpu_limit, config.device, f"Shard {shard}", slots=slots),
@@ -92,9 +89,9 @@ def run_shards(
 ) -> list[dict[str, Any]]:
     """Map the shard tasks over the configured task runner, with a progress artifact.
 
-    On Dask, a watch checks every worker's imports before it gets work, logs the shards
-    of a worker that died (Dask reruns them elsewhere), and fails the pass when no usable
-    worker is left for `lost_workers_timeout` seconds instead of waiting forever.
+    On Dask the scheduler reruns the shards of a lost worker (logged here with the
+    worker's name) and fails those that wait `lost_workers_timeout` without one; every
+    worker's imports are checked before it runs a shard.
     """
     logger = get_run_logger()
     progress = Progress(
@@ -102,26 +99,15 @@ def run_shards(
         total=len(tasks),
         description=f"Teacher pass shards written to {config.output}",
     )
-    watch = None
-    if dask_address:
-        watch = ClusterWatch(dask_address, config.lost_workers_timeout, config.gpus_per_task)
-        watch.connect()
-    try:
-        if watch is not None:
-            ready = wait_for_workers(watch)
-            logger.info(
-                "%d Dask worker(s) ready at %s; their imports are checked", ready, dask_address
-            )
+    cluster = PassCluster(dask_address, config.lost_workers_timeout) if dask_address else None
+    results: list[dict[str, Any]] = []
+    with cluster or nullcontext():
+        if cluster is not None:
+            logger.info("%d Dask worker(s) at %s, imports checked", cluster.most_workers,
+                        dask_address)  # fmt: skip
         with gpu_restriction(config.task_runner, config.gpus_per_task):
             futures = {cache_shard.submit(config, shard, views): shard for shard, views in tasks}
-        results: list[dict[str, Any]] = []
-
-        def health() -> None:
-            if watch is not None:
-                watch.check(on_lost=lambda a, n, keys: report_lost_worker(a, n, keys, futures))
-
-        def record(future) -> None:  # noqa: ANN001 - a PrefectFuture
-            outcome = shard_result(future, futures[future], watch, health)
+        for outcome in _outcomes(futures, cluster, logger):
             results.append(outcome)
             progress.advance(note=f"{len(results)}/{len(tasks)} shards")
             logger.info(
@@ -129,16 +115,27 @@ def run_shards(
                 outcome["shard"], outcome["written"], outcome["records"], outcome["seconds"],
                 len(results), len(tasks),
             )  # fmt: skip
-
-        try:
-            wait_each(list(futures), record, health, poll_seconds=POLL_SECONDS)
-        except BaseException as exc:
-            mark_unfinished_crashed(futures, f"the teacher pass stopped: {exc}")
-            raise
-    finally:
-        if watch is not None:
-            watch.close()
     return results
+
+
+def _outcomes(
+    futures: dict[PrefectFuture, int], cluster: PassCluster | None, logger: Any
+) -> Iterator[dict[str, Any]]:
+    """Each shard's outcome as it finishes; the first failed shard stops the pass with its
+    error (for a shard Dask gave up on: the pass's error, see `PassCluster.shard_error`)."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(list(pending), timeout=EVENTS_EVERY_S)
+        if cluster is not None:
+            cluster.report_events(logger, {futures[f] for f in pending | done})
+        for future in done:
+            try:
+                yield future.result()
+            except Exception as exc:
+                error = exc if cluster is None else cluster.shard_error(exc, futures[future])
+                if error is exc:
+                    raise
+                raise error from exc
 
 
 @flow(name="cache-teacher", on_failure=[cache_failed_hook], on_crashed=[cache_failed_hook])

@@ -50,17 +50,15 @@ _reported_missing: set[str] = set()
 
 
 def uses_cuda(device: str) -> bool:
-    """Whether work configured with `device` ('auto', 'cpu', 'cuda', 'cuda:N') runs on CUDA
-    in this process (or the test switch PLD_TAKE_GPU_LIMIT_ON_CPU=1 says to treat it so)."""
+    """Whether work on `device` takes a slot: it runs on CUDA in this process (or the test
+    switch PLD_TAKE_GPU_LIMIT_ON_CPU=1 says to treat it so)."""
     if os.environ.get(TAKE_ON_CPU_ENV, "").lower() in ("1", "true", "yes"):
         return True
-    if device.startswith("cuda"):
-        return True
-    if device != "auto":
+    if device in ("cpu", "mps"):
         return False
-    import torch  # noqa: PLC0415 - only to resolve 'auto'
+    from pld_pipeline.device_policy import uses_cuda as on_cuda  # noqa: PLC0415 - torch
 
-    return torch.cuda.is_available()
+    return on_cuda(device)
 
 
 @contextmanager
@@ -110,7 +108,9 @@ def gpu_slot(limit: str | None, device: str, holder: str, slots: int = 1) -> Ite
             try:
                 yield True
             finally:
-                _release_cached_gpu_memory()
+                from pld_pipeline.device_policy import release_cached_gpu_memory  # noqa: PLC0415
+
+                release_cached_gpu_memory()
     finally:
         _held.reset(token)
 
@@ -138,6 +138,8 @@ def ensure_gpu_limit(name: str = DEFAULT_GPU_LIMIT, slots: int | None = None) ->
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
             logger.info("Concurrency limit %r: %d -> %d slot(s).", name, existing.limit, slots)
             return slots
+        from pld_pipeline.device_policy import visible_gpu_count  # noqa: PLC0415 - torch
+
         count = slots if slots is not None else max(1, visible_gpu_count())
         try:
             client.create_global_concurrency_limit(
@@ -147,13 +149,6 @@ def ensure_gpu_limit(name: str = DEFAULT_GPU_LIMIT, slots: int | None = None) ->
             return client.read_global_concurrency_limit_by_name(name).limit
         logger.info("Created concurrency limit %r with %d slot(s) (one per GPU).", name, count)
         return count
-
-
-def visible_gpu_count() -> int:
-    """CUDA devices this process can see (0 without CUDA)."""
-    import torch  # noqa: PLC0415
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _read_limit(name: str):  # noqa: ANN202 - GlobalConcurrencyLimitResponse | None
@@ -173,12 +168,3 @@ def _current_holder() -> ConcurrencyLeaseHolder | None:
     if flow_run is not None and flow_run.flow_run is not None:
         return ConcurrencyLeaseHolder(type="flow_run", id=flow_run.flow_run.id)
     return None
-
-
-def _release_cached_gpu_memory() -> None:
-    """Give the CUDA caching allocator's free blocks back, so the next slot holder (maybe
-    another process) finds the memory free."""
-    import torch  # noqa: PLC0415
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Per-request and cluster chatter that buries the run's own messages.
@@ -55,14 +54,28 @@ def hide_tracebacks() -> None:
     Call it after Prefect is imported: its logging set-up adds handlers of its own that
     write to the terminal (e.g. for its internal and server loggers).
     """
+    for handler in _terminal_handlers():
+        if not isinstance(handler.formatter, WithoutTraceback):
+            handler.setFormatter(WithoutTraceback(handler.formatter))
+
+
+def quiet_terminal() -> None:
+    """Keep a command's last line last: what is logged while the process shuts down
+    (Prefect draining its queues, stopping its temporary server) still reaches Prefect's
+    API and files, but no longer the terminal."""
+    for handler in _terminal_handlers():
+        handler.setLevel(logging.CRITICAL + 1)
+
+
+def _terminal_handlers() -> list[logging.StreamHandler]:
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            terminal = getattr(handler, "stream", None) in (sys.stderr, sys.stdout) or (
-                type(handler).__name__ == "PrefectConsoleHandler"
-            )
-            if terminal and not isinstance(handler.formatter, WithoutTraceback):
-                handler.setFormatter(WithoutTraceback(handler.formatter))
+    return [
+        handler
+        for logger in loggers
+        for handler in getattr(logger, "handlers", [])
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    ]
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -86,64 +99,11 @@ def error_line(command: str, exc: BaseException) -> str:
     return f"pld {command}: error: {message or type(exc).__name__}"
 
 
-def report_error(command: str, exc: BaseException, verbose: bool, stop_server: bool) -> None:
-    """Print the error as the last line on stderr (its traceback first with `verbose`).
-
-    `stop_server`: stop the temporary Prefect server first (see `stop_temporary_server`);
-    only when this command started it, not a server running before (a test harness).
-    """
-    drain_prefect_queues()
-    if stop_server:
-        stop_temporary_server()
+def report_error(command: str, exc: BaseException, verbose: bool) -> None:
+    """Print the error as the command's last line on stderr (its traceback first with
+    `verbose`)."""
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
-    print(error_line(command, exc), file=sys.stderr)
-
-
-def _temporary_server() -> Any:
-    """Prefect's temporary server object (SubprocessASGIServer), or None when Prefect's
-    server module was never imported (then no temporary server can be running)."""
-    module = sys.modules.get("prefect.server.api.server")
-    # The instance for "no port given" is the temporary server Prefect starts for flows.
-    return None if module is None else module.SubprocessASGIServer()
-
-
-def temporary_server_running() -> bool:
-    """Whether Prefect's temporary server is running in this process now."""
-    server = _temporary_server()
-    return bool(server is not None and server.running)
-
-
-def stop_temporary_server() -> None:
-    """Stop Prefect's temporary server now, after its last logs are sent, instead of at exit.
-
-    It would otherwise log "Stopping temporary server" after the error line. Nothing
-    happens when no temporary server was started (e.g. PREFECT_API_URL names a server).
-    """
-    if not temporary_server_running():
-        return
-    try:
-        drain_prefect_queues()  # the failed run's logs and events reach the server first
-        _temporary_server().stop()
-    except Exception:  # best effort: Prefect stops it at exit anyway
-        logging.getLogger(__name__).debug("could not stop the temporary server", exc_info=True)
-
-
-def drain_prefect_queues(timeout: float = 15.0) -> None:
-    """Send the logs and events Prefect still queues, now rather than at exit.
-
-    At exit Prefect drains them itself and, when the server is slow, logs "Still
-    processing items" after the error line, which must stay the last line. Nothing happens
-    when Prefect was never imported (a config error).
-    """
-    if "prefect.events.worker" not in sys.modules and "prefect.logging.handlers" not in sys.modules:
-        return
-    try:
-        from prefect.events.worker import EventsWorker  # noqa: PLC0415 - Prefect is loaded
-        from prefect.logging.handlers import APILogWorker  # noqa: PLC0415 - as above
-
-        APILogWorker.drain_all(timeout=timeout)
-        EventsWorker.drain_all(timeout=timeout)
-    except Exception:  # best effort: Prefect drains them at exit anyway
-        logging.getLogger(__name__).debug("could not drain Prefect's queues", exc_info=True)
+    print(error_line(command, exc), file=sys.stderr, flush=True)
+    quiet_terminal()

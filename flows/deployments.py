@@ -1,63 +1,38 @@
-"""Deployments of every flow, served from one process, each with an optional cron schedule and trigger."""
+"""Deployments of every flow, served from one process, each with an optional cron schedule and
+a trigger from schedules.yaml (`pld_pipeline.configs.schedules` reads and checks the file)."""
 
 from __future__ import annotations
 
-import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
 
 from flows.concurrency import DEFAULT_GPU_LIMIT, ensure_gpu_limit
-from flows.triggers import make_trigger
-from pld_pipeline.configs.loading import read_yaml
-from pld_pipeline.errors import ConfigError
-
-logger = logging.getLogger(__name__)
-
-# Deployment names; the flows are imported when deployments are built (after the schedule
-# file is read, so its errors come before torch loads).
-DEPLOYMENTS = ("cache-teacher", "train-student", "sweep", "demo")
-ENTRY_KEYS = ("cron", "parameters", "paused", "tags", "trigger")
+from flows.events import CACHE_FINALIZED
+from pld_pipeline.configs.schedules import read_schedules, trigger_spec
 
 
 def _flows() -> dict[str, Any]:
+    """The flows by deployment name, imported once the schedule file is read (its errors come
+    before torch loads)."""
     from flows.cache_teacher import cache_teacher  # noqa: PLC0415
     from flows.demo import demo  # noqa: PLC0415
     from flows.sweep import sweep  # noqa: PLC0415
     from flows.train_student import train_student  # noqa: PLC0415
 
-    return {
-        "cache-teacher": cache_teacher,
-        "train-student": train_student,
-        "sweep": sweep,
-        "demo": demo,
-    }
+    return {"cache-teacher": cache_teacher, "train-student": train_student, "sweep": sweep,
+            "demo": demo}  # fmt: skip
 
 
-def read_schedules(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """Read `{deployment: {cron: "0 3 * * *", parameters: {...}, paused: false, trigger: {...}}}`.
-
-    Raises:
-        ConfigError: an unknown deployment name or an entry that is not a mapping.
-    """
-    if path is None:
-        return {}
-    data = read_yaml(path)
-    for name, entry in data.items():
-        if name not in DEPLOYMENTS:
-            raise ConfigError(
-                f"Schedule file {str(path)!r} names deployment {name!r}; known: {', '.join(DEPLOYMENTS)}."
-            )
-        if not isinstance(entry, dict) or set(entry) - set(ENTRY_KEYS):
-            raise ConfigError(
-                f"Schedule for {name!r} in {str(path)!r} must be a mapping with keys "
-                f"{', '.join(ENTRY_KEYS)}; got {entry!r}."
-            )
-        if "trigger" in entry:
-            make_trigger(name, entry, str(path))  # refuse a bad trigger before serving
-    return data
+def make_trigger(deployment: str, entry: dict[str, Any], source: str) -> DeploymentEventTrigger:
+    """Prefect's trigger for one schedules.yaml entry: a run on each finalized cache."""
+    return DeploymentEventTrigger(
+        **asdict(trigger_spec(deployment, entry, source, CACHE_FINALIZED))
+    )
 
 
 def build_deployments(schedules_path: str | Path | None = None) -> list[RunnerDeployment]:
@@ -75,7 +50,7 @@ def build_deployments(schedules_path: str | Path | None = None) -> list[RunnerDe
                 parameters=entry.get("parameters"),
                 triggers=triggers,
                 tags=["pld-pipeline", *entry.get("tags", [])],
-            )
+            )  # fmt: skip
         )
     return deployments
 

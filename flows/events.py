@@ -16,14 +16,13 @@ related to its flow run and task run by Prefect itself.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from prefect.events import Event, emit_event
 
 from flows.logs import run_logger_or
-from flows.placeholders import resolve_output
-from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.configs.cache import CacheConfig, resolve_output
+from pld_pipeline.configs.schedules import location_id
 from pld_pipeline.configs.train import SweepConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -39,16 +38,8 @@ RUN_FIGURES = (
 )  # fmt: skip
 
 
-def resource_url(location: str) -> str:
-    """A cache, run or sweep location as an event resource id: URLs as given, local paths absolute."""
-    location = location.rstrip("/") or location
-    if "://" in location:
-        return location
-    return os.path.abspath(os.path.expanduser(location))
-
-
 def resource(location: str, kind: str) -> dict[str, str]:
-    url = resource_url(location)
+    url = location_id(location)
     return {
         "prefect.resource.id": url,
         "prefect.resource.name": url.rsplit("/", 1)[-1],
@@ -66,7 +57,7 @@ def emit_cache_finalized(config: CacheConfig, report: dict[str, Any]) -> Event |
     """`pld.cache.finalized` for a cache that passed its checks; `report` is cache-teacher's."""
     check = report["replay_check"]
     payload = {
-        "cache": resource_url(config.output),
+        "cache": location_id(config.output),
         "manifest_hash": report["manifest_hash"],
         "teacher": config.teacher.name,
         "format": report["format"],
@@ -94,7 +85,7 @@ def cache_failed_hook(flow, flow_run, state) -> None:  # noqa: ANN001 (Prefect's
     error = _exception_of(state)
     reason = str(error) if isinstance(error, BaseException) and str(error) else state.message
     payload = {
-        "cache": resource_url(output),
+        "cache": location_id(output),
         "reason": reason,
         "error": type(error).__name__ if isinstance(error, BaseException) else None,
         "state": state.name,
@@ -107,8 +98,8 @@ def emit_run_finished(config: TrainConfig, name: str, result: dict[str, Any]) ->
     """`pld.run.finished` with the run's headline figures (accuracies in percent)."""
     payload = {
         "run": name,
-        "run_dir": resource_url(config.run_dir),
-        "cache": resource_url(config.cache) if config.cache else None,
+        "run_dir": location_id(config.run_dir),
+        "cache": location_id(config.cache) if config.cache else None,
         "manifest_hash": result["manifest_hash"],
         **{key: result[key] for key in RUN_FIGURES},
     }
@@ -121,8 +112,8 @@ def emit_sweep_finished(config: SweepConfig, rows: list[dict[str, Any]]) -> Even
     scored = [r for r in rows if r.get("best_top1") is not None]
     best = max(scored, key=lambda r: r["best_top1"], default=None)
     payload = {
-        "sweep_dir": resource_url(config.sweep_dir),
-        "cache": resource_url(config.base.cache) if config.base.cache else None,
+        "sweep_dir": location_id(config.sweep_dir),
+        "cache": location_id(config.base.cache) if config.base.cache else None,
         "runs": len(rows),
         "trained": sum(r["status"] == "trained" for r in rows),
         "skipped": sum(r["status"] != "trained" for r in rows),

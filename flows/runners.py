@@ -31,16 +31,18 @@ def shard_task_runner(config: CacheConfig) -> Iterator[tuple[TaskRunner, str | N
     from prefect_dask import DaskTaskRunner  # noqa: PLC0415 - Dask loads for Dask runs only
 
     share_api_url_with_workers()
-    from flows.dask_watch import ClusterWatch, local_cluster  # noqa: PLC0415 - as above
+    from flows.dask_cluster import connect, local_cluster  # noqa: PLC0415 - as above
 
     if config.dask_address:
         # Reach the scheduler first (bounded): Prefect's own client would fail with a bare
         # connection traceback, or wait on a scheduler that is not there.
-        ClusterWatch(config.dask_address, min(config.lost_workers_timeout, 60.0)).connect().close()
+        connect(config.dask_address, min(config.lost_workers_timeout, 60.0)).close()
         yield DaskTaskRunner(address=config.dask_address), config.dask_address
         return
 
-    with local_cluster(config.dask_workers, gpus_per_worker=config.gpus_per_task) as address:
+    with local_cluster(
+        config.dask_workers, config.gpus_per_task, config.lost_workers_timeout
+    ) as address:
         yield DaskTaskRunner(address=address), address
 
 

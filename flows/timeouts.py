@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from prefect.utilities.timeout import timeout
 
-from pld_pipeline.errors import RunTimeoutError, ShardTimeoutError
+from flows.errors import RunTimeoutError, ShardTimeoutError
 
 
 class _ExpiredError(TimeoutError):

@@ -161,10 +161,37 @@ class ImageFolderDataset:
         """Absolute path of sample `i`."""
         return self.root / self.keys[i]
 
+    @classmethod
+    def from_keys(
+        cls,
+        root: str | os.PathLike,
+        split: str | None,
+        keys: Sequence[str],
+        labels: Sequence[int],
+    ) -> ImageFolderDataset:
+        """The listing a cache stored (its keys and labels), made without scanning the folder.
+
+        A teacher pass lists its folder once; Dask workers and later steps take the keys
+        from the cache instead of listing a 1.28 M-image folder again. File sizes are not
+        known, so such a listing has no `fingerprint`.
+        """
+        listing = cls.__new__(cls)
+        listing.root, listing.split = split_folder(root, split), split
+        listing.keys = [str(k) for k in keys]
+        listing.labels = np.asarray(labels, dtype=np.int32)
+        listing.sizes = None
+        listing.classes = listing.folders = sorted({k.split("/", 1)[0] for k in listing.keys})
+        listing.class_to_idx = {}
+        return listing
+
     def fingerprint(self) -> str:
         """The dataset fingerprint stored in the cache manifest (storage.fingerprint of keys, sizes)."""
         import storage  # noqa: PLC0415 - zarr loads only when a fingerprint is needed
 
+        if self.sizes is None:
+            raise DatasetError(
+                f"{self!r} was made from stored keys: it has no file sizes to fingerprint"
+            )
         return storage.fingerprint(self.keys, [int(s) for s in self.sizes])
 
     def load_rgb(self, i: int) -> Image.Image:

@@ -55,3 +55,20 @@ def resolve_amp(amp: str | torch.dtype | None, device: torch.device) -> torch.dt
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return amp if isinstance(amp, torch.dtype) else AMP_DTYPES[amp]
+
+
+def uses_cuda(device: str) -> bool:
+    """Whether work configured with `device` ('auto', 'cpu', 'cuda', 'cuda:N') runs on CUDA."""
+    return resolve_device(device).type == "cuda"
+
+
+def visible_gpu_count() -> int:
+    """CUDA devices this process can see (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def release_cached_gpu_memory() -> None:
+    """Give the CUDA caching allocator's free blocks back, so the next user of the GPU
+    (maybe another process) finds the memory free."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

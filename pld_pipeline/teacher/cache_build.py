@@ -9,9 +9,12 @@ per process and reused across shards.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,26 +79,9 @@ class ShardOutcome:
         return asdict(self)
 
 
-@functools.lru_cache(maxsize=4)
-def _dataset(
-    root: str, split: str | None, classes: str | tuple[str, ...] | None
-) -> ImageFolderDataset:
-    # Hashable arguments for the cache: a class list travels as a tuple.
-    spec = list(classes) if isinstance(classes, tuple) else classes
-    return label_order.load_dataset(root, split, spec)
-
-
 @functools.lru_cache(maxsize=2)
 def _teacher(teacher_json: str) -> LoadedTeacher:
     return load_teacher(TeacherConfig.model_validate_json(teacher_json))
-
-
-def dataset_of(config: CacheConfig) -> ImageFolderDataset:
-    """The config's dataset listing (labels from its `classes`), built once per process."""
-    classes = config.classes
-    return _dataset(
-        config.dataset_root, config.split, tuple(classes) if isinstance(classes, list) else classes
-    )
 
 
 def teacher_of(config: CacheConfig) -> LoadedTeacher:
@@ -103,34 +89,36 @@ def teacher_of(config: CacheConfig) -> LoadedTeacher:
     return _teacher(config.teacher.model_dump_json())
 
 
-def manifest_of(config: CacheConfig, producer: str = "") -> storage.Manifest:
-    """The manifest this config's pass writes (teacher identity, views, format, dataset).
+def manifest_of(
+    config: CacheConfig, images: ImageFolderDataset, producer: str = ""
+) -> storage.Manifest:
+    """The manifest this config's pass writes over `images` (teacher identity, views,
+    format, dataset).
 
     Raises:
         errors.ConfigError: K larger than the teacher's classes.
         errors.ClassListError: labels that cannot be the teacher's class indices
             (`label_order.check_label_space`): the guard before anything is computed.
     """
-    dataset = dataset_of(config)
     teacher = teacher_of(config)
     if config.format == "topk" and config.k > teacher.info.num_classes:
         raise errors.ConfigError(
             f"k={config.k} exceeds the teacher's {teacher.info.num_classes} classes; "
             f"use k <= {teacher.info.num_classes} or format='full'."
         )
-    label_order.check_label_space(dataset, teacher.info.num_classes, config.classes)
+    label_order.check_label_space(images, teacher.info.num_classes, config.classes)
     return storage.Manifest(
         teacher=teacher.info,
         views=config.view_info(teacher.preprocess.crop_pct),
         format=config.format,
         k=config.k if config.format == "topk" else teacher.info.num_classes,
         temperatures=tuple(float(t) for t in config.temperatures),
-        dataset_fingerprint=dataset.fingerprint(),
-        num_samples=len(dataset),
+        dataset_fingerprint=images.fingerprint(),
+        num_samples=len(images),
         shard_size=config.shard_size,
         producer=producer,
         library_versions=_producer_versions(),
-        class_list=label_order.class_list_record(dataset, config.classes),
+        class_list=label_order.class_list_record(images, config.classes),
     )
 
 
@@ -140,15 +128,20 @@ def _producer_versions() -> dict[str, str]:
             "pld-pipeline": __version__}  # fmt: skip
 
 
-def check_pass(config: CacheConfig) -> str:
-    """Check a teacher pass: dataset and class list, teacher and weights, K, the output.
+@dataclass
+class PassInputs:
+    """A pass's checked inputs: the dataset listing and the manifest the pass writes."""
 
-    Builds the manifest the pass will write (the dataset listing and the teacher are kept
-    for the pass in this process, see `dataset_of` / `teacher_of`) and makes
-    the checks `storage.create` makes at `output`, writing nothing.
+    config: CacheConfig
+    images: ImageFolderDataset
+    manifest: storage.Manifest
 
-    Returns:
-        What the pass will do at `output`: "create", "resume" or "replace".
+
+def check_pass(config: CacheConfig) -> PassInputs:
+    """Check a teacher pass and return its inputs: the first half of `prepare_cache`.
+
+    Lists the dataset, loads the teacher, builds the manifest the pass will write and
+    makes the checks `storage.create` makes at `output`, writing nothing.
 
     Raises:
         DatasetError, ClassListError, ModelNotFoundError, WeightsNotFoundError,
@@ -156,33 +149,78 @@ def check_pass(config: CacheConfig) -> str:
         storage.NotACacheError / ManifestMismatchError / DatasetMismatchError /
         CacheLocationError for an output that holds something else.
     """
-    dataset = dataset_of(config)
-    manifest = manifest_of(config)
-    return storage.check_create(
-        config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
+    images = label_order.load_dataset(config.dataset_root, config.split, config.classes)
+    manifest = manifest_of(config, images)
+    storage.check_create(
+        config.location(), manifest, images.keys, images.labels, overwrite=config.overwrite
     )
+    return PassInputs(config, images, manifest)
+
+
+# Checked inputs waiting for the pass this process starts next (`pld cache` checks before it
+# starts the flow: a flow parameter is a config, not a listing), and the listings of the
+# caches this process writes, by (cache, dataset fingerprint, creation time).
+_waiting: dict[str, PassInputs] = {}
+_listings: OrderedDict[tuple[str, str, str], ImageFolderDataset] = OrderedDict()
+_lock = threading.Lock()
+
+
+def keep(inputs: PassInputs) -> None:
+    """Leave checked inputs for the pass of the same config in this process (`prepare_cache`)."""
+    with _lock:
+        _waiting[inputs.config.model_dump_json()] = inputs
 
 
 def prepare_cache(config: CacheConfig, producer: str = "") -> CachePlan:
-    """Validate the config against the dataset and teacher, create or reopen the cache.
+    """Create or reopen the cache of a checked pass (`check_pass`, or the inputs `pld cache`
+    checked and left with `keep`) and list the (view, shard) still to do.
 
     Raises:
         storage.ManifestMismatchError: the path holds a cache of another teacher, view
             spec, format or dataset (nothing is touched; use overwrite to replace it).
         errors.ConfigError, errors.DatasetError: bad config or dataset.
     """
-    dataset = dataset_of(config)
-    manifest = manifest_of(config, producer)
+    with _lock:
+        inputs = _waiting.pop(config.model_dump_json(), None)
+    inputs = inputs or check_pass(config)
+    manifest = dataclasses.replace(inputs.manifest, producer=producer)
     writer = storage.create(
-        config.location(), manifest, dataset.keys, dataset.labels, overwrite=config.overwrite
-    )
+        config.location(), manifest, inputs.images.keys, inputs.images.labels,
+        overwrite=config.overwrite,
+    )  # fmt: skip
+    _remember(config, writer.manifest, inputs.images)
     return CachePlan(
         path=config.output,
-        num_samples=manifest.num_samples,
-        num_views=manifest.views.num_views,
+        num_samples=writer.manifest.num_samples,
+        num_views=writer.manifest.views.num_views,
         num_shards=writer.num_shards,
         todo=writer.missing(),
     )
+
+
+def images_of(config: CacheConfig, manifest: storage.Manifest) -> ImageFolderDataset:
+    """The images of the cache `manifest` describes: the listing this process made when it
+    created the cache, else the keys and labels the cache stored (a Dask worker, a later
+    step): the folder is never listed again."""
+    key = (config.location().url, manifest.dataset_fingerprint, manifest.created_at)
+    with _lock:
+        if key in _listings:
+            return _listings[key]
+    with storage.open_cache(config.location()) as reader:
+        images = ImageFolderDataset.from_keys(
+            config.dataset_root, config.split, reader.keys, reader.labels
+        )
+    _remember(config, manifest, images)
+    return images
+
+
+def _remember(config: CacheConfig, manifest: storage.Manifest, images: ImageFolderDataset) -> None:
+    with _lock:
+        _listings[(config.location().url, manifest.dataset_fingerprint, manifest.created_at)] = (
+            images
+        )
+        while len(_listings) > 4:  # a long-lived Dask worker serves pass after pass
+            _listings.popitem(last=False)
 
 
 def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None) -> ShardOutcome:
@@ -200,7 +238,7 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
     outcome = ShardOutcome(shard=shard, views=list(wanted), written=[], records=0, seconds=0.0)
     if not todo:
         return outcome
-    dataset = dataset_of(config)
+    dataset = images_of(config, manifest)
     # The stored manifest is the spec: preprocessing, views and format as the cache says.
     options = PassOptions(
         device=worker_device(config.device),

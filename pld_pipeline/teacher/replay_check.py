@@ -15,7 +15,7 @@ import torch
 import storage
 from pld_pipeline import errors
 from pld_pipeline.configs.cache import CacheConfig
-from pld_pipeline.teacher.cache_build import dataset_of, teacher_of
+from pld_pipeline.teacher.cache_build import images_of, teacher_of
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.options import PassOptions
 
@@ -52,7 +52,7 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
     picks = rng.choice(good, size=min(count, len(good)), replace=False)
     views = rng.integers(0, manifest.views.num_views, size=len(picks))
     model = teacher_of(config).model
-    dataset = dataset_of(config)
+    dataset = images_of(config, manifest)
     # The stored manifest is the spec, as in `build_shard`: the check replays what was written.
     options = PassOptions(device=config.device, batch_size=1, num_workers=0, amp=config.amp)
     worst = 0.0

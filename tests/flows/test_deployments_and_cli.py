@@ -52,7 +52,7 @@ def test_every_flow_gets_a_deployment_and_schedules_apply(tmp_path):
     ],
 )
 def test_bad_schedule_files_are_refused(tmp_path, text, fragment):
-    from flows.deployments import read_schedules
+    from pld_pipeline.configs.schedules import read_schedules
 
     path = tmp_path / "s.yaml"
     path.write_text(text)

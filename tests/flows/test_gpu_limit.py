@@ -56,7 +56,8 @@ def test_serve_creates_a_missing_limit_and_keeps_slots_set_elsewhere():
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-    from flows.concurrency import ensure_gpu_limit, visible_gpu_count
+    from flows.concurrency import ensure_gpu_limit
+    from pld_pipeline.device_policy import visible_gpu_count
 
     assert ensure_gpu_limit("gpu-serve-test") == max(1, visible_gpu_count())
     with get_client(sync_client=True) as client:  # someone sets 5 slots in the UI

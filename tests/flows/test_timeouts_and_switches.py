@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from pld_pipeline.errors import PLDError, RunTimeoutError, ShardTimeoutError
+from flows.errors import RunTimeoutError, ShardTimeoutError
+from pld_pipeline.errors import PLDError
 
 
 def busy(seconds: float) -> None:
@@ -81,7 +82,7 @@ def test_no_limit_and_the_works_own_timeout_errors_pass_through():
     ],
 )  # fmt: skip
 def test_date_in_output_is_the_scheduled_utc_date(output, scheduled, expected):
-    from flows.placeholders import resolve_output
+    from pld_pipeline.configs.cache import resolve_output
 
     assert resolve_output(output, scheduled) == expected
 

@@ -25,7 +25,7 @@ def sweep_entry(**trigger) -> dict:
 
 
 def test_sweep_trigger_templates_the_cache_url_and_gives_each_cache_its_folder():
-    from flows.triggers import make_trigger
+    from flows.deployments import make_trigger
 
     trigger = make_trigger("sweep", sweep_entry(cache="s3://caches/weekly*"), "s.yaml")
     assert trigger.expect == {"pld.cache.finalized"}
@@ -48,7 +48,7 @@ def test_sweep_trigger_templates_the_cache_url_and_gives_each_cache_its_folder()
 
 
 def test_trigger_overrides_merge_and_a_templated_folder_is_kept():
-    from flows.triggers import make_trigger
+    from flows.deployments import make_trigger
 
     entry = sweep_entry(
         parameters={"config": {"max_parallel": 3, "sweep_dir": "/runs/{{ event.payload.teacher }}"}}
@@ -62,7 +62,7 @@ def test_trigger_overrides_merge_and_a_templated_folder_is_kept():
 
 
 def test_train_student_trigger_and_local_cache_patterns_become_absolute(tmp_path, monkeypatch):
-    from flows.triggers import make_trigger
+    from flows.deployments import make_trigger
 
     monkeypatch.chdir(tmp_path)
     entry = {"parameters": {"config": dict(BASE, run_dir="runs/r50")},
@@ -88,14 +88,15 @@ def test_train_student_trigger_and_local_cache_patterns_become_absolute(tmp_path
     ],
 )  # fmt: skip
 def test_bad_triggers_are_refused_naming_the_problem(name, entry, fragment):
-    from flows.triggers import make_trigger
+    from flows.deployments import make_trigger
 
     with pytest.raises(ConfigError, match=fragment):
         make_trigger(name, entry, "s.yaml")
 
 
 def test_schedule_file_with_a_trigger_builds_a_triggered_deployment(tmp_path):
-    from flows.deployments import build_deployments, read_schedules
+    from flows.deployments import build_deployments
+    from pld_pipeline.configs.schedules import read_schedules
 
     path = tmp_path / "schedules.yaml"
     path.write_text(yaml.safe_dump({

@@ -62,13 +62,18 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
     """
     check_cache_data(reader, images, config)
     plan = plan_targets(reader.manifest, images, config)
+    warn_if_views_differ(plan, config)
+    return plan
+
+
+def warn_if_views_differ(plan: TargetPlan, config: TrainConfig) -> None:
+    """Say so when the student's views will not be the teacher's (an eval cache read offline)."""
     if not plan.views_match:
         logger.warning(
             "Cache %s holds the teacher's eval view only: the student trains on its own random "
             "crops, so teacher and student views differ (the 'fixed teacher' setting).",
             config.cache,
         )
-    return plan
 
 
 def check_cache_data(reader, images: ImageFolderDataset, config: TrainConfig) -> None:  # noqa: ANN001

@@ -1,9 +1,10 @@
 """One student run, assembled: `build_run(config) -> Run`, everything `fit`'s epoch loop needs.
 
-`build_run` checks the cache against the dataset and config, builds the model, loss,
-optimizer, schedule and loaders, and restores a checkpoint when resuming; every error a
-cache, dataset or config can cause is raised here, before the first step. `fit` is
-`build_run` plus the epoch loop; `bench/student.py` builds its runs the same way.
+`build_run` takes the run's checked inputs (`inputs.check_run`: images, cache, target plan),
+builds the model, loss, optimizer, schedule and loaders, and restores a checkpoint when
+resuming; every error a cache, dataset or config can cause is raised before the first
+step. `fit` is `build_run` plus the epoch loop; `bench/student.py` builds its runs the
+same way.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import torch
 from torch import nn
 
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.datasets import ImageFolderDataset
-from pld_pipeline.label_order import load_dataset
 from pld_pipeline.losses import make_loss
-from pld_pipeline.student.data.cached_dataset import gather_targets, good_indices
+from pld_pipeline.student.data.cached_dataset import gather_targets
 from pld_pipeline.student.data.epoch_views import EpochSlabs, NoSlabs
 from pld_pipeline.student.data.loaders import (
     Loaders,
@@ -34,13 +33,12 @@ from pld_pipeline.student.data.loaders import (
 )
 from pld_pipeline.student.data.target_plan import (
     TargetPlan,
-    check_cache,
     check_slab_values,
-    supervised_plan,
 )
 from pld_pipeline.student.data.view_order import resume_offsets, spread_views
 from pld_pipeline.student.run.checkpoint import load_checkpoint
 from pld_pipeline.student.run.ddp import DistContext
+from pld_pipeline.student.run.inputs import RunInputs, check_run, take
 from pld_pipeline.student.run.optim import make_optimizer, make_scheduler
 from pld_pipeline.student.run.placement import Placement, make_placement
 from pld_pipeline.student.run.run_dir import RunDir
@@ -66,33 +64,39 @@ class Step:
 
 
 @dataclass
-class Run:
-    """A student run ready to train: placement, data, model and its optimisation, resume state.
+class Resume:
+    """Where a run starts: its first epoch, where a mid-epoch checkpoint stopped, and what
+    the epochs before recorded (empty for a new run)."""
 
-    `history`, `best`, `start_epoch` and `in_epoch` are the resume state (empty for a new
-    run); the epoch loop appends to `history` and updates `best`.
-    """
+    start_epoch: int = 0
+    in_epoch: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"top1": None, "epoch": None})
+
+
+@dataclass
+class Run:
+    """A student run ready to train, from named parts: its checked inputs, where it computes,
+    its views' slabs, the model and its optimisation step, the loaders, and its resume
+    state; the epoch loop appends to `history` and updates `best`."""
 
     config: TrainConfig
+    inputs: RunInputs  # images, the open cache, the target plan, the good samples
     ctx: DistContext
     placement: Placement
     run_dir: RunDir
-    reader: Any  # storage.CacheReader, or None without a cache
-    plan: TargetPlan
     slabs: EpochSlabs | NoSlabs
-    train_images: ImageFolderDataset
-    val_images: ImageFolderDataset | None
-    train_index: np.ndarray  # the good samples (the bad ones the pass recorded are skipped)
     per_rank_batch: int
     steps_per_epoch: int
     model: nn.Module  # unwrapped: what checkpoints hold and evaluation runs
     step: Step  # the DDP-wrapped model, loss, optimizer, schedule, scaler, online teacher
     loaders: Loaders
     device_batches: Callable[[Iterator], Iterator]
-    start_epoch: int = 0
-    in_epoch: dict[str, Any] | None = None  # where a mid-epoch checkpoint stopped
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"top1": None, "epoch": None})
+    resume: Resume
+
+    @property
+    def plan(self) -> TargetPlan:
+        return self.inputs.plan
 
     @property
     def criterion(self) -> Callable:
@@ -109,6 +113,18 @@ class Run:
     @property
     def scaler(self) -> torch.amp.GradScaler:
         return self.step.scaler
+
+    @property
+    def start_epoch(self) -> int:
+        return self.resume.start_epoch
+
+    @property
+    def in_epoch(self) -> dict[str, Any] | None:
+        return self.resume.in_epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.resume.history
 
     def train_batches(
         self, epoch: int, epoch_slabs: Sequence[Any] | None, steps_done: int
@@ -128,12 +144,15 @@ class Run:
         """checkpoint.pt (and best.pt when `is_best`) after `epoch`, with the history so far."""
         self.run_dir.save_state(
             self.plan.manifest_hash, self.model, self.optimizer, self.scheduler, self.scaler,
-            epoch, self.best, self.history, is_best, in_epoch=in_epoch,
+            epoch, self.resume.best, self.history, is_best, in_epoch=in_epoch,
         )  # fmt: skip
 
 
 def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> Run:
     """Assemble the run `config` describes, resumed from its checkpoint when it has one.
+
+    Its first half is `inputs.check_run` (or the inputs `pld train` checked and left for it):
+    every error a cache, dataset or config can cause is raised before a model is built.
 
     Raises:
         storage.CacheError subclasses, ConfigError, TemperatureNotCachedError, LossInputError,
@@ -141,75 +160,76 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
         fit the run.
     """
     ctx = dist_context or DistContext()
+    inputs = take(config) or check_run(config)
     place = make_placement(config, ctx)
     run_dir = RunDir(config.run_dir)
     resuming = run_dir.prepare(config, write=ctx.is_main)
+    slabs = _view_slabs(config, inputs)
+    batch, steps_per_epoch = split_batch(
+        config.batch_size, len(inputs.train_index), ctx.world_size, config.views_per_image
+    )
+    model, criterion, teacher = _model_and_loss(config, inputs, place)
+    state = load_checkpoint(run_dir.checkpoint, place.device) if resuming else None
+    resume = Resume()
+    if state is not None:
+        resume.start_epoch, resume.in_epoch = int(state["epoch"]) + 1, state.get("in_epoch")
+    if teacher is None and inputs.reader is not None:
+        preflight_loss(criterion, slabs.get(resume.start_epoch), inputs.train_index,
+                       inputs.plan, place.device)  # fmt: skip
+    optimizer = make_optimizer(model, config.optim)
+    scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
+    scaler = place.grad_scaler()
+    if state is not None:
+        resume.history, resume.best = run_dir.restore_state(
+            state, inputs.plan.manifest_hash, model, optimizer, scheduler, scaler
+        )
+    if ctx.is_main:
+        run_dir.metrics.keep_epochs_before(resume.start_epoch)
+    trained = model
+    if ctx.enabled:
+        ids = [place.device] if place.device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    step = Step(trained, criterion, optimizer, scheduler, scaler, place,
+                config.optim.clip_grad_norm, inputs.plan.form, teacher)  # fmt: skip
+    loaders = build_loaders(config, inputs.train_images, inputs.val_images, inputs.train_index,
+                            batch, ctx, teacher, place.device)  # fmt: skip
+    return Run(
+        config=config, inputs=inputs, ctx=ctx, placement=place, run_dir=run_dir, slabs=slabs,
+        per_rank_batch=batch, steps_per_epoch=steps_per_epoch, model=model, step=step,
+        loaders=loaders, device_batches=make_device_batches(config, place, teacher),
+        resume=resume,
+    )  # fmt: skip
 
-    # Data: the cache, checked against the images and this config.
-    from storage import open_cache  # noqa: PLC0415 - keeps `import pld_pipeline.student` light
 
-    m = config.views_per_image
-    train_images = load_dataset(config.dataset_root, config.dataset_split, config.classes)
-    if config.cache is None:  # plain supervised training (loss ce), e.g. of a teacher
-        reader, plan = None, supervised_plan(train_images, config)
-        slabs, train_index = NoSlabs(m), np.arange(len(train_images))
-    else:
-        reader = open_cache(config.cache_location())
-        plan = check_cache(reader, train_images, config)
-        slabs = EpochSlabs(
-            reader, plan.num_views, plan.load_k, m, plan.replay_cache,
-            on_load=lambda slab: check_slab_values(slab, plan.num_classes),
-        )  # fmt: skip
-        train_index = good_indices(reader.bad_mask(), reader.num_samples)
-    val_images = None
-    if config.val_root:
-        val_images = ImageFolderDataset(config.val_root, config.val_split, train_images.classes)
-    batch, steps_per_epoch = split_batch(config.batch_size, len(train_index), ctx.world_size, m)
+def _view_slabs(config: TrainConfig, inputs: RunInputs) -> EpochSlabs | NoSlabs:
+    """Each epoch's cached views in memory (none without a cache: plain supervised training)."""
+    m, plan = config.views_per_image, inputs.plan
+    if inputs.reader is None:
+        return NoSlabs(m)
+    return EpochSlabs(
+        inputs.reader, plan.num_views, plan.load_k, m, plan.replay_cache,
+        on_load=lambda slab: check_slab_values(slab, plan.num_classes),
+    )  # fmt: skip
 
-    # Model, criterion, (online teacher), optimizer, schedule.
+
+def _model_and_loss(
+    config: TrainConfig, inputs: RunInputs, place: Placement
+) -> tuple[nn.Module, Callable, Any]:
+    """The student on its device, the loss, and the online teacher (None offline)."""
     memory = torch.channels_last if place.channels_last else torch.contiguous_format
     with _INIT_LOCK:  # fits in threads of one process (a sweep) share torch's global RNG
         seed_everything(config.seed, config.deterministic)
-        model = create_model(config.student.name, num_classes=plan.num_classes)
+        model = create_model(config.student.name, num_classes=inputs.plan.num_classes)
     model = model.to(place.device, memory_format=memory)
     criterion = make_loss(config.loss.name, **config.loss.make_kwargs())
     teacher = None
     if config.online_teacher is not None:
         from pld_pipeline.student.run.online_teacher import make_online_teacher  # noqa: PLC0415
 
-        teacher = make_online_teacher(config, plan, reader.manifest, criterion.params, place)
-    state = load_checkpoint(run_dir.checkpoint, place.device) if resuming else None
-    start_epoch = int(state["epoch"]) + 1 if state is not None else 0
-    in_epoch = state.get("in_epoch") if state is not None else None
-    if teacher is None and reader is not None:
-        preflight_loss(criterion, slabs.get(start_epoch), train_index, plan, place.device)
-    optimizer = make_optimizer(model, config.optim)
-    scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
-    scaler = place.grad_scaler()
-
-    # Resume: weights, optimizer, schedule, scaler, RNG, history.
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"top1": None, "epoch": None}
-    if state is not None:
-        history, best = run_dir.restore_state(
-            state, plan.manifest_hash, model, optimizer, scheduler, scaler
+        teacher = make_online_teacher(
+            config, inputs.plan, inputs.reader.manifest, criterion.params, place
         )
-    if ctx.is_main:
-        run_dir.metrics.keep_epochs_before(start_epoch)
-    trained = model
-    if ctx.enabled:
-        ids = [place.device] if place.device.type == "cuda" else None
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    step = Step(trained, criterion, optimizer, scheduler, scaler, place,
-                config.optim.clip_grad_norm, plan.form, teacher)  # fmt: skip
-    loaders = build_loaders(
-        config, train_images, val_images, train_index, batch, ctx, teacher, place.device
-    )
-    return Run(
-        config, ctx, place, run_dir, reader, plan, slabs, train_images, val_images,
-        train_index, batch, steps_per_epoch, model, step, loaders,
-        make_device_batches(config, place, teacher), start_epoch, in_epoch, history, best,
-    )  # fmt: skip
+    return model, criterion, teacher
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

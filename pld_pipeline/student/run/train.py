@@ -91,10 +91,10 @@ def fit(
         if run.loaders.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
             record.update(evaluate(run.model, run.loaders.val, place, ctx))
         top1 = record.get("val_top1")
-        best = run.best
+        best = run.resume.best
         record["is_best"] = top1 is not None and (best["top1"] is None or top1 > best["top1"])
         if record["is_best"]:
-            run.best = {"top1": top1, "epoch": epoch}
+            run.resume.best = {"top1": top1, "epoch": epoch}
         run.history.append(record)
         if ctx.is_main:
             run.run_dir.metrics.append(record)
@@ -106,7 +106,7 @@ def fit(
         ctx.barrier()
 
     result = build_result(
-        config, run.plan, run.criterion.params, ctx.world_size, run.best, run.history
+        config, run.plan, run.criterion.params, ctx.world_size, run.resume.best, run.history
     )
     if ctx.is_main:
         run.run_dir.write_result(result.to_dict())

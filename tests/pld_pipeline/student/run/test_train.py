@@ -276,7 +276,7 @@ def test_preflight_finds_the_same_mismatches_writing_nothing(
     case, override, error, fragment, replay_cache, color_folder, color_val_folder, tmp_path
 ):
     """`pld` runs this before a flow starts: the same errors as `fit`, and no run folder."""
-    from pld_pipeline.student.run.preflight import check_train_run
+    from pld_pipeline.student.run.inputs import check_run as check_train_run
 
     config = mismatch_config(case, override, replay_cache, color_folder, color_val_folder, tmp_path)
     with pytest.raises(error, match=fragment):
@@ -285,7 +285,7 @@ def test_preflight_finds_the_same_mismatches_writing_nothing(
 
 
 def test_preflight_passes_a_good_run_and_writes_nothing(replay_cache, color_folder, tmp_path):
-    from pld_pipeline.student.run.preflight import check_train_run
+    from pld_pipeline.student.run.inputs import check_run as check_train_run
 
     check_train_run(train_config(replay_cache, color_folder, tmp_path / "run"))
     assert list(tmp_path.iterdir()) == []

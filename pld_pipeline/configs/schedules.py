@@ -1,33 +1,84 @@
-"""Deployment triggers from schedules.yaml: start a sweep (or a student run) whenever a cache is finalized.
+"""schedules.yaml: cron schedules and event triggers of the served deployments, read and checked.
 
 ```yaml
 sweep:
+  cron: "0 4 * * 1"                  # optional
   parameters: {config: {base: {...}, grid: {...}, sweep_dir: /runs/weekly}}
   trigger:
     cache: "s3://caches/weekly*"     # which caches (trailing * = prefix); default: any
     parameters: {config: {max_parallel: 2}}   # optional overrides, Jinja templates allowed
 ```
 
-becomes a Prefect `DeploymentEventTrigger` on `pld.cache.finalized` whose run parameters
-are the deployment's, with the event's cache URL templated in (`{{ event.resource.id }}`
-into `config.base.cache`, or `config.cache` for train-student) and, unless the folder
-already holds a template, `/{{ event.resource.name }}` appended to `sweep_dir` (`run_dir`),
-so each cache gets its own runs: a folder holding runs of another cache is refused.
+A trigger starts its deployment whenever a cache is finalized, with the deployment's
+parameters and the event's cache URL templated in (`{{ event.resource.id }}` into
+`config.base.cache`, or `config.cache` for train-student) and, unless the folder already
+holds a template, `/{{ event.resource.name }}` appended to `sweep_dir` (`run_dir`), so
+each cache gets its own runs: a folder holding runs of another cache is refused. The
+flows turn a `TriggerSpec` into Prefect's trigger; everything here is plain data.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from prefect.events import DeploymentEventTrigger
-
-from flows.events import CACHE_FINALIZED, resource_url
+from pld_pipeline.configs.loading import read_yaml
 from pld_pipeline.errors import ConfigError
 
+DEPLOYMENTS = ("cache-teacher", "train-student", "sweep", "demo")
+ENTRY_KEYS = ("cron", "parameters", "paused", "tags", "trigger")
 TRIGGER_KEYS = ("cache", "parameters", "enabled")
 CACHE_URL = "{{ event.resource.id }}"
 CACHE_NAME = "{{ event.resource.name }}"
+
+
+def location_id(location: str) -> str:
+    """A cache, run or sweep location as an id: URLs as given, local paths absolute (so an
+    id, and a trigger matching it, does not depend on the folder a run started from)."""
+    location = location.rstrip("/") or location
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def read_schedules(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """Read `{deployment: {cron: "0 3 * * *", parameters: {...}, paused: false, trigger: {...}}}`.
+
+    Raises:
+        ConfigError: an unknown deployment name, an entry that is not a mapping, or a bad
+            trigger (see `trigger_spec`).
+    """
+    if path is None:
+        return {}
+    data = read_yaml(path)
+    for name, entry in data.items():
+        if name not in DEPLOYMENTS:
+            raise ConfigError(
+                f"Schedule file {str(path)!r} names deployment {name!r}; known: {', '.join(DEPLOYMENTS)}."
+            )
+        if not isinstance(entry, dict) or set(entry) - set(ENTRY_KEYS):
+            raise ConfigError(
+                f"Schedule for {name!r} in {str(path)!r} must be a mapping with keys "
+                f"{', '.join(ENTRY_KEYS)}; got {entry!r}."
+            )
+        if "trigger" in entry:
+            trigger_spec(name, entry, str(path), "")  # refuse a bad trigger before serving
+    return data
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """What a deployment's event trigger is: Prefect's `DeploymentEventTrigger` fields."""
+
+    name: str
+    description: str
+    enabled: bool
+    expect: set[str]
+    match: dict[str, str]
+    parameters: dict[str, Any]
 
 
 def _readers() -> dict[str, tuple[tuple[str, ...], tuple[str, ...], type]]:
@@ -40,8 +91,8 @@ def _readers() -> dict[str, tuple[tuple[str, ...], tuple[str, ...], type]]:
     }
 
 
-def make_trigger(deployment: str, entry: dict[str, Any], source: str) -> DeploymentEventTrigger:
-    """The trigger of one schedules.yaml entry (see the module docstring).
+def trigger_spec(deployment: str, entry: dict[str, Any], source: str, event: str) -> TriggerSpec:
+    """The trigger of one schedules.yaml entry, on `event` (see the module docstring).
 
     Raises:
         ConfigError: the deployment reads no cache, the entry lacks a config to run, or the
@@ -76,15 +127,15 @@ def make_trigger(deployment: str, entry: dict[str, Any], source: str) -> Deploym
     _check(model, parameters["config"], where)
     pattern = trigger.get("cache")
     match = {} if pattern is None else {"prefect.resource.id": _absolute_pattern(str(pattern))}
-    return DeploymentEventTrigger(
+    return TriggerSpec(
         name=f"{deployment}-on-new-cache",
         description=(
-            f"Runs {deployment} on each cache finalized ({CACHE_FINALIZED})"
+            f"Runs {deployment} on each cache finalized ({event})"
             + (f" at {match['prefect.resource.id']}" if match else "")
             + f", with the cache's URL as config.{'.'.join(cache_path)}."
         ),
         enabled=bool(trigger.get("enabled", True)),
-        expect={CACHE_FINALIZED},
+        expect={event},
         match=match,
         parameters=parameters,
     )
@@ -93,7 +144,7 @@ def make_trigger(deployment: str, entry: dict[str, Any], source: str) -> Deploym
 def _absolute_pattern(pattern: str) -> str:
     """Local paths become absolute, like the events' resource ids; a trailing * stays."""
     star = pattern.endswith("*")
-    base = resource_url(pattern[:-1] if star else pattern)
+    base = location_id(pattern[:-1] if star else pattern)
     if star and pattern[:-1].endswith("/"):
         base += "/"
     return base + ("*" if star else "")
