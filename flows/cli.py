@@ -156,14 +156,15 @@ def _checked_run(args: argparse.Namespace) -> tuple[object, object]:
         from flows.cache_teacher import cache_teacher as flow
     elif args.command in ("train", "sweep"):
         from pld_pipeline.configs.train import SweepConfig, TrainConfig
-        from pld_pipeline.student.run import inputs
+
+        model = TrainConfig if args.command == "train" else SweepConfig
+        config = load_config(model, args.config, overrides)
+        from pld_pipeline.student.run import inputs  # after the config: it loads zarr
 
         if args.command == "train":
-            config = load_config(TrainConfig, args.config, overrides)
             inputs.check_train_run(config)
             from flows.train_student import train_student as flow
         else:
-            config = load_config(SweepConfig, args.config, overrides)
             inputs.check_sweep(config)
             from flows.sweep import sweep as flow
     else:  # demo

@@ -144,12 +144,11 @@ def test_losing_every_worker_fails_within_the_bound_then_resumes(
             worker.kill_group()
         killed = time.monotonic()
         written = done_count(str(out))
-        # A hang fails here. The exit comes about 5 s after the bound. Two causes of
-        # slow exits were found and fixed (flows/shard_waiting.py): a kill while a
-        # finished shard's result was being fetched made the fetch wait for a worker
-        # forever (two clean-clone CI runs), and task-run state writes waited minutes on
-        # a Prefect server that did not answer. Prefect's own final state writes still
-        # wait for their server; on a timeout, the log's timestamps show where it was.
+        # A hang fails here. Dask's no-workers-timeout (the pass sets lost_workers_timeout on
+        # the scheduler) fails the shards waiting for a worker, including one whose result
+        # was being fetched from a worker that died (tests/flows/test_dask_cluster.py).
+        # Prefect's own final state writes still wait for their server; on a timeout, the
+        # log's timestamps show where it was.
         try:
             pld.popen.wait(timeout=bound + 60)
         except subprocess.TimeoutExpired:
@@ -234,6 +233,51 @@ def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, installed_refer
     finally:
         cluster.stop()
         server.kill_group()
+    assert_same_arrays(arrays_of(str(out)), installed_reference)
+
+
+def test_losing_the_scheduler_mid_pass_is_one_error_then_resumes(
+    work, tiny_imagefolder, installed_reference
+):
+    """The scheduler process dies mid-pass (its machine went down): the pass fails at once
+    with one line that says the shards written are kept, and the same command resumes on
+    a new scheduler and workers to an identical cache."""
+    teacher_dir = write_user_teacher(work / "user-code")
+    env = user_env(work, PYTHONPATH=str(teacher_dir), USER_TEACHER_SECONDS="1.5")
+    cluster = Cluster(work / "lost-scheduler", env)
+    out = work / "lost-scheduler.zarr"
+    data = cache_config(tiny_imagefolder, str(out), **{"teacher.name": SLOW_TEACHER})
+    config = write_yaml(work / "lost-scheduler.yaml", data)
+    args = ["cache", "--config", str(config), "--dask-address", cluster.address]
+    try:
+        cluster.start("a", "b")
+        pld = start_pld(args, work / "lost-scheduler-cli", env)
+        wait_until(lambda: done_count(str(out)) >= 1, 300, "a first shard", pld)
+        cluster.scheduler.kill_group()
+        written = done_count(str(out))
+        try:
+            pld.popen.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pld.kill_group()
+            raise AssertionError(f"pld still running 120 s after the scheduler died:\n"
+                                 f"{pld.output()[-6000:]}") from None  # fmt: skip
+        output = pld.output()
+        assert pld.popen.returncode == 2, output[-4000:]
+        errors = [line for line in output.splitlines() if line.startswith("pld cache: error:")]
+        assert len(errors) == 1, output[-4000:]
+        assert "lost the Dask scheduler" in errors[0]
+        assert "rerun the same command" in errors[0]
+        assert written < 12, "the pass finished before the kill; nothing was tested"
+        assert done_count(str(out)) >= written  # done bits already written stay
+        for worker in cluster.workers:
+            worker.kill_group()
+        cluster.workers.clear()
+        cluster.start("c", "d")  # a new scheduler on the same port, new workers
+        result = run_pld(args, work / "lost-scheduler-cli", env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert "to compute" in result.stderr + result.stdout
+    finally:
+        cluster.stop()
     assert_same_arrays(arrays_of(str(out)), installed_reference)
 
 

@@ -1,0 +1,193 @@
+"""PassCluster and the Dask settings a pass relies on, on in-process Dask clusters.
+
+The real processes (a CLI, a scheduler and workers killed mid-pass) are in
+test_installed_dask.py; here each engine behaviour the pass leans on is shown alone, with
+the setting on and, where it matters, off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import dask
+import distributed
+import pytest
+from distributed.scheduler import NoValidWorkerError, NoWorkerError
+
+from flows.dask_cluster import NO_WORKERS_TIMEOUT, PassCluster, connect
+from flows.errors import (
+    SchedulerUnreachableError,
+    ShardTaskError,
+    WorkerEnvironmentError,
+    WorkersLostError,
+)
+
+pytestmark = pytest.mark.integration  # Dask schedulers on loopback
+
+
+def in_process_cluster(workers: int, processes: bool = False, **config) -> distributed.LocalCluster:
+    with dask.config.set(config):
+        return distributed.LocalCluster(
+            n_workers=workers, processes=processes, dashboard_address=":0", threads_per_worker=1
+        )
+
+
+def test_a_scheduler_without_the_setting_gets_the_bound_for_the_pass_only():
+    with in_process_cluster(1) as cluster:
+        assert cluster.scheduler.no_workers_timeout is None
+        with PassCluster(cluster.scheduler_address, lost_workers_timeout=7.0) as guard:
+            assert cluster.scheduler.no_workers_timeout == 7.0
+            assert guard.most_workers == 1
+        assert cluster.scheduler.no_workers_timeout is None  # restored
+
+
+def test_a_scheduler_s_own_setting_stands():
+    with (
+        in_process_cluster(1, **{NO_WORKERS_TIMEOUT: "40s"}) as cluster,
+        PassCluster(cluster.scheduler_address, lost_workers_timeout=7.0) as guard,
+    ):
+        assert cluster.scheduler.no_workers_timeout == 40.0
+        assert guard.lost_workers_timeout == 40.0  # what the error messages will say
+
+
+def test_no_worker_joining_fails_after_the_bound():
+    with in_process_cluster(0) as cluster:
+        started = time.monotonic()
+        with (
+            pytest.raises(WorkersLostError, match="no Dask worker joined.*rerun the same command"),
+            PassCluster(cluster.scheduler_address, lost_workers_timeout=1.5),
+        ):
+            pass
+        assert time.monotonic() - started >= 1.5
+
+
+def test_an_unreachable_scheduler_is_one_clear_error():
+    from cluster_testlib import free_port
+
+    with pytest.raises(SchedulerUnreachableError, match="cannot reach the Dask scheduler"):
+        connect(f"tcp://127.0.0.1:{free_port()}", timeout=2)
+
+
+SHADOWING_PRELOAD = """
+import sys
+
+def dask_setup(worker):
+    sys.path.insert(0, {folder!r})
+    for name in [m for m in sys.modules if m == "storage" or m.startswith("storage.")]:
+        del sys.modules[name]
+"""
+
+
+def test_a_worker_whose_imports_are_wrong_is_refused_with_the_fix(tmp_path):
+    """A worker process whose `storage` is another package (a regular package earlier on its
+    path, as a Dask spill folder or another project can be; put there by a worker preload)
+    is refused at registration, with the reason and the fix."""
+    shadow = tmp_path / "shadow" / "storage"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('"""Another project\'s storage package."""\n')
+    preload = tmp_path / "shadowing_preload.py"
+    preload.write_text(SHADOWING_PRELOAD.format(folder=str(shadow.parent)))
+    with dask.config.set({"distributed.worker.preload": [str(preload)]}):
+        cluster = distributed.LocalCluster(
+            n_workers=1, processes=True, dashboard_address=":0", threads_per_worker=1
+        )
+    with (
+        cluster,
+        pytest.raises(WorkerEnvironmentError) as info,
+        PassCluster(cluster.scheduler_address, lost_workers_timeout=5),
+    ):
+        pass
+    assert "cannot import this project" in str(info.value)
+    assert str(shadow) in str(info.value)
+    assert "install pld-pipeline" in str(info.value)
+
+
+def test_the_bound_ends_the_wait_for_a_result_whose_worker_died():
+    """The hang the old poll loop was written for: a finished task's worker dies before its
+    result is fetched, Dask reruns the task and the fetch waits for a worker. With
+    no-workers-timeout it fails within the bound; without it, it is still waiting."""
+
+    def fetch_after_the_worker_died(timeout: str | None) -> tuple[str, float]:
+        outcome = []
+        with in_process_cluster(1, **{NO_WORKERS_TIMEOUT: timeout}) as cluster:
+            client = distributed.Client(cluster, set_as_default=False)
+            future = client.submit(sum, [1, 2], pure=False)
+            while future.status != "finished":
+                time.sleep(0.05)
+            cluster.scale(0)
+            while client.scheduler_info()["workers"]:
+                time.sleep(0.05)
+
+            def fetch():
+                started = time.monotonic()
+                try:
+                    outcome.append((repr(future.result()), time.monotonic() - started))
+                except Exception as exc:  # noqa: BLE001 - what the fetch raises is the point
+                    outcome.append((type(exc).__name__, time.monotonic() - started))
+
+            thread = threading.Thread(target=fetch, daemon=True)
+            thread.start()
+            thread.join(timeout=15)
+            answer = outcome[0] if outcome else ("still waiting", 15.0)
+            client.close()
+        return answer
+
+    name, seconds = fetch_after_the_worker_died("2s")
+    assert name == "NoWorkerError", (name, seconds)
+    assert seconds < 14
+    assert fetch_after_the_worker_died(None)[0] == "still waiting"
+
+
+class Recorder(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_a_lost_worker_is_logged_with_the_unfinished_shards_it_was_running():
+    guard = PassCluster("tcp://scheduler:8786", lost_workers_timeout=10)
+    guard.present = {"tcp://a", "tcp://b"}
+    for event in (
+        {"shard": 3, "worker": "tcp://a", "name": "gpu0"},
+        {"shard": 4, "worker": "tcp://a", "name": "gpu0"},
+        {"shard": 5, "worker": "tcp://b", "name": "gpu1"},
+        {"action": "remove-worker", "worker": "tcp://a", "processing-tasks": {}},
+        {"action": "remove-worker", "worker": "tcp://c"},
+    ):
+        guard.events.put((0.0, event))
+    logger = logging.getLogger("test-lost-worker")
+    recorder = Recorder()
+    logger.addHandler(recorder)
+    guard.report_events(logger, unfinished={4, 5})
+    assert recorder.lines == [
+        "shard 4: Dask worker gpu0 (tcp://a) was lost with this shard assigned (running "
+        "there); retrying on another worker (views already marked done are kept)",
+        "Dask worker tcp://c (tcp://c) was lost while idle",
+    ]
+    assert guard.present == {"tcp://b"}
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "fragment"),
+    [
+        (NoWorkerError("k", 10.0), WorkersLostError, "all 2 Dask workers were lost"),
+        (NoValidWorkerError("k", set(), set(), {"GPU": 1}, 10.0), WorkersLostError, "no usable worker"),
+        (distributed.KilledWorker("k", "tcp://a", 3), ShardTaskError, "allowed-failures"),
+        (distributed.client.FutureCancelledError("k", "scheduler-connection-lost"),
+         SchedulerUnreachableError, "lost the Dask scheduler"),
+        (ModuleNotFoundError("No module named 'flows'"), WorkerEnvironmentError, "install pld-pipeline"),
+    ],
+)  # fmt: skip
+def test_dask_s_errors_become_the_pass_s(error, expected, fragment):
+    guard = PassCluster("tcp://scheduler:8786", lost_workers_timeout=10, most_workers=2)
+    translated = guard.shard_error(error, shard=3)
+    assert isinstance(translated, expected)
+    assert fragment in str(translated)
+    assert "rerun" in str(translated) or "install" in str(translated)
+    other = ValueError("a shard's own error")
+    assert guard.shard_error(other, shard=3) is other
