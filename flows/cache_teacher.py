@@ -12,13 +12,13 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import Progress, artifact_key, publish_table
 from flows.concurrency import gpu_slot
-from flows.dask_cluster import PassCluster, announce_shard
 from flows.events import cache_failed_hook, emit_cache_finalized
 from flows.runners import gpu_restriction, shard_task_runner
 from flows.timeouts import shard_time_limit
 from pld_pipeline.configs.cache import CacheConfig, resolve_output
 from pld_pipeline.teacher import cache_build, cache_report
 from pld_pipeline.teacher import replay_check as replay_checking
+from pld_pipeline.teacher.dask_cluster import PassCluster, announce_shard
 
 EVENTS_EVERY_S = 2.0  # how often the wait for shards stops to log the cluster's events
 

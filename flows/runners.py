@@ -31,7 +31,7 @@ def shard_task_runner(config: CacheConfig) -> Iterator[tuple[TaskRunner, str | N
     from prefect_dask import DaskTaskRunner  # noqa: PLC0415 - Dask loads for Dask runs only
 
     share_api_url_with_workers()
-    from flows.dask_cluster import connect, local_cluster  # noqa: PLC0415 - as above
+    from pld_pipeline.teacher.dask_cluster import connect, local_cluster  # noqa: PLC0415 - as above
 
     if config.dask_address:
         # Reach the scheduler first (bounded): Prefect's own client would fail with a bare

@@ -61,6 +61,26 @@ class ReplayCheckError(PLDError, RuntimeError):
     """Cached teacher outputs differ from a fresh teacher forward on the same views."""
 
 
+class ClusterError(PLDError, RuntimeError):
+    """The Dask cluster running a teacher pass cannot run its shard tasks."""
+
+
+class SchedulerUnreachableError(ClusterError, ConnectionError):
+    """The Dask scheduler cannot be reached, or was lost mid-pass."""
+
+
+class WorkersLostError(ClusterError):
+    """No usable Dask worker was left for longer than the configured bound."""
+
+
+class WorkerEnvironmentError(ClusterError, ImportError):
+    """A Dask worker does not import this project's packages (not installed, or shadowed)."""
+
+
+class ShardTaskError(ClusterError):
+    """A shard task kept killing its workers, or failed in a way a retry cannot fix."""
+
+
 class CheckpointError(PLDError, ValueError):
     """A checkpoint is missing, unreadable, or does not belong to this run."""
 

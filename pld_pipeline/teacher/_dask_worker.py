@@ -1,6 +1,6 @@
 """What the pass runs on the Dask scheduler and workers themselves, shipped by value.
 
-cloudpickle sends this module's code along (`register_pickle_by_value` in dask_cluster),
+cloudpickle sends this module's code along (`register_pickle_by_value` in `dask_cluster`),
 so it runs on a worker or scheduler that cannot import this project: a worker that
 resolves `storage`, `pld_pipeline` or `flows` to something else is exactly what the
 import probe must report. It imports only the standard library and distributed.

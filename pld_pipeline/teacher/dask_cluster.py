@@ -25,18 +25,18 @@ import dask
 import distributed
 from distributed.scheduler import NoValidWorkerError, NoWorkerError
 
-from flows import _worker_setup
-from flows.errors import (
+from pld_pipeline.errors import (
     SchedulerUnreachableError,
     ShardTaskError,
     WorkerEnvironmentError,
     WorkersLostError,
 )
+from pld_pipeline.teacher import _dask_worker
 
 logger = logging.getLogger(__name__)
 
 # Shipped by value: a worker that cannot import this project must still run the probe.
-cloudpickle.register_pickle_by_value(_worker_setup)
+cloudpickle.register_pickle_by_value(_dask_worker)
 
 NO_WORKERS_TIMEOUT = "distributed.scheduler.no-workers-timeout"
 SHARD_TOPIC = "pld-shard-started"
@@ -125,7 +125,7 @@ class PassCluster:
         if self.client is None:
             return
         if self.restore_timeout and self.client.status == "running":
-            self.client.run_on_scheduler(_worker_setup.set_no_workers_timeout, None)
+            self.client.run_on_scheduler(_dask_worker.set_no_workers_timeout, None)
         self.client.close(timeout=10)
         self.client = None
 
@@ -133,10 +133,10 @@ class PassCluster:
         """Give the scheduler a no-workers-timeout when it has none (a scheduler started by
         hand): Dask reads the setting once, at start, so the pass sets the value it fills
         for its duration (`Client.run_on_scheduler`); a scheduler's own value stands."""
-        own = self.client.run_on_scheduler(_worker_setup.no_workers_timeout)
+        own = self.client.run_on_scheduler(_dask_worker.no_workers_timeout)
         if own is None:
             self.client.run_on_scheduler(
-                _worker_setup.set_no_workers_timeout, self.lost_workers_timeout
+                _dask_worker.set_no_workers_timeout, self.lost_workers_timeout
             )
             self.restore_timeout = True
         else:
@@ -160,7 +160,7 @@ class PassCluster:
         """Every worker, now and later, checks its imports of this project before it runs a
         shard; a worker that resolves them elsewhere fails the pass here with the fix."""
         try:
-            self.client.register_plugin(_worker_setup.ImportProbe())
+            self.client.register_plugin(_dask_worker.ImportProbe())
         except ImportError as exc:
             raise WorkerEnvironmentError(str(exc)) from exc
 
@@ -212,7 +212,7 @@ class PassCluster:
         if isinstance(exc, ImportError):
             return WorkerEnvironmentError(
                 f"a Dask worker cannot import what shard {shard} needs ({exc}). Fix: "
-                f"{_worker_setup.INSTALL_FIX}"
+                f"{_dask_worker.INSTALL_FIX}"
             )
         return exc
 

@@ -8,6 +8,7 @@ the setting on and, where it matters, off.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -16,13 +17,13 @@ import distributed
 import pytest
 from distributed.scheduler import NoValidWorkerError, NoWorkerError
 
-from flows.dask_cluster import NO_WORKERS_TIMEOUT, PassCluster, connect
-from flows.errors import (
+from pld_pipeline.errors import (
     SchedulerUnreachableError,
     ShardTaskError,
     WorkerEnvironmentError,
     WorkersLostError,
 )
+from pld_pipeline.teacher.dask_cluster import NO_WORKERS_TIMEOUT, PassCluster, connect
 
 pytestmark = pytest.mark.integration  # Dask schedulers on loopback
 
@@ -64,10 +65,11 @@ def test_no_worker_joining_fails_after_the_bound():
 
 
 def test_an_unreachable_scheduler_is_one_clear_error():
-    from cluster_testlib import free_port
-
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
     with pytest.raises(SchedulerUnreachableError, match="cannot reach the Dask scheduler"):
-        connect(f"tcp://127.0.0.1:{free_port()}", timeout=2)
+        connect(f"tcp://127.0.0.1:{free_port}", timeout=2)
 
 
 SHADOWING_PRELOAD = """
