@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.artifacts import Progress, artifact_key, publish_table
 from flows.concurrency import gpu_slot
 from flows.events import cache_failed_hook, emit_cache_finalized
-from flows.runners import gpu_restriction, shard_task_runner
 from flows.timeouts import shard_time_limit
 from pld_pipeline.configs.cache import CacheConfig, resolve_output
 from pld_pipeline.teacher import cache_build, cache_report
 from pld_pipeline.teacher import replay_check as replay_checking
-from pld_pipeline.teacher.dask_cluster import PassCluster, announce_shard
+from pld_pipeline.teacher.dask_cluster import PassCluster, announce_shard, gpu_restriction
 
 EVENTS_EVERY_S = 2.0  # how often the wait for shards stops to log the cluster's events
 
@@ -105,7 +106,7 @@ def run_shards(
         if cluster is not None:
             logger.info("%d Dask worker(s) at %s, imports checked", cluster.most_workers,
                         dask_address)  # fmt: skip
-        with gpu_restriction(config.task_runner, config.gpus_per_task):
+        with gpu_restriction(config.gpus_per_task if dask_address else 0):
             futures = {cache_shard.submit(config, shard, views): shard for shard, views in tasks}
         for outcome in _outcomes(futures, cluster, logger):
             results.append(outcome)
@@ -172,3 +173,35 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     cache_report.require_label_agreement(report)  # a flagged cache is kept, the run fails
     emit_cache_finalized(config, report)
     return report
+
+
+@contextmanager
+def shard_task_runner(config: CacheConfig) -> Iterator[tuple[TaskRunner, str | None]]:
+    """The runner for a pass's shard tasks, and the Dask scheduler address (None: threads).
+
+    Threads run in this process. Dask runs on an existing scheduler (`dask_address`),
+    reached first with a bound (Prefect's own client would fail with a bare connection
+    traceback), or on a local cluster of `dask_workers` single-threaded worker processes.
+    Spawned workers report to this process's Prefect API (`PREFECT_API_URL`): else each
+    starts a temporary server of its own (5-13 s) and its task runs miss the UI.
+    """
+    if config.task_runner == "threads":
+        yield ThreadPoolTaskRunner(max_workers=max(1, config.max_workers)), None
+        return
+    from prefect.client.orchestration import get_client  # noqa: PLC0415 - Dask runs only
+    from prefect_dask import DaskTaskRunner  # noqa: PLC0415 - as above
+
+    from pld_pipeline.teacher.dask_cluster import connect, local_cluster  # noqa: PLC0415
+
+    if not os.environ.get("PREFECT_API_URL"):
+        with get_client(sync_client=True) as client:
+            if str(client.api_url).startswith("http"):
+                os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
+    if config.dask_address:
+        connect(config.dask_address, min(config.lost_workers_timeout, 60.0)).close()
+        yield DaskTaskRunner(address=config.dask_address), config.dask_address
+        return
+    with local_cluster(
+        config.dask_workers, config.gpus_per_task, config.lost_workers_timeout
+    ) as address:
+        yield DaskTaskRunner(address=address), address

@@ -12,11 +12,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import Progress, artifact_key, png_markdown, publish_markdown, publish_table
 from flows.events import emit_sweep_finished
-from flows.train_student import result_row, train_run
+from flows.train_student import train_run
 from pld_pipeline.configs.loading import get_dotted
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
 from pld_pipeline.reports.seed_summary import summarize, write_summary
-from pld_pipeline.reports.sweep_report import format_table, plot_summary
+from pld_pipeline.reports.sweep_report import format_table, plot_summary, result_row
 from pld_pipeline.student.run.run_dir import RunDir
 
 TABLE_COLUMNS = (

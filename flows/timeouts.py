@@ -17,7 +17,15 @@ from contextlib import contextmanager
 
 from prefect.utilities.timeout import timeout
 
-from flows.errors import RunTimeoutError, ShardTimeoutError
+from pld_pipeline.errors import PLDError
+
+
+class ShardTimeoutError(PLDError, TimeoutError):
+    """A teacher-pass shard task ran past `shard_timeout_s`; resuming the pass is safe."""
+
+
+class RunTimeoutError(PLDError, TimeoutError):
+    """A student run ran past `timeout_s`; resuming from its last checkpoint is safe."""
 
 
 class _ExpiredError(TimeoutError):

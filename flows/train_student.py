@@ -12,28 +12,8 @@ from flows.concurrency import gpu_slot
 from flows.events import emit_run_finished
 from flows.timeouts import run_time_limit
 from pld_pipeline.configs.train import TrainConfig
+from pld_pipeline.reports.sweep_report import result_row
 from pld_pipeline.student.run.train import fit
-
-
-def result_row(name: str, result: dict[str, Any], skipped: bool = False) -> dict[str, Any]:
-    """One results-table row of a finished run (accuracies in percent)."""
-    return {
-        "run": name,
-        "student": result["student"],
-        "loss": result["loss"],
-        "temperature": result["temperature"],
-        "k": result["k"],
-        "best_top1": result["best_top1"],
-        "final_top1": result["final_top1"],
-        "final_top5": result["final_top5"],
-        "final_nll": result["final_nll"],
-        "final_ece": result["final_ece"],
-        "final_confidence": result["final_confidence"],
-        "dropped_weight": result["mean_dropped_weight"],
-        "views_seen": result["distinct_views"],
-        "time_s": result["train_time_s"],
-        "status": "skipped (finished before)" if skipped else "trained",
-    }
 
 
 @task(name="train-student-run", task_run_name="{name}")

@@ -61,6 +61,17 @@ def local_cluster(workers: int, gpus_per_worker: int, lost_workers_timeout: floa
         cluster.close()
 
 
+@contextmanager
+def gpu_restriction(gpus_per_task: int) -> Iterator[None]:
+    """Inside: Dask tasks submitted need `gpus_per_task` 'GPU' resources (`dask.annotate`),
+    so the scheduler sends each shard to a worker with a free GPU (none: no restriction)."""
+    if gpus_per_task <= 0:
+        yield
+        return
+    with dask.annotate(resources={"GPU": gpus_per_task}):
+        yield
+
+
 def connect(address: str, timeout: float) -> distributed.Client:
     """A client of the scheduler at `address`, connected within `timeout` s.
 

@@ -169,7 +169,7 @@ def test_student_run_timeout_fails_naming_the_run_and_resume_finishes(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.errors import RunTimeoutError
+    from flows.timeouts import RunTimeoutError
     from flows.train_student import train_student
     from pld_pipeline.configs.train import TrainConfig
 

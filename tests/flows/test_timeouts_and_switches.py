@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flows.errors import RunTimeoutError, ShardTimeoutError
+from flows.timeouts import RunTimeoutError, ShardTimeoutError
 from pld_pipeline.errors import PLDError
 
 
