@@ -1,4 +1,5 @@
-"""Library results -> Prefect artifacts (tables, markdown, progress), keyed in lowercase-kebab."""
+"""What a run shows in Prefect's UI: artifacts from library results (tables, markdown,
+progress, keyed in lowercase-kebab) and its log."""
 
 from __future__ import annotations
 
@@ -16,8 +17,18 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 
 logger = logging.getLogger(__name__)
+
+
+def run_logger_or(fallback: logging.Logger) -> logging.Logger | logging.LoggerAdapter:
+    """The current flow or task run's logger (shown in the UI); `fallback` outside any run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return fallback
 
 
 def artifact_key(*parts: str) -> str:

@@ -39,24 +39,13 @@ def _retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's 
 def plan_shards(config: CacheConfig, producer: str) -> cache_build.CachePlan:
     """Validate the dataset, create or reopen the cache, list the (view, shard) still to do."""
     plan = cache_build.prepare_cache(config, producer=producer)
-    get_run_logger().info(
-        "Cache %s: %d views x %d shards, %d done, %d to compute",
-        plan.path,
-        plan.num_views,
-        plan.num_shards,
-        plan.num_done,
-        len(plan.todo),
-    )
+    get_run_logger().info("Cache %s: %d views x %d shards, %d done, %d to compute", plan.path,
+                          plan.num_views, plan.num_shards, plan.num_done, len(plan.todo))  # fmt: skip
     return plan
 
 
-@task(
-    name="cache-shard",
-    task_run_name="shard-{shard}-views-{views}",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=_retry_transient,
-)
+@task(name="cache-shard", task_run_name="shard-{shard}-views-{views}", retries=2,
+      retry_delay_seconds=5, retry_condition_fn=_retry_transient)  # fmt: skip
 def cache_shard(config: CacheConfig, shard: int, views: list[int]) -> dict[str, Any]:
     """Teacher outputs of one shard for its missing views, each written with its done bit last.
 
@@ -165,8 +154,7 @@ def cache_teacher(config: CacheConfig) -> dict[str, Any]:
     else:
         logger.info("Every shard is already done; nothing to compute.")
     report = finalize(config)
-    check = replay_check(config)
-    report["replay_check"] = check
+    report["replay_check"] = replay_check(config)
     publish_table(
         "cache-stats", cache_report.stats_rows(report), cache_report.stats_description(report)
     )

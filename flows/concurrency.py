@@ -1,14 +1,10 @@
 """GPUs shared across flow runs: a Prefect global concurrency limit (default `gpu`) held while CUDA is used.
 
-One slot per GPU. Every unit of work that uses CUDA (a teacher-pass shard task, the replay
-check, a student run) holds a slot of the limit for as long as it uses the device, so a
-sweep started from the UI and a cache pass started by cron never share a GPU by accident.
-CPU work takes no slot. The Dask `GPU` worker resource is a different thing: it places
-the shard tasks of *one* pass on the workers that own a GPU; this limit counts GPUs
-across *all* runs that talk to one Prefect server.
-
-The limit counts GPUs; it does not choose one. Which GPU a run uses is still its own
-`device` (or CUDA_VISIBLE_DEVICES of the process that runs it).
+One slot per GPU. Every unit of work on CUDA (a shard task, the replay check, a student
+run) holds a slot while it uses the device, so a sweep started from the UI and a pass
+started by cron never share a GPU by accident; CPU work takes none. (Dask's `GPU` worker
+resource places the shards of *one* pass; this limit counts GPUs across *all* runs of a
+Prefect server.) It counts GPUs, it does not choose one: that is each run's `device`.
 """
 
 from __future__ import annotations
@@ -29,24 +25,19 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from flows.logs import run_logger_or
+from flows.artifacts import run_logger_or
 from pld_pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GPU_LIMIT = "gpu"
-# Tests (and dry runs on a laptop) set this to make CPU work take the limit as if it used
-# CUDA; the work itself still runs where its `device` says.
+# Tests (and dry runs on a laptop) set this: CPU work takes the limit as if it used CUDA.
 TAKE_ON_CPU_ENV = "PLD_TAKE_GPU_LIMIT_ON_CPU"
-# A slot is a lease Prefect renews in the background; a holder that dies frees it when
-# the lease runs out, so a killed run never blocks the GPU for good.
+# A slot is a lease Prefect renews; a holder that dies frees it when the lease runs out.
 LEASE_SECONDS = 300.0
-
-# Limits this thread of work already holds: a student run holds its slot in the flow
-# around the training task, and the task must not ask for a second one.
+# Limits this thread of work holds already (a student run's flow holds the slot its task uses).
 _held: ContextVar[frozenset[str]] = ContextVar("pld_gpu_limits_held", default=frozenset())
-# Missing limits already reported by this process (once is enough, not once per shard).
-_reported_missing: set[str] = set()
+_reported_missing: set[str] = set()  # missing limits logged by this process (once each)
 
 
 def uses_cuda(device: str) -> bool:
@@ -116,16 +107,9 @@ def gpu_slot(limit: str | None, device: str, holder: str, slots: int = 1) -> Ite
 
 
 def ensure_gpu_limit(name: str = DEFAULT_GPU_LIMIT, slots: int | None = None) -> int:
-    """Create the global concurrency limit `name` when it is missing (what `pld serve` does).
-
-    Args:
-        name: the limit's name.
-        slots: slots to give it; None = the GPUs this machine has (at least 1). An existing
-            limit keeps its slots (they may have been set in the UI) unless `slots` is given.
-
-    Returns:
-        the limit's slots after the call.
-    """
+    """Create the global concurrency limit `name` when it is missing (what `pld serve` does)
+    and return its slots: `slots`, else one per GPU of this machine (at least 1). An
+    existing limit keeps its slots (maybe set in the UI) unless `slots` is given."""
     with get_client(sync_client=True) as client:
         try:
             existing = client.read_global_concurrency_limit_by_name(name)

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect.events import Event, emit_event
 
-from flows.logs import run_logger_or
+from flows.artifacts import run_logger_or
 from pld_pipeline.configs.cache import CacheConfig, resolve_output
 from pld_pipeline.configs.schedules import location_id
 from pld_pipeline.configs.train import SweepConfig, TrainConfig
@@ -40,17 +40,12 @@ RUN_FIGURES = (
 
 def resource(location: str, kind: str) -> dict[str, str]:
     url = location_id(location)
-    return {
-        "prefect.resource.id": url,
-        "prefect.resource.name": url.rsplit("/", 1)[-1],
-        "pld.kind": kind,
-    }
+    return {"prefect.resource.id": url, "prefect.resource.name": url.rsplit("/", 1)[-1],
+            "pld.kind": kind}  # fmt: skip
 
 
 def cache_related(cache: str | None) -> list[dict[str, str]]:
-    if cache is None:
-        return []
-    return [{**resource(cache, "cache"), "prefect.resource.role": "cache"}]
+    return [] if cache is None else [{**resource(cache, "cache"), "prefect.resource.role": "cache"}]
 
 
 def emit_cache_finalized(config: CacheConfig, report: dict[str, Any]) -> Event | None:

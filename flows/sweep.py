@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,13 @@ from flows.events import emit_sweep_finished
 from flows.train_student import train_run
 from pld_pipeline.configs.loading import get_dotted
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
-from pld_pipeline.reports.seed_summary import summarize, write_summary
-from pld_pipeline.reports.sweep_report import format_table, plot_summary, result_row
+from pld_pipeline.reports.sweep_report import (
+    TABLE_COLUMNS,
+    format_table,
+    result_row,
+    write_sweep_reports,
+)
 from pld_pipeline.student.run.run_dir import RunDir
-
-TABLE_COLUMNS = (
-    "run", "loss", "temperature", "k", "best_top1", "final_top1", "final_ece", "dropped_weight",
-    "time_s", "status",
-)  # fmt: skip
 
 
 @flow(name="sweep-runs")
@@ -61,14 +59,8 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
             finished[name] = result
         else:
             todo.append((name, run))
-    logger.info(
-        "Sweep %s: %d runs, %d finished before, %d to train (max %d at once)",
-        sweep_dir,
-        len(points),
-        len(finished),
-        len(todo),
-        config.max_parallel,
-    )
+    logger.info("Sweep %s: %d runs, %d finished before, %d to train (max %d at once)",
+                sweep_dir, len(points), len(finished), len(todo), config.max_parallel)  # fmt: skip
     trained = {}
     if todo:
         runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)
@@ -77,22 +69,16 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
     for name, run in points:
         result = trained.get(name) or finished[name]
         rows.append(_grid_values(config, run) | result_row(name, result, name in finished))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    summary = summarize(rows, list(config.grid), str(sweep_dir))
-    _, summary_md = write_summary(summary, sweep_dir)
-    plot = plot_summary(summary, sweep_dir / "summary.png", title=f"Sweep {sweep_dir.name}")
+    summary_md, plot = write_sweep_reports(rows, list(config.grid), sweep_dir)
     publish_table("sweep-results", rows, description=f"Sweep {sweep_dir}: one row per run")
-    publish_markdown(
-        "sweep-summary", summary_md.read_text(),
-        description=f"Sweep {sweep_dir}: runs grouped over seeds, mean ± std",
-    )  # fmt: skip
+    publish_markdown("sweep-summary", summary_md,
+                     description=f"Sweep {sweep_dir}: runs grouped over seeds, mean ± std")  # fmt: skip
     publish_markdown(
         artifact_key("sweep-plot"), png_markdown(plot, "Final top-1 and ECE, mean ± std over seeds"),
         description=f"Sweep {sweep_dir}",
     )  # fmt: skip
     logger.info("Sweep results:\n%s", format_table(rows, TABLE_COLUMNS))
-    logger.info("Over seeds:\n%s", summary_md.read_text())
+    logger.info("Over seeds:\n%s", summary_md)
     emit_sweep_finished(config, rows)
     return rows
 

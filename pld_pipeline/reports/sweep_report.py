@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pld_pipeline.reports.seed_summary import group_stats
+from pld_pipeline.reports.seed_summary import group_stats, summarize, write_summary
 
 
 def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
@@ -93,3 +94,27 @@ def result_row(name: str, result: dict[str, Any], skipped: bool = False) -> dict
         "time_s": result["train_time_s"],
         "status": "skipped (finished before)" if skipped else "trained",
     }
+
+
+TABLE_COLUMNS = (
+    "run", "loss", "temperature", "k", "best_top1", "final_top1", "final_ece", "dropped_weight",
+    "time_s", "status",
+)  # fmt: skip
+
+
+def write_sweep_reports(
+    rows: Sequence[Mapping[str, Any]], grid: Sequence[str], sweep_dir: str | Path
+) -> tuple[str, Path]:
+    """A finished sweep's files: results.json (a row per run), summary.json and summary.md
+    (runs grouped over seeds) and summary.png (final top-1 and ECE, mean and std).
+
+    Returns:
+        (the summary's markdown, the plot's path).
+    """
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "results.json").write_text(json.dumps(list(rows), indent=2))
+    summary = summarize(rows, list(grid), str(sweep_dir))
+    _, summary_md = write_summary(summary, sweep_dir)
+    plot = plot_summary(summary, sweep_dir / "summary.png", title=f"Sweep {sweep_dir.name}")
+    return summary_md.read_text(), plot

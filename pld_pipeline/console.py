@@ -1,5 +1,7 @@
 """What the `pld` command prints on the terminal: logs without tracebacks, one line per error.
 
+Plain logging (no Prefect): it sits where its imports allow; `flows/cli.py` uses it.
+
 A failing flow run makes Prefect log the exception with its traceback from every task and
 flow it passes through. Prefect's API log handler sends those records, tracebacks
 included, to the server (its logs and UI keep them); on the terminal a user's mistake
