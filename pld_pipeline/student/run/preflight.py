@@ -80,7 +80,8 @@ def _check_train_run(config: TrainConfig, seen: _Seen) -> None:
         supervised_plan,
     )
     from pld_pipeline.student.run.run_dir import RunDir  # noqa: PLC0415
-    from pld_pipeline.teacher.models import check_model_available  # noqa: PLC0415
+    from pld_pipeline.student.run.student_model import check_student_available  # noqa: PLC0415
+    from pld_pipeline.teacher.models import check_teacher_available  # noqa: PLC0415
 
     images = seen.dataset(config.dataset_root, config.dataset_split, config.classes)
     if config.val_root:
@@ -102,10 +103,9 @@ def _check_train_run(config: TrainConfig, seen: _Seen) -> None:
             seen.num_good[reader.path] = len(good_indices(reader.bad_mask(), reader.num_samples))
         num_train = seen.num_good[reader.path]
     split_batch(config.batch_size, num_train, world_size=1, views_per_image=config.views_per_image)
-    check_model_available(config.student.name)
-    teacher = config.online_teacher
-    if teacher is not None:
-        check_model_available(teacher.name, teacher.weights, teacher.checkpoint)
+    check_student_available(config.student)
+    if config.online_teacher is not None:
+        check_teacher_available(config.online_teacher)
     RunDir(config.run_dir).prepare(config, write=False)
 
 
