@@ -16,8 +16,8 @@ from pld_pipeline.configs.base import (
 )
 from pld_pipeline.configs.model_fields import (
     KWARGS_HELP,
-    TIMM_PREFIX,
     PRETRAINED_HELP,
+    TIMM_PREFIX,
     check_model_fields,
     check_timm_name,
 )
