@@ -191,8 +191,13 @@ def check_timm_available(
     if kwargs:
         import torch  # noqa: PLC0415 - torch is loaded by now; keeps the module's imports light
 
-        with torch.device("meta"):
-            _build(name, tag, None, kwargs, {})
+        try:
+            with torch.device("meta"):
+                _build(name, tag, None, kwargs, {})
+        except (RuntimeError, NotImplementedError) as exc:  # an init that needs real data
+            logger.info(
+                "Cannot build %s on the meta device (%s): kwargs checked at build.", name, exc
+            )
     return tag
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,10 @@ def work(tmp_path_factory, timm_hub, wnid_photos) -> dict:
         HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", TORCH_HOME=str(root / "empty-torch-home"),
     )  # fmt: skip
     server, url = start_prefect_server(root, env)
-    yield {"root": root, "classes": classes, "env": dict(env, PREFECT_API_URL=url)}
-    server.stop()
+    try:
+        yield {"root": root, "classes": classes, "env": dict(env, PREFECT_API_URL=url)}
+    finally:
+        server.kill_group(signal.SIGTERM)
 
 
 def cache_yaml(where: Path, data: Path, classes: Path, output: Path, **teacher) -> Path:
@@ -111,12 +114,14 @@ def test_pld_train_with_a_timm_student(source, work, timm_cache, timm_hub, wnid_
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
     assert summary["student"] == student["name"]
     assert np.isfinite(summary["final_nll"])
-    # It started from the file: one small SGD step moves the weights by little.
+    # It started from the file: three small SGD steps move the parameters by little (a
+    # random init would be far off). BatchNorm statistics move on their own, so only the
+    # parameters are compared.
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
-    start = expected.state_dict()
-    assert sorted(trained) == sorted(start)
+    assert sorted(trained) == sorted(expected.state_dict())
+    start = dict(expected.named_parameters())
     drift = max((trained[k].double() - start[k]).abs().max().item() for k in start)
-    assert 0 < drift < 0.1
+    assert 0 < drift < 0.05
 
 
 def test_without_the_extra_pld_is_one_error_line(work, timm_cache, wnid_photos, tmp_path):
