@@ -10,7 +10,8 @@ from torch import nn
 
 from pld_pipeline.configs.train import StudentConfig, TrainConfig
 from pld_pipeline.errors import ConfigError
-from pld_pipeline.teacher.models import check_model_available, create_model, model_preprocess
+from pld_pipeline.teacher.models import check_model_available, create_model
+from pld_pipeline.teacher.preprocess import model_preprocess
 
 FROM_MODEL = "model"
 
@@ -39,7 +40,7 @@ def check_student_available(student: StudentConfig) -> None:
 
 def with_model_inputs(config: TrainConfig, model: nn.Module) -> TrainConfig:
     """`config` with the student's `eval_crop_pct` / `interpolation` 'model' replaced by the
-    values of the student's pretrained config (`models.model_preprocess`); else unchanged.
+    values of the student's pretrained config (`preprocess.model_preprocess`); else unchanged.
 
     Raises:
         ConfigError: 'model' for a student whose model has no pretrained config, or whose
