@@ -21,7 +21,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade "pip>=24"
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e ".[dev,s3]" $(TORCH_PINS)
+	$(PIP) install --quiet -e ".[dev,s3,timm]" $(TORCH_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -45,6 +45,10 @@ class ModelNotFoundError(PLDError, LookupError):
     """An unknown model name, or a `module:callable` factory that cannot be imported."""
 
 
+class MissingExtraError(ModelNotFoundError, ImportError):
+    """A model needs an optional extra that is not installed; the message names the pip command."""
+
+
 class WeightsNotFoundError(PLDError, FileNotFoundError):
     """A weights or checkpoint file is missing locally; the message says where to put it."""
 

@@ -9,6 +9,8 @@ live in images_testlib.py (import helpers from there, never from a conftest).
 - `wnid_photos`: a 3-class ImageNet subset: real photos in folders named by the ImageNet wnid of
   their class (`imagenet_subset.WNID_INDEX`: wnid -> index in the standard 1000-class order),
   two images each.
+- `timm_hub`: a local Hugging Face cache of two small random-init timm models and a plain
+  checkpoint (`timm_testlib.TimmHub`); `offline_hub` makes it this process's cache, offline.
 """
 
 from __future__ import annotations
@@ -69,3 +71,31 @@ def wnid_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         small.save(root / wnid / f"{name}_small.jpg", quality=90)
     return root
+
+
+@pytest.fixture(scope="session")
+def timm_hub(tmp_path_factory: pytest.TempPathFactory):
+    """`timm_testlib.TimmHub`: a local Hugging Face cache of two small random-init timm
+    models (a ViT and a ResNet) and a plain checkpoint (`make test` installs the timm extra)."""
+    from timm_testlib import TimmHub
+
+    return TimmHub(tmp_path_factory.mktemp("timm_hub") / "hf_home")
+
+
+@pytest.fixture
+def offline_hub(timm_hub, monkeypatch: pytest.MonkeyPatch):
+    """`timm_hub` as this process's Hugging Face cache, offline: HF_HUB_OFFLINE=1 and every
+    socket connection refused, so a download attempt would fail the test."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a network connection was attempted: {args}")
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(timm_hub.cache))
+    monkeypatch.setenv("HF_HOME", str(timm_hub.home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return timm_hub

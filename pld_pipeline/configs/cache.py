@@ -15,6 +15,13 @@ from pld_pipeline.configs.base import (
     Amp,
     StrictModel,
 )
+from pld_pipeline.configs.model_fields import (
+    KWARGS_HELP,
+    PRETRAINED_HELP,
+    TIMM_PREFIX,
+    check_model_fields,
+    check_timm_name,
+)
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "nearest-exact"]
 RGB = tuple[float, float, float]
@@ -67,8 +74,10 @@ class TeacherConfig(StrictModel):
     """Which teacher to run and how it sees images (unset values come from its weights)."""
 
     name: str = Field(
-        description="torchvision model name (e.g. 'resnet50') or 'package.module:callable' "
-        "returning an nn.Module (e.g. 'pld_pipeline.teacher.zoo:efficientnet_lite0')."
+        description="torchvision model name (e.g. 'resnet50'), 'timm:<architecture>[.<tag>]' "
+        "(e.g. 'timm:convnext_base.fb_in22k_ft_in1k', needs `pip install "
+        "\"pld-pipeline[timm]\"`) or 'package.module:callable' returning an nn.Module (e.g. "
+        "'pld_pipeline.teacher.zoo:efficientnet_lite0')."
     )
     weights: str | None = Field(
         None,
@@ -76,8 +85,14 @@ class TeacherConfig(StrictModel):
         "$TORCH_HOME/hub/checkpoints (never downloaded). torchvision names only.",
     )
     checkpoint: str | None = Field(
-        None, description="Path of a state-dict file loaded into the model (weights_only=True)."
+        None,
+        description="Path of a state-dict file loaded into the model (weights_only=True); for a "
+        "timm name it wins over the Hugging Face cache.",
     )
+    pretrained: bool | None = Field(
+        None, description=PRETRAINED_HELP.format(default="true (a teacher is pretrained).")
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=KWARGS_HELP + ".")
     num_classes: int | None = Field(
         None, ge=1, description="Output classes; default: from the weights or the model."
     )
@@ -108,15 +123,25 @@ class TeacherConfig(StrictModel):
             raise ValueError(f"std must be positive per channel, got {value}")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _timm_name(cls, value: str) -> str:
+        return check_timm_name(value)
+
     @model_validator(mode="after")
     def _one_weights_source(self) -> TeacherConfig:
         if self.weights and self.checkpoint:
             raise ValueError("give weights or checkpoint, not both")
         if self.weights and ":" in self.name:
             raise ValueError(
-                f"weights={self.weights!r} is a torchvision enum but name={self.name!r} is a "
-                "factory; load weights in the factory or use checkpoint"
+                f"weights={self.weights!r} is a torchvision enum but name={self.name!r} is "
+                + (
+                    "a timm name; use checkpoint or pretrained"
+                    if self.name.startswith(TIMM_PREFIX)
+                    else "a factory; load weights in the factory or use checkpoint"
+                )
             )
+        check_model_fields(self.name, self.checkpoint, self.pretrained, self.kwargs)
         return self
 
 

@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
@@ -25,6 +25,12 @@ from pld_pipeline.configs.base import (
 )
 from pld_pipeline.configs.cache import ClassesSpec, TeacherConfig, check_classes_spec
 from pld_pipeline.configs.loading import set_dotted
+from pld_pipeline.configs.model_fields import (
+    KWARGS_HELP,
+    PRETRAINED_HELP,
+    check_model_fields,
+    check_timm_name,
+)
 from pld_pipeline.errors import ConfigError
 
 # The same strings as pld_pipeline.losses.LOSS_NAMES (a test keeps them equal); spelled out
@@ -39,23 +45,34 @@ class StudentConfig(StrictModel):
 
     name: str = Field(
         "resnet18",
-        description="torchvision model name (random init, e.g. 'resnet18') or 'module:callable' "
-        "factory taking num_classes",
+        description="torchvision model name (random init, e.g. 'resnet18'), "
+        "'timm:<architecture>[.<tag>]' (e.g. 'timm:resnet50', needs `pip install "
+        "\"pld-pipeline[timm]\"`) or 'module:callable' factory taking num_classes",
     )
     num_classes: int | None = Field(
         None, gt=0, description="output classes; None = the cache's num_classes (must match)"
     )
+    checkpoint: str | None = Field(
+        None,
+        description="state-dict file the student starts from (weights_only=True, strict); "
+        "None = random init (or, for a timm name with pretrained: true, the Hugging Face cache)",
+    )
+    pretrained: bool | None = Field(
+        None, description=PRETRAINED_HELP.format(default="false (students start from scratch)")
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=KWARGS_HELP)
     image_size: int = Field(224, gt=0, description="student input side in pixels")
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
-        "bilinear", description="resize filter used when replaying a crop at image_size"
+    interpolation: Literal["bilinear", "bicubic", "nearest", "model"] = Field(
+        "bilinear",
+        description="resize filter used when replaying a crop at image_size; 'model' = the "
+        "student's pretrained config's (timm names, factories that set pretrained_cfg)",
     )
     mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="per-channel input mean")
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="per-channel input std")
-    eval_crop_pct: float = Field(
+    eval_crop_pct: Annotated[float, Field(gt=0, le=1)] | Literal["model"] = Field(
         0.875,
-        gt=0,
-        le=1,
-        description="validation: centered square crop of this share of the short side",
+        description="validation: centered square crop of this share of the short side; "
+        "'model' = the student's pretrained config's crop_pct",
     )
     random_scale: tuple[float, float] = Field(
         DEFAULT_SCALE,
@@ -72,6 +89,16 @@ class StudentConfig(StrictModel):
         if min(v) <= 0:
             raise ValueError(f"std must be > 0 per channel, got {v}")
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _timm_name(cls, value: str) -> str:
+        return check_timm_name(value)
+
+    @model_validator(mode="after")
+    def _model_fields(self) -> StudentConfig:
+        check_model_fields(self.name, self.checkpoint, self.pretrained, self.kwargs)
+        return self
 
 
 class OptimConfig(StrictModel):

@@ -29,6 +29,7 @@ from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.models import LoadedTeacher, load_teacher
 from pld_pipeline.teacher.options import PassOptions
+from pld_pipeline.teacher.timm_models import timm_version
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +124,13 @@ def manifest_of(
 
 
 def _producer_versions() -> dict[str, str]:
-    """torch and torchvision versions (storage adds its own: numpy, zarr, ...)."""
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
-            "pld-pipeline": __version__}  # fmt: skip
+    """torch, torchvision (and timm, when a timm teacher loaded it) versions (storage adds
+    its own: numpy, zarr, ...)."""
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                "pld-pipeline": __version__}  # fmt: skip
+    if timm_version() is not None:
+        versions["timm"] = timm_version()
+    return versions
 
 
 @dataclass

@@ -1,16 +1,16 @@
-"""Teacher and student models by name (torchvision or `module:callable`) and their preprocessing.
+"""Teacher and student models by name (torchvision, `timm:` or `module:callable`) and their preprocessing.
 
-`create_model` builds the network (weights from local files only, see weights.py);
-`resolve_preprocess` and `teacher_info` say how the teacher sees images (input size,
-normalisation, interpolation, crop fraction) for the cache manifest; `load_teacher` does
-both from a `TeacherConfig`.
+`create_model` builds the network (weights from local files only, see weights.py and, for
+`timm:` names, timm_models.py); `teacher_info` writes the cache manifest's teacher entry,
+with the preprocessing of preprocess.py (input size, normalisation, interpolation, crop
+fraction); `load_teacher` does both from a `TeacherConfig`.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-import logging
+import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,11 @@ import torchvision.models as tvm
 from torch import nn
 
 from pld_pipeline.errors import ConfigError, ModelNotFoundError
+from pld_pipeline.teacher import timm_models
+from pld_pipeline.teacher.preprocess import (  # resolve_preprocess: also imported from here
+    Preprocess,
+    resolve_preprocess,
+)
 from pld_pipeline.teacher.weights import (
     checkpoint_file,
     load_weights_into,
@@ -32,11 +37,6 @@ from storage import TeacherInfo
 
 if TYPE_CHECKING:
     from pld_pipeline.configs.cache import TeacherConfig
-
-logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # Module paths that factory names stored before the wings move (cache manifests, run configs,
@@ -55,8 +55,17 @@ def resolve_factory_alias(ref: str) -> str:
 
 
 def is_factory(name: str) -> bool:
-    """True for a `module:callable` model reference."""
-    return ":" in name
+    """True for a `module:callable` model reference (a `timm:` name is not one)."""
+    return ":" in name and not timm_models.is_timm_name(name)
+
+
+def model_identity(name: str, kwargs: dict[str, Any] | None = None) -> str:
+    """The name a manifest records: `name` as given, with its kwargs (JSON) when there are
+    any, and a `timm:` name resolved to its pretrained tag ("timm:resnet50" ->
+    "timm:resnet50.a1_in1k"), so the manifest says which weights and architecture ran."""
+    if timm_models.is_timm_name(name):
+        name = timm_models.TIMM_PREFIX + timm_models.resolve_tag(name).model_name
+    return f"{name} {json.dumps(kwargs, sort_keys=True)}" if kwargs else name
 
 
 def create_model(
@@ -64,18 +73,25 @@ def create_model(
     num_classes: int | None = None,
     weights: str | None = None,
     checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build a model in eval mode on the CPU.
 
     Args:
-        name_or_factory: a torchvision classification model name ("resnet50") or
-            "package.module:callable" returning an nn.Module (called with
+        name_or_factory: a torchvision classification model name ("resnet50"),
+            "timm:<architecture>[.<tag>]" ("timm:convnext_base.fb_in22k_ft_in1k", needs the
+            timm extra) or "package.module:callable" returning an nn.Module (called with
             `num_classes=` when num_classes is given).
         num_classes: output classes; default: the weights' category count or the builder's.
         weights: torchvision weights enum, "ResNet50_Weights.IMAGENET1K_V2" (or the short
             "IMAGENET1K_V2"/"DEFAULT" for the named model); torchvision names only.
         checkpoint: a state-dict file (or a training checkpoint holding one under
             "model"/"state_dict"), loaded after building; not together with `weights`.
+        pretrained: `timm:` names without a checkpoint: the tag's weights from the local
+            Hugging Face cache (else random init).
+        kwargs: more keyword arguments for the builder, the factory or `timm.create_model`
+            (e.g. {"drop_path_rate": 0.05}).
 
     Returns:
         The model, in eval mode.
@@ -84,51 +100,84 @@ def create_model(
         ModelNotFoundError: unknown name or unimportable factory.
         WeightsNotFoundError: weights/checkpoint file missing (says where to put it).
         WeightsCorruptError: file hash or keys do not match the model.
-        ConfigError: inconsistent arguments (weights with a factory, both weights and
-            checkpoint, num_classes different from the weights').
+        ConfigError: inconsistent arguments (weights with a factory or a timm name, both
+            weights and checkpoint, num_classes different from the weights'), or kwargs the
+            model does not take.
+        MissingExtraError: a `timm:` name without timm installed.
     """
     if weights is not None and checkpoint is not None:
         raise ConfigError(
             f"Give weights ({weights!r}) or checkpoint ({str(checkpoint)!r}), not both."
         )
+    if timm_models.is_timm_name(name_or_factory):
+        _no_enum(weights, name_or_factory)
+        model, _ = timm_models.create_timm_model(
+            name_or_factory, num_classes, checkpoint, pretrained, kwargs
+        )
+        return model
     if is_factory(name_or_factory):
-        if weights is not None:
-            raise ConfigError(
-                f"weights={weights!r} names a torchvision weights enum, but the model "
-                f"{name_or_factory!r} is a factory; load its weights in the factory or "
-                "pass checkpoint=PATH."
-            )
-        model = _call_factory(name_or_factory, num_classes)
+        _no_enum(weights, name_or_factory)
+        model = _with_kwargs(name_or_factory, kwargs, _call_factory, num_classes)
     else:
-        model = _build_torchvision(name_or_factory, num_classes, weights)
+        model = _with_kwargs(name_or_factory, kwargs, _build_torchvision, num_classes, weights)
     if checkpoint is not None:
         load_weights_into(model, checkpoint)
     return model.eval()
+
+
+def _no_enum(weights: str | None, name: str) -> None:
+    if weights is not None:
+        raise ConfigError(
+            f"weights={weights!r} names a torchvision weights enum, but the model {name!r} is "
+            + (
+                "a timm model; load its weights with checkpoint=PATH or pretrained: true "
+                "(the local Hugging Face cache)."
+                if timm_models.is_timm_name(name)
+                else "a factory; load its weights in the factory or pass checkpoint=PATH."
+            )
+        )
+
+
+def _with_kwargs(name: str, kwargs: dict[str, Any] | None, build: Any, *args: Any) -> nn.Module:
+    """`build(name, *args, **kwargs)`, a TypeError from unknown kwargs as a ConfigError."""
+    if not kwargs:
+        return build(name, *args)
+    try:
+        return build(name, *args, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"Model {name!r} does not take the kwargs {sorted(kwargs)}: {exc}. Check their "
+            "names against the model's builder."
+        ) from exc
 
 
 def check_model_available(
     name_or_factory: str,
     weights: str | None = None,
     checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Fail now, without building anything, where `create_model` would fail to find the model.
 
-    Checks the torchvision name or imports the factory, and that a weights enum's file or a
-    checkpoint file is on this machine; a run calls it before it starts.
+    Checks the torchvision name, the timm name (and its kwargs, on the meta device) or
+    imports the factory, and that a weights enum's file, a checkpoint file or a timm tag's
+    file in the local Hugging Face cache is on this machine; a run calls it before it starts.
 
     Raises:
         ModelNotFoundError: unknown name or unimportable factory.
-        ConfigError: unknown weights enum, or weights with a factory.
+        MissingExtraError: a `timm:` name without timm installed.
+        ConfigError: unknown weights enum, weights with a factory, kwargs a timm model does
+            not take.
         WeightsNotFoundError: the weights or checkpoint file is missing (says where to put it).
     """
+    if timm_models.is_timm_name(name_or_factory):
+        _no_enum(weights, name_or_factory)
+        timm_models.check_timm_available(name_or_factory, checkpoint, pretrained, kwargs)
+        return
     if is_factory(name_or_factory):
         _find_factory(name_or_factory)
-        if weights is not None:
-            raise ConfigError(
-                f"weights={weights!r} names a torchvision weights enum, but the model "
-                f"{name_or_factory!r} is a factory; load its weights in the factory or "
-                "pass checkpoint=PATH."
-            )
+        _no_enum(weights, name_or_factory)
     else:
         _check_torchvision_name(name_or_factory)
         if weights is not None:
@@ -158,9 +207,11 @@ def _find_factory(ref: str) -> Any:
     return factory
 
 
-def _call_factory(ref: str, num_classes: int | None) -> nn.Module:
+def _call_factory(ref: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
     factory = _find_factory(ref)
-    model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ModelNotFoundError(
             f"Model factory {ref!r} returned {type(model).__name__}, not a torch.nn.Module."
@@ -178,9 +229,10 @@ def _check_torchvision_name(name: str) -> None:
         )
 
 
-def _build_torchvision(name: str, num_classes: int | None, weights: str | None) -> nn.Module:
+def _build_torchvision(
+    name: str, num_classes: int | None, weights: str | None = None, **kwargs: Any
+) -> nn.Module:
     _check_torchvision_name(name)
-    kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if weights is None:
@@ -209,94 +261,26 @@ def count_classes(model: nn.Module) -> int | None:
     return int(last.out_features) if last is not None else None
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """How a model expects its images: side in pixels, normalisation, resize method, crop fraction."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str
-    crop_pct: float
-
-
-def resolve_preprocess(
-    name_or_factory: str,
-    model: nn.Module | None = None,
-    weights: str | None = None,
-    input_size: int | None = None,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
-    interpolation: str | None = None,
-    crop_pct: float | None = None,
-) -> Preprocess:
-    """The model's preprocessing: explicit values win, then the weights' own eval transform
-    (torchvision enums: crop size, resize size, mean, std, interpolation), then the model's
-    `pretrained_cfg` dict (the timm convention, also set by pld_pipeline.teacher.zoo factories),
-    then ImageNet defaults (224, bilinear, crop 0.875), which are logged.
-    """
-    found: dict[str, Any] = {}
-    if weights is not None and not is_factory(name_or_factory):
-        tf = resolve_weights(weights, name_or_factory).transforms()
-        found = {
-            "input_size": int(tf.crop_size[0]),
-            "mean": tuple(tf.mean),
-            "std": tuple(tf.std),
-            "interpolation": tf.interpolation.value,
-            "crop_pct": float(tf.crop_size[0]) / float(tf.resize_size[0]),
-        }
-    elif model is not None and isinstance(getattr(model, "pretrained_cfg", None), dict):
-        cfg = model.pretrained_cfg
-        size = cfg.get("input_size")
-        found = {
-            "input_size": int(size[-1]) if isinstance(size, (tuple, list)) else size,
-            "mean": tuple(cfg["mean"]) if "mean" in cfg else None,
-            "std": tuple(cfg["std"]) if "std" in cfg else None,
-            "interpolation": cfg.get("interpolation"),
-            "crop_pct": cfg.get("crop_pct"),
-        }
-    defaults = {
-        "input_size": 224,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "interpolation": "bilinear",
-        "crop_pct": 0.875,
-    }
-    given = {
-        "input_size": input_size,
-        "mean": mean,
-        "std": std,
-        "interpolation": interpolation,
-        "crop_pct": crop_pct,
-    }
-    values = {}
-    for key, default in defaults.items():
-        value = given[key] if given[key] is not None else found.get(key)
-        if value is None:
-            logger.info("Teacher %s: no %s known, using %r", name_or_factory, key, default)
-            value = default
-        values[key] = value
-    return Preprocess(
-        input_size=int(values["input_size"]),
-        mean=tuple(float(m) for m in values["mean"]),
-        std=tuple(float(s) for s in values["std"]),
-        interpolation=str(values["interpolation"]),
-        crop_pct=float(values["crop_pct"]),
-    )
-
-
 def weights_identity(
     name_or_factory: str,
     model: nn.Module,
     weights: str | None = None,
     checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
 ) -> tuple[str, str]:
     """(weights_source, weights_sha256) for the manifest.
 
     Enum weights: ("torchvision:<enum>", sha256 of the file); checkpoint: ("<path>", sha256 of
-    the file); a factory without checkpoint: ("factory:<ref>", sha256 of its state dict in
-    key order, see `state_dict_sha256`); random init: ("none", same state-dict hash).
+    the file); a timm tag from the local Hugging Face cache: ("hf-cache:<repo>@<commit>/<file>",
+    sha256 of the file); a factory without checkpoint: ("factory:<ref>", sha256 of its state
+    dict in key order, see `state_dict_sha256`); random init: ("none", or for a timm name
+    "random-init:timm:<tag>", with the same state-dict hash).
     """
+    if timm_models.is_timm_name(name_or_factory):
+        tag = timm_models.resolve_tag(name_or_factory)
+        found = timm_models.resolve_weights(name_or_factory, tag, checkpoint, pretrained)
+        source, digest = found.identity(tag)
+        return source, digest or state_dict_sha256(model)
     if checkpoint is not None:
         return str(checkpoint), sha256_file(checkpoint)
     if weights is not None:
@@ -313,8 +297,11 @@ def teacher_info(
     checkpoint: str | os.PathLike | None = None,
     num_classes: int | None = None,
     preprocess: Preprocess | None = None,
+    pretrained: bool = False,
+    kwargs: dict[str, Any] | None = None,
 ) -> TeacherInfo:
-    """The manifest's teacher entry: name, weights source and sha256, classes, preprocessing.
+    """The manifest's teacher entry: name (`model_identity`), weights source and sha256,
+    classes, preprocessing.
 
     Raises:
         ConfigError: the class count cannot be found (set num_classes).
@@ -326,9 +313,9 @@ def teacher_info(
             f"Cannot tell how many classes teacher {name_or_factory!r} outputs; set "
             "teacher.num_classes."
         )
-    source, digest = weights_identity(name_or_factory, model, weights, checkpoint)
+    source, digest = weights_identity(name_or_factory, model, weights, checkpoint, pretrained)
     return TeacherInfo(
-        name=name_or_factory,
+        name=model_identity(name_or_factory, kwargs),
         weights_source=source,
         weights_sha256=digest,
         num_classes=int(classes),
@@ -349,8 +336,16 @@ class LoadedTeacher:
 
 
 def load_teacher(config: TeacherConfig) -> LoadedTeacher:
-    """Build the teacher of a `TeacherConfig` with its preprocessing and manifest entry."""
-    model = create_model(config.name, config.num_classes, config.weights, config.checkpoint)
+    """Build the teacher of a `TeacherConfig` with its preprocessing and manifest entry.
+
+    A `timm:` teacher loads its tag's weights from the local Hugging Face cache unless it
+    has a checkpoint or `pretrained: false`.
+    """
+    pretrained = teacher_pretrained(config)
+    model = create_model(
+        config.name, config.num_classes, config.weights, config.checkpoint, pretrained,
+        config.kwargs,
+    )  # fmt: skip
     pre = resolve_preprocess(
         config.name,
         model,
@@ -362,6 +357,19 @@ def load_teacher(config: TeacherConfig) -> LoadedTeacher:
         config.crop_pct,
     )
     info = teacher_info(
-        config.name, model, config.weights, config.checkpoint, config.num_classes, pre
-    )
+        config.name, model, config.weights, config.checkpoint, config.num_classes, pre,
+        pretrained, config.kwargs,
+    )  # fmt: skip
     return LoadedTeacher(model=model, info=info, preprocess=pre)
+
+
+def teacher_pretrained(config: TeacherConfig) -> bool:
+    """A `timm:` teacher loads its tag's pretrained weights unless `pretrained: false`."""
+    return config.pretrained is not False
+
+
+def check_teacher_available(config: TeacherConfig) -> None:
+    """`check_model_available` for the teacher of a `TeacherConfig` (what `load_teacher` builds)."""
+    check_model_available(
+        config.name, config.weights, config.checkpoint, teacher_pretrained(config), config.kwargs
+    )

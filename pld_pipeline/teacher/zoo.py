@@ -1,7 +1,7 @@
 """Model factories for `module:callable` references, e.g. `pld_pipeline.teacher.zoo:efficientnet_lite0`.
 
 Each returns an nn.Module with a `pretrained_cfg` dict (the timm convention: input_size,
-mean, std, interpolation, crop_pct) that `models.resolve_preprocess` reads.
+mean, std, interpolation, crop_pct) that `preprocess.resolve_preprocess` reads.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from pld_pipeline.student.run.inputs import RunInputs, check_run, take
 from pld_pipeline.student.run.optim import make_optimizer, make_scheduler
 from pld_pipeline.student.run.placement import Placement, make_placement
 from pld_pipeline.student.run.run_dir import RunDir
-from pld_pipeline.teacher.models import create_model
+from pld_pipeline.student.run.student_model import create_student, with_model_inputs
 
 logger = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
@@ -169,6 +169,7 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
         config.batch_size, len(inputs.train_index), ctx.world_size, config.views_per_image
     )
     model, criterion, teacher = _model_and_loss(config, inputs, place)
+    config = with_model_inputs(config, model)  # eval_crop_pct / interpolation: model
     state = load_checkpoint(run_dir.checkpoint, place.device) if resuming else None
     resume = Resume()
     if state is not None:
@@ -219,7 +220,7 @@ def _model_and_loss(
     memory = torch.channels_last if place.channels_last else torch.contiguous_format
     with _INIT_LOCK:  # fits in threads of one process (a sweep) share torch's global RNG
         seed_everything(config.seed, config.deterministic)
-        model = create_model(config.student.name, num_classes=inputs.plan.num_classes)
+        model = create_student(config.student, inputs.plan.num_classes)
     model = model.to(place.device, memory_format=memory)
     criterion = make_loss(config.loss.name, **config.loss.make_kwargs())
     teacher = None

@@ -85,7 +85,8 @@ def check_run(config: TrainConfig, shared: _Shared | None = None) -> RunInputs:
     from pld_pipeline.student.data.cached_dataset import good_indices  # noqa: PLC0415
     from pld_pipeline.student.data.loaders import split_batch  # noqa: PLC0415
     from pld_pipeline.student.run.run_dir import RunDir  # noqa: PLC0415
-    from pld_pipeline.teacher.models import check_model_available  # noqa: PLC0415
+    from pld_pipeline.student.run.student_model import check_student_available  # noqa: PLC0415
+    from pld_pipeline.teacher.models import check_teacher_available  # noqa: PLC0415
 
     images = shared.dataset(config.dataset_root, config.dataset_split, config.classes)
     val_images = None
@@ -107,10 +108,9 @@ def check_run(config: TrainConfig, shared: _Shared | None = None) -> RunInputs:
         plan = target_plan.plan_targets(reader.manifest, images, config)
         target_plan.warn_if_views_differ(plan, config)
     split_batch(config.batch_size, len(train_index), 1, config.views_per_image)
-    check_model_available(config.student.name)
-    teacher = config.online_teacher
-    if teacher is not None:
-        check_model_available(teacher.name, teacher.weights, teacher.checkpoint)
+    check_student_available(config.student)
+    if config.online_teacher is not None:
+        check_teacher_available(config.online_teacher)
     RunDir(config.run_dir).prepare(config, write=False)
     return RunInputs(config, images, val_images, reader, plan, train_index)
 

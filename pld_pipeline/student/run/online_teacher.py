@@ -53,7 +53,7 @@ class OnlineTeacher:
                 f"Online teacher {config.name!r} has {loaded.info.num_classes} classes but the "
                 f"cache has {num_classes}; use the cache's teacher."
             )
-        if cached_teacher is not None and cached_teacher != config.name:
+        if cached_teacher is not None and cached_teacher != loaded.info.name:
             logger.warning(
                 "Online teacher %r is not the cached teacher %r: targets differ from the cache's.",
                 config.name,
