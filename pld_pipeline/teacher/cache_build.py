@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -96,6 +97,35 @@ def dataset_of(config: CacheConfig) -> ImageFolderDataset:
     return _dataset(
         config.dataset_root, config.split, tuple(classes) if isinstance(classes, list) else classes
     )
+
+
+_PLANNED: dict[tuple[int, str], tuple[ImageFolderDataset, ImageFolderDataset]] = {}
+_PLANNED_LOCK = threading.Lock()
+
+
+def planned_dataset(config: CacheConfig, writer: storage.CacheWriter) -> ImageFolderDataset:
+    """The dataset as the pass was planned: this process's listing when its fingerprint is
+    the cache's, else the cache's own keys and labels (`ImageFolderDataset.as_listed`).
+
+    A Dask worker lists the folder itself, maybe long after the plan; a file that vanished
+    or appeared since then must not shift any index onto another image or label.
+    """
+    dataset = dataset_of(config)
+    fingerprint = writer.manifest.dataset_fingerprint
+    if dataset.fingerprint() == fingerprint:
+        return dataset
+    with _PLANNED_LOCK:
+        key = (id(dataset), fingerprint)
+        if key not in _PLANNED:
+            with writer.reader() as reader:
+                keys, labels = [str(k) for k in reader.keys], np.asarray(reader.labels)
+            logger.warning(
+                "The dataset at %s changed since the pass was planned (files vanished, appeared "
+                "or changed size); reading the cache's %d samples as planned.",
+                config.dataset_root, len(keys),
+            )  # fmt: skip
+            _PLANNED[key] = (dataset, dataset.as_listed(keys, labels))  # keeps `dataset` alive
+        return _PLANNED[key][1]
 
 
 def teacher_of(config: CacheConfig) -> LoadedTeacher:
@@ -200,7 +230,7 @@ def build_shard(config: CacheConfig, shard: int, views: list[int] | None = None)
     outcome = ShardOutcome(shard=shard, views=list(wanted), written=[], records=0, seconds=0.0)
     if not todo:
         return outcome
-    dataset = dataset_of(config)
+    dataset = planned_dataset(config, writer)
     # The stored manifest is the spec: preprocessing, views and format as the cache says.
     options = PassOptions(
         device=worker_device(config.device),
