@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - a torchvision without image ops: PIL d
     ImageReadMode = decode_jpeg = None
 
 from pld_pipeline.errors import BadImageError
-from pld_pipeline.rgb import to_rgb
+from pld_pipeline.rgb import NOT_AN_IMAGE, to_rgb
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # Start-of-frame markers (baseline, extended, progressive, lossless, ...): not DHT (C4),
@@ -197,6 +197,8 @@ def _decode_with_pil(data: torch.Tensor, name: str) -> torch.Tensor:
             return TF.pil_to_tensor(to_rgb(img))
     except Image.DecompressionBombError as exc:
         raise BadImageError.of(name, f"too large for the decompression-bomb limit ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise BadImageError.of(name, NOT_AN_IMAGE) from exc
     except Exception as exc:  # PIL's plugins raise many types on damaged files
         # (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, ...): each
         # one means this file cannot be decoded.

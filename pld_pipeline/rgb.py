@@ -16,6 +16,8 @@ from pld_pipeline.errors import BadImageError
 # Background for images with an alpha channel: dropping alpha would expose whatever colour
 # the encoder left under transparent pixels, compositing gives what a viewer shows.
 ALPHA_BACKGROUND = (255, 255, 255)
+# The reason given for a file no decoder recognises (a text file named .jpg, say).
+NOT_AN_IMAGE = "not an image: no decoder recognises its contents"
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -29,6 +31,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as img:
             img.load()  # decode now, inside the try, so truncation is caught here
             return to_rgb(img)
+    except Image.UnidentifiedImageError as exc:
+        raise BadImageError.of(path, NOT_AN_IMAGE) from exc
     except Exception as exc:  # PIL's plugins raise many types on damaged files
         raise BadImageError.of(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
