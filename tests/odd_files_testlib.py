@@ -142,7 +142,8 @@ def no_dac_prefix() -> list[str] | None:
 
 
 def write_corpus(root: Path, seed: int = 0, plain: int = 3) -> Corpus:
-    """Write the corpus under `root` (`root/odd/...` and `plain` images in `root/plain/`).
+    """Write the corpus under `root` (`root/odd/...` and `plain` images in `root/plain/`,
+    none and no such folder with plain=0).
 
     The no-read-permission file is bad where this process cannot read it, and decoded
     where it can (root with CAP_DAC_OVERRIDE): `reads_are_denied` decides, so the
@@ -151,7 +152,8 @@ def write_corpus(root: Path, seed: int = 0, plain: int = 3) -> Corpus:
     rng = np.random.default_rng(seed)
     odd, plain_dir = root / ODD, root / PLAIN
     odd.mkdir(parents=True, exist_ok=True)
-    plain_dir.mkdir(parents=True, exist_ok=True)
+    if plain:
+        plain_dir.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(root)
     add = corpus.files.append
     for j in range(plain):
