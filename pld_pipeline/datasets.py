@@ -282,7 +282,10 @@ def _new_folders(dirpath: str, dirs: list[str], seen: set) -> list[str]:
     for name in dirs:
         folder = os.path.join(dirpath, name)
         ident = _folder_id(folder)
-        if ident is None or ident in seen:
+        if ident is None:
+            logger.warning("Not listing %s: it vanished while listing.", printable_key(folder))
+            continue
+        if ident in seen:
             logger.warning(
                 "Not listing %s: it leads to a folder already listed (a symlink loop, or a "
                 "link to the root or a class folder), so its images would be listed twice.",
@@ -305,9 +308,7 @@ def _listed_size(path: str) -> int | None:
     try:
         return os.lstat(path).st_size
     except OSError:
-        logger.warning(
-            "Not listing %s: it vanished while the folder was listed.", printable_key(path)
-        )
+        logger.warning("Not listing %s: it vanished while listing.", printable_key(path))
         return None
 
 
