@@ -312,13 +312,13 @@ def test_a_worker_that_lists_after_a_file_vanished_reads_the_planned_keys(tmp_pa
     plan = cache_build.prepare_cache(config)
     corpus.vanish()
     code = (
-        "import sys; from pld_pipeline.configs.cache import CacheConfig; "
+        "import json, sys; from pld_pipeline.configs.cache import CacheConfig; "
         "from pld_pipeline.teacher.cache_build import build_shard; "
         "c = CacheConfig.model_validate_json(sys.argv[1]); "
-        "[build_shard(c, s, v) for s, v in (tuple(x) for x in eval(sys.argv[2]))]"
+        "[build_shard(c, s, v) for s, v in json.loads(sys.argv[2])]"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    tasks = repr(plan.shard_tasks())
+    tasks = json.dumps(plan.shard_tasks())
     subprocess.run([sys.executable, "-c", code, config.model_dump_json(), tasks], env=env,
                    check=True, timeout=300)  # fmt: skip
     with storage.open_cache(config.location()) as reader:
