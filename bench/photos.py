@@ -15,8 +15,11 @@ from PIL import Image
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field")
 
 
-def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
-    """n JPEGs (quality 90) cut at random from real photos and resized to about 500x375."""
+def make_folder(
+    root: Path, n: int, classes: int = 10, seed: int = 0, size: tuple[int, int] = (500, 375)
+) -> Path:
+    """n JPEGs (quality 90) cut at random from real photos and resized to `size` (w, h) in
+    70% of cases, its transpose otherwise (default about 500x375)."""
     import skimage.data
 
     rng = np.random.default_rng(seed)
@@ -33,7 +36,7 @@ def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
         w, h = photo.size
         cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
         left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        out_w, out_h = (500, 375) if rng.random() < 0.7 else (375, 500)
+        out_w, out_h = size if rng.random() < 0.7 else size[::-1]
         img = photo.crop((left, top, left + cw, top + ch)).resize((out_w, out_h), Image.BILINEAR)
         img.save(root / f"class_{i % classes:02d}" / f"img_{i:06d}.jpg", quality=90)
     return root

@@ -13,8 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pld_pipeline import console
 from flows.prefect_env import apply_prefect_defaults
+from pld_pipeline import console
 
 apply_prefect_defaults()  # before anything imports Prefect
 

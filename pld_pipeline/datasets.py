@@ -6,12 +6,20 @@ class folder. A torchvision `ImageNet` root (`root/train/<wnid>/...`, `root/val/
 is read with `split="train"` / `split="val"`. Sample keys are posix paths relative to the
 folder holding the classes (`n01440764/n01440764_10026.JPEG`), sorted, so they do not depend
 on the machine, the mount point or the file system's listing order.
+
+Odd entries never stop the listing: a broken symlink or a symlink loop is listed (reading
+it then fails, so the pass records it as bad or names it); a symlink to a folder already
+listed (a loop, the root, a class folder) is not followed, so no image is listed twice or
+under another class; a file that vanishes while listing is left out; a folder that cannot
+be listed is left out with a warning. A file name that is not valid UTF-8 keeps its file,
+and its key writes the undecodable bytes as `\\xNN` (keys are UTF-8 in the cache).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,6 +102,7 @@ class ImageFolderDataset:
         self.split = split
         found_classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
         self.folders = found_classes
+        _check_class_names(found_classes, base)
         if not found_classes:
             raise DatasetError(
                 f"No class folders in {str(base)!r}; expected the layout root/<class>/<image>."
@@ -111,6 +120,9 @@ class ImageFolderDataset:
                     "(use the teacher's full class list), or remove those folders."
                 )
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        # key -> path relative to root, for the few keys that differ from their path
+        self._odd_paths: dict[str, str] = {}
+        self._fingerprint: str | None = None
         self.keys, self.labels, self.sizes = self._scan(
             found_classes, tuple(extensions), allow_empty
         )
@@ -120,16 +132,27 @@ class ImageFolderDataset:
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         lower_ext = tuple(e.lower() for e in extensions)
         entries: list[tuple[str, int, int]] = []
+        # The root and every class folder count as listed from the start, so a symlink to
+        # one of them (or to a folder above, a loop) is never followed.
+        seen = {_folder_id(self.root)} | {_folder_id(self.root / name) for name in found_classes}
         for name in found_classes:
             count = 0
             class_dir = self.root / name
-            for dirpath, _dirs, files in os.walk(class_dir, followlinks=True):
+            walk = os.walk(class_dir, followlinks=True, onerror=_warn_unlisted)
+            for dirpath, dirs, files in walk:
+                dirs[:] = _new_folders(dirpath, dirs, seen)
                 for fname in files:
                     if not fname.lower().endswith(lower_ext):
                         continue
                     full = os.path.join(dirpath, fname)
-                    key = Path(os.path.relpath(full, self.root)).as_posix()
-                    entries.append((key, self.class_to_idx[name], os.stat(full).st_size))
+                    size = _listed_size(full)
+                    if size is None:
+                        continue
+                    rel = Path(os.path.relpath(full, self.root)).as_posix()
+                    key = printable_key(rel)
+                    if key != rel:
+                        self._odd_paths[key] = rel
+                    entries.append((key, self.class_to_idx[name], size))
                     count += 1
             if count == 0 and not allow_empty:
                 raise DatasetError(
@@ -140,6 +163,12 @@ class ImageFolderDataset:
             raise DatasetError(f"No images found under {str(self.root)!r}.")
         entries.sort(key=lambda e: e[0])
         keys = [e[0] for e in entries]
+        for a, b in zip(keys, keys[1:], strict=False):
+            if a == b:
+                raise DatasetError(
+                    f"Two files under {str(self.root)!r} have the key {a!r}: one of them has a "
+                    "name that is not valid UTF-8 and is written that way; rename it to UTF-8."
+                )
         labels = np.array([e[1] for e in entries], dtype=np.int32)
         sizes = np.array([e[2] for e in entries], dtype=np.int64)
         return keys, labels, sizes
@@ -159,7 +188,11 @@ class ImageFolderDataset:
 
     def path(self, i: int) -> Path:
         """Absolute path of sample `i`."""
-        return self.root / self.keys[i]
+        return self.path_of(self.keys[i])
+
+    def path_of(self, key: str) -> Path:
+        """Absolute path of the sample with key `key`."""
+        return self.root / self._odd_paths.get(key, key)
 
     @classmethod
     def from_keys(
@@ -182,17 +215,28 @@ class ImageFolderDataset:
         listing.sizes = None
         listing.classes = listing.folders = sorted({k.split("/", 1)[0] for k in listing.keys})
         listing.class_to_idx = {}
+        listing._fingerprint = None
+        # A key that spells undecodable bytes of a file name as \xNN names that file.
+        listing._odd_paths = {
+            key: path
+            for key in listing.keys
+            if "\\x" in key
+            if os.path.lexists(listing.root / (path := _path_of_printable_key(key)))
+        }
         return listing
 
     def fingerprint(self) -> str:
-        """The dataset fingerprint stored in the cache manifest (storage.fingerprint of keys, sizes)."""
-        import storage  # noqa: PLC0415 - zarr loads only when a fingerprint is needed
+        """The dataset fingerprint stored in the cache manifest (storage.fingerprint of keys,
+        sizes), computed once."""
+        if self._fingerprint is None:
+            import storage  # noqa: PLC0415 - zarr loads only when a fingerprint is needed
 
-        if self.sizes is None:
-            raise DatasetError(
-                f"{self!r} was made from stored keys: it has no file sizes to fingerprint"
-            )
-        return storage.fingerprint(self.keys, [int(s) for s in self.sizes])
+            if self.sizes is None:
+                raise DatasetError(
+                    f"{self!r} was made from stored keys: it has no file sizes to fingerprint"
+                )
+            self._fingerprint = storage.fingerprint(self.keys, [int(s) for s in self.sizes])
+        return self._fingerprint
 
     def load_rgb(self, i: int) -> Image.Image:
         """Decode sample `i` as an RGB image.
@@ -218,3 +262,81 @@ class ImageFolderDataset:
         from pld_pipeline.decoding import decode_rgb  # noqa: PLC0415 - keeps torch out of listing
 
         return decode_rgb(self.path(i))
+
+
+def _path_of_printable_key(key: str) -> str:
+    """The file name a `printable_key` stands for (its `\\xNN` as the bytes they spell)."""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), key.encode())
+    return os.fsdecode(raw)
+
+
+def printable_key(rel: str) -> str:
+    """A path relative to the root as a key: itself, or (for a name that is not valid
+    UTF-8, which Python holds as surrogate escapes) its undecodable bytes as `\\xNN`."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return rel
+
+
+def _check_class_names(names: Sequence[str], base: Path) -> None:
+    """Class names are identities (class lists, the manifest): they must be valid UTF-8."""
+    for name in names:
+        if printable_key(name) != name:
+            raise DatasetError(
+                f"Class folder {printable_key(name)!r} in {str(base)!r} has a name that is not "
+                "valid UTF-8; rename it (class names are written to the cache as UTF-8)."
+            )
+
+
+def _folder_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _new_folders(dirpath: str, dirs: list[str], seen: set) -> list[str]:
+    """The sub-folders of `dirpath` not listed yet (marked listed now); a symlink to a
+    folder already listed is left out with a warning."""
+    kept = []
+    for name in dirs:
+        folder = os.path.join(dirpath, name)
+        ident = _folder_id(folder)
+        if ident is None:
+            logger.warning("Not listing %s: it vanished while listing.", printable_key(folder))
+            continue
+        if ident in seen:
+            logger.warning(
+                "Not listing %s: it leads to a folder already listed (a symlink loop, or a "
+                "link to the root or a class folder), so its images would be listed twice.",
+                printable_key(folder),
+            )
+            continue
+        seen.add(ident)
+        kept.append(name)
+    return kept
+
+
+def _listed_size(path: str) -> int | None:
+    """The file's size for the fingerprint: the target's, or for a broken symlink or a
+    symlink loop the link's own (it is listed; reading it fails); None for a file that
+    vanished while listing (left out)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        pass
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        logger.warning("Not listing %s: it vanished while listing.", printable_key(path))
+        return None
+
+
+def _warn_unlisted(exc: OSError) -> None:
+    logger.warning(
+        "Cannot list folder %s (%s): its images are left out.",
+        printable_key(str(exc.filename)), exc.strerror or exc,
+    )  # fmt: skip

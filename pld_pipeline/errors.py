@@ -34,7 +34,24 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 
 
 class BadImageError(PLDError, OSError):
-    """An image file cannot be read or decoded; the message names its path."""
+    """An image file cannot be read or decoded; the message names its path and the fix.
+
+    `reason` says why in a few words ("the file is empty (0 bytes)"); it is the whole
+    message on an error rebuilt from its message alone (raised in a DataLoader worker).
+    """
+
+    FIX = "Replace or remove the file, or set skip_bad_images: true to record it as bad and go on."
+
+    @property
+    def reason(self) -> str:
+        return getattr(self, "_reason", str(self))
+
+    @classmethod
+    def of(cls, path: object, reason: str) -> BadImageError:
+        """The error for image `path` (a path or a key): `reason`, then the fix."""
+        error = cls(f"Cannot use image {str(path)!r}: {reason}. {cls.FIX}")
+        error._reason = reason
+        return error
 
 
 class ViewError(PLDError, ValueError):

@@ -16,23 +16,25 @@ from pld_pipeline.errors import BadImageError
 # Background for images with an alpha channel: dropping alpha would expose whatever colour
 # the encoder left under transparent pixels, compositing gives what a viewer shows.
 ALPHA_BACKGROUND = (255, 255, 255)
+# The reason given for a file no decoder recognises (a text file named .jpg, say).
+NOT_AN_IMAGE = "not an image: no decoder recognises its contents"
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode one image file as RGB (see `to_rgb`).
+    """Open and fully decode one image file as RGB with PIL alone (see `to_rgb`): the
+    reference route the tests and benchmarks compare `decoding.decode_rgb` with.
 
     Raises:
-        BadImageError: unreadable, truncated or not an image; the message names the path.
+        BadImageError: unreadable, truncated, too large or not an image; names the path.
     """
     try:
         with Image.open(path) as img:
             img.load()  # decode now, inside the try, so truncation is caught here
             return to_rgb(img)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise BadImageError(
-            f"Cannot decode image {str(path)!r}: {type(exc).__name__}: {exc}. Replace or remove "
-            "the file, or set skip_bad_images to record it as bad and exclude it."
-        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise BadImageError.of(path, NOT_AN_IMAGE) from exc
+    except Exception as exc:  # PIL's plugins raise many types on damaged files
+        raise BadImageError.of(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

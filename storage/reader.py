@@ -154,6 +154,11 @@ class CacheReader:
         """Keys listed as undecodable when the pass finished (empty before that)."""
         return list(self._group.attrs.get("bad_samples", []))
 
+    def bad_reasons(self) -> dict[str, str]:
+        """Why each undecodable sample failed, key -> reason, as the pass's finishing step
+        found it (empty before that, and for caches written before reasons were kept)."""
+        return dict(self._group.attrs.get("bad_reasons", {}))
+
     def bad_mask(self) -> np.ndarray:
         """[V, N] bool: True where the image could not be decoded (False where unwritten)."""
         return np.stack(

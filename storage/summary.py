@@ -17,8 +17,8 @@ from storage.schema import array_specs, per_view_arrays
 
 # Shards read per step while computing statistics (bounds memory).
 SHARDS_PER_STEP = 16
-# Keys of bad samples printed by ``inspect`` (the count covers all of them).
-BAD_KEYS_SHOWN = 5
+# Bad samples printed by ``inspect``, one line each with its reason (the count covers all).
+BAD_KEYS_SHOWN = 20
 
 
 @dataclass
@@ -43,6 +43,7 @@ class CacheSummary:
     tail_mass: dict[int, float] = field(default_factory=dict)
     bad_count: int = 0
     bad_keys: list[str] = field(default_factory=list)
+    bad_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def label_mismatch(self) -> bool:
@@ -95,15 +96,20 @@ class CacheSummary:
         return "\n".join(lines)
 
     def bad_text(self) -> str:
-        """One line on the samples the pass recorded as undecodable (training skips them)."""
+        """The samples the pass recorded as undecodable (training skips them): a count, then
+        one indented line per key with the reason found when the pass finished."""
         if not self.bad_count:
             return "none recorded (every written sample decoded)"
-        more = " ..." if self.bad_count > len(self.bad_keys) else ""
-        return (
-            f"{self.bad_count} sample(s) could not be decoded and are skipped by training: "
-            + ", ".join(self.bad_keys)
-            + more
-        )
+        lines = [f"{self.bad_count} sample(s) could not be decoded and are skipped by training:"]
+        for key in self.bad_keys:
+            reason = self.bad_reasons.get(key, "reason not recorded")
+            lines.append(f"             {key}: {reason}")
+        if self.bad_count > len(self.bad_keys):
+            lines.append(
+                f"             ... and {self.bad_count - len(self.bad_keys)} more (group "
+                "attribute bad_samples)"
+            )
+        return "\n".join(lines)
 
 
 def class_list_text(class_list: dict | None) -> str:
@@ -213,6 +219,7 @@ def summary_of(reader: CacheReader) -> CacheSummary:
     bad_index = np.flatnonzero(bad)
     summary.bad_count = len(bad_index)
     summary.bad_keys = [str(reader.keys[i]) for i in bad_index[:BAD_KEYS_SHOWN]]
+    summary.bad_reasons = reader.bad_reasons()
     return summary
 
 

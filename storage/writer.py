@@ -121,13 +121,19 @@ class CacheWriter:
         done = integrity.read_done(self.location, self._arrays["done"])
         return [(int(v), int(s)) for v, s in np.argwhere(~done)]
 
-    def record_bad_samples(self, keys: Sequence[str]) -> None:
-        """List the keys of undecodable samples in the group attribute ``bad_samples``.
+    def record_bad_samples(
+        self, keys: Sequence[str], reasons: Mapping[str, str] | None = None
+    ) -> None:
+        """List the keys of undecodable samples in the group attribute ``bad_samples``, and
+        why each one failed (key -> reason) in ``bad_reasons``.
 
         Called once by the finishing step, after every shard is written (the per-shard
         truth is the ``bad`` array); outside the manifest, so it never changes identity.
         """
-        self._group.attrs["bad_samples"] = sorted(str(k) for k in keys)
+        self._group.update_attributes({
+            "bad_samples": sorted(str(k) for k in keys),
+            "bad_reasons": {str(k): str(v) for k, v in sorted((reasons or {}).items())},
+        })  # fmt: skip
 
     def record_label_check(self, check: LabelCheck) -> None:
         """Store the pass's label agreement in the manifest (``label_check``).

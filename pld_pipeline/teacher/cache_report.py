@@ -1,4 +1,4 @@
-"""The finished pass: every (view, shard) checked, bad samples recorded, the teacher's figures.
+"""The finished pass: every (view, shard) checked, bad samples and their reasons recorded, the teacher's figures.
 
 `finalize_cache` is the pass's last write; `stats_rows` and `stats_description` turn its
 report into the table the flow publishes, and `require_label_agreement` fails a pass whose
@@ -16,6 +16,8 @@ import numpy as np
 import storage
 from pld_pipeline import label_order
 from pld_pipeline.configs.cache import CacheConfig
+from pld_pipeline.decoding import decode_problem
+from pld_pipeline.teacher.cache_build import images_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
         bad = reader.bad_mask().any(axis=0)
         bad_keys = [str(k) for k in np.asarray(reader.keys)[bad]]
         if bad_keys:
-            writer.record_bad_samples(bad_keys)
+            writer.record_bad_samples(bad_keys, bad_reasons(config, reader.manifest, bad_keys))
         summary = storage.summary_of(reader)
         content_id = storage.manifest_hash(reader.manifest)
     label_check = None
@@ -92,6 +94,20 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
         bad_keys=bad_keys,
         label_check=label_check,
     )
+
+
+def bad_reasons(config: CacheConfig, manifest: storage.Manifest, keys: list[str]) -> dict[str, str]:
+    """Why each sample the pass recorded as bad cannot be used, key -> reason, found by
+    decoding it again now (bad samples are few; the pass's workers kept no reasons)."""
+    dataset = images_of(config, manifest)
+    reasons = {}
+    for key in keys:
+        problem = decode_problem(dataset.path_of(key))
+        reasons[key] = problem or (
+            "decodes now, but failed during the pass (a passing read error?); rebuild the "
+            "cache with overwrite to include it"
+        )
+    return reasons
 
 
 def require_label_agreement(report: dict[str, Any]) -> None:

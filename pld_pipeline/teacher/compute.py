@@ -145,6 +145,8 @@ def run_batches(
             labels = labels.repeat_interleave(len(views)).to(device, non_blocking=True)
             records = logits_to_records(logits, labels, fmt, k, temperatures, validate=False)
             out.add_records(rows, records, torch.isfinite(logits).all(dim=1))
+    if out.num_classes is None:  # every image was bad: the manifest knows C
+        out.num_classes = int(manifest.teacher.num_classes)
     return out.finish(views, fmt, k, temperatures)
 
 
@@ -224,30 +226,30 @@ class _Collector:
     def finish(self, views: list[int], fmt: str, k: int, temperatures: Sequence[float]) -> dict:
         """Check finiteness, copy to the host once, split by view, fill bad rows."""
         stop = self.start + self.n
-        if not self.parts:  # every image was bad: nothing to learn C from
-            raise BadImageError(
-                f"Every image of samples [{self.start}, {stop}) is undecodable (first: "
-                f"{self.dataset.keys[self.start]!r}); check the dataset files."
-            )
-        rows = np.concatenate(self.rows)
-        finite = torch.cat(self.finite).cpu().numpy().reshape(-1, self.nv).all(axis=1)
-        if not finite.all():
-            broken = [self.dataset.keys[self.start + int(r)] for r in rows[~finite]]
-            raise NonFiniteTeacherError(
-                f"The teacher returned NaN/Inf logits for {len(broken)} sample(s) in "
-                f"[{self.start}, {stop}): {broken[:10]}. Check the model and weights; with "
-                "amp='fp16' try amp='bf16' or 'off'."
-            )
-        merged = {
-            name: torch.cat([p[name] for p in self.parts]).cpu().numpy() for name in self.parts[0]
-        }
+        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
+        merged = {}
+        if self.parts:  # else every image was bad: only filler rows
+            finite = torch.cat(self.finite).cpu().numpy().reshape(-1, self.nv).all(axis=1)
+            if not finite.all():
+                broken = [self.dataset.keys[self.start + int(r)] for r in rows[~finite]]
+                raise NonFiniteTeacherError(
+                    f"The teacher returned NaN/Inf logits for {len(broken)} sample(s) in "
+                    f"[{self.start}, {stop}): {broken[:10]}. Check the model and weights; with "
+                    "amp='fp16' try amp='bf16' or 'off'."
+                )
+            merged = {
+                name: torch.cat([p[name] for p in self.parts]).cpu().numpy()
+                for name in self.parts[0]
+            }
         filler = placeholder_records(1, self.num_classes, fmt, k, temperatures)
         out = {}
         for a, v in enumerate(views):
             rec = {}
-            for name, values in merged.items():
-                column = np.repeat(filler[name].numpy(), self.n, axis=0)
-                column[rows] = values.reshape(len(rows), self.nv, *values.shape[1:])[:, a]
+            for name, values in filler.items():
+                column = np.repeat(values.numpy(), self.n, axis=0)
+                if name in merged:
+                    good = merged[name]
+                    column[rows] = good.reshape(len(rows), self.nv, *good.shape[1:])[:, a]
                 rec[name] = column
             if "topk_idx" in rec:
                 rec["topk_idx"] = rec["topk_idx"].astype(np.int32)

@@ -6,7 +6,8 @@ on replayed views gives the cached log-probabilities back.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from pld_pipeline.teacher.cache_build import images_of, teacher_of
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.options import PassOptions
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ReplayCheck:
@@ -28,6 +31,7 @@ class ReplayCheck:
     max_abs_error: float
     tolerance: float
     passed: bool
+    unreadable: list[str] = field(default_factory=list)  # picked keys that failed to decode now
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,13 +60,26 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
     # The stored manifest is the spec, as in `build_shard`: the check replays what was written.
     options = PassOptions(device=config.device, batch_size=1, num_workers=0, amp=config.amp)
     worst = 0.0
+    unreadable: list[str] = []
     for view, sample in zip(views.tolist(), picks.tolist()):
         # One record read per check: a whole view of ImageNet would be hundreds of MB.
         cached = reader.load_view(view, start=sample, stop=sample + 1)
-        fresh = compute_views(model, dataset, manifest, [view], sample, sample + 1, options)[view]
-        worst = max(worst, _logp_error(cached, 0, fresh))
+        try:
+            fresh = compute_views(model, dataset, manifest, [view], sample, sample + 1, options)
+        except errors.BadImageError as exc:  # fine in the pass, unreadable now: not checkable
+            logger.warning("Replay check skips sample %d: %s", sample, exc)
+            unreadable.append(dataset.keys[sample])
+            continue
+        worst = max(worst, _logp_error(cached, 0, fresh[view]))
+    checked = len(picks) - len(unreadable)
+    if unreadable and not checked:
+        raise errors.ReplayCheckError(
+            f"Replay check of {config.output}: none of the {len(picks)} picked images can be "
+            f"decoded now (first: {unreadable[0]!r}), though the pass decoded them. Check that "
+            "the dataset folder is still there and readable, then run the pass again to finish."
+        )
     passed = worst <= config.replay_check_tolerance
-    result = ReplayCheck(len(picks), worst, config.replay_check_tolerance, passed)
+    result = ReplayCheck(checked, worst, config.replay_check_tolerance, passed, unreadable)
     if not passed:
         raise errors.ReplayCheckError(
             f"Replay check failed for {config.output}: cached and recomputed teacher log-probs "

@@ -183,8 +183,8 @@ def test_skip_bad_images_records_them_and_training_excludes_them(
     assert len(kept) == reader.num_samples - 1
     # `pld inspect` tells a user before training what the run will skip.
     assert (
-        "bad        1 sample(s) could not be decoded and are skipped by training: "
-        "cup/zz_corrupt.jpg" in storage.inspect(str(out))
+        "bad        1 sample(s) could not be decoded and are skipped by training:\n"
+        "             cup/zz_corrupt.jpg: cannot be decoded (" in storage.inspect(str(out))
     )
 
 

@@ -112,14 +112,23 @@ def test_bad_samples_are_counted_and_named(tmp_path, manifest, labels):
             records = make_records(manifest, v, a, b, labels)
             records["bad"] = np.array([i in bad_rows[v] for i in range(a, b)])
             writer.write_shard(v, s, records)
-    summary = storage.summarize(tmp_path / "c.zarr")
     keys = keys_for(labels)
+    # The finishing step records why (as the pass's `finalize_cache` does); one has no reason.
+    reasons = {keys[3]: "the file is empty (0 bytes)", keys[40]: "a symlink loop"}
+    writer.record_bad_samples([keys[i] for i in (3, 40, 77, 90)], reasons)
+    summary = storage.summarize(tmp_path / "c.zarr")
     assert summary.bad_count == 4
     assert summary.bad_keys == [keys[3], keys[40], keys[77], keys[90]]
-    line = next(x for x in str(summary).splitlines() if x.startswith("bad "))
-    assert "4 sample(s) could not be decoded and are skipped by training" in line
-    assert keys[90] in line
-    assert " ..." not in line
+    lines = str(summary).splitlines()
+    first = next(j for j, x in enumerate(lines) if x.startswith("bad "))
+    assert "4 sample(s) could not be decoded and are skipped by training" in lines[first]
+    assert [x.strip() for x in lines[first + 1 : first + 5]] == [
+        f"{keys[3]}: the file is empty (0 bytes)",
+        f"{keys[40]}: a symlink loop",
+        f"{keys[77]}: reason not recorded",
+        f"{keys[90]}: reason not recorded",
+    ]
+    assert lines[first + 5].startswith("disk ")
 
 
 def test_bad_keys_shown_are_the_first_ones(tmp_path, manifest, labels):
@@ -134,9 +143,12 @@ def test_bad_keys_shown_are_the_first_ones(tmp_path, manifest, labels):
     summary = storage.summarize(tmp_path / "c.zarr")
     assert summary.bad_count == len(rows)
     assert summary.bad_keys == [keys_for(labels)[i] for i in sorted(rows)[:BAD_KEYS_SHOWN]]
-    line = next(x for x in str(summary).splitlines() if x.startswith("bad "))
-    assert line.endswith(" ...")
-    assert f"{len(rows)} sample(s)" in line
+    lines = str(summary).splitlines()
+    first = next(j for j, x in enumerate(lines) if x.startswith("bad "))
+    assert f"{len(rows)} sample(s)" in lines[first]
+    shown = lines[first + 1 : first + 1 + BAD_KEYS_SHOWN]
+    assert [x.split(":")[0].strip() for x in shown] == summary.bad_keys
+    assert lines[first + 1 + BAD_KEYS_SHOWN].strip().startswith("... and 3 more")
 
 
 def test_a_clean_cache_says_no_bad_samples(cache_copy):

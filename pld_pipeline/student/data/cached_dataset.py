@@ -8,6 +8,11 @@ targets of a batch are gathered in the main process from the epoch's in-memory v
 by (sample index, view slot) (numpy fancy indexing, no file reads) and moved to the device
 as compact `CachedTargets` or dense logits. So sampler order, batch size and worker count
 never depend on how the cache was written.
+
+An image that was fine in the teacher pass but cannot be read now (deleted, permissions
+changed, damaged on disk) is skipped, not fatal: the dataset returns an `Unreadable` item
+in its place, the collate leaves it out of the batch and lists it in
+`ViewBatch.unreadable`, and the epoch loop warns with its key and counts it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from pld_pipeline.configs.base import DEFAULT_RATIO, DEFAULT_SCALE
 from pld_pipeline.datasets import ImageFolderDataset
+from pld_pipeline.errors import BadImageError
 from pld_pipeline.losses import CachedTargets
 from pld_pipeline.student.data.epoch_views import distinct_views  # noqa: F401 - re-exported
 from pld_pipeline.views import replay_view, sample_view
@@ -112,6 +118,25 @@ class EpochViewSampler(torch.utils.data.Sampler):
             yield (i, tuple(s if isinstance(s, SampledViews) else s[i] for s in slots))
 
 
+class Unreadable(NamedTuple):
+    """What a dataset returns for an image it cannot read or decode now (the collate
+    leaves it out of the batch): its index, key and the reason."""
+
+    index: int
+    key: str
+    reason: str
+
+    @classmethod
+    def of(cls, images: ImageFolderDataset, i: int, exc: BadImageError) -> Unreadable:
+        return cls(i, images.keys[i], exc.reason)
+
+
+def split_unreadable(items: Sequence[Any]) -> tuple[list[Any], tuple[Unreadable, ...]]:
+    """(the readable items, the `Unreadable` ones) of a batch."""
+    skipped = tuple(it for it in items if isinstance(it, Unreadable))
+    return [it for it in items if not isinstance(it, Unreadable)], skipped
+
+
 class ViewBatch(NamedTuple):
     """A training or evaluation batch of b images x m views, image-major (B = b * m).
 
@@ -121,6 +146,7 @@ class ViewBatch(NamedTuple):
         index: int64 [B] sample index of each row.
         slot: int64 [B] view slot of each row (0 .. m - 1).
         teacher_images: uint8 [B, 3, T, T] at the teacher's size (online mode), else None.
+        unreadable: the images of this batch that could not be read (left out of it).
     """
 
     images: torch.Tensor
@@ -128,10 +154,15 @@ class ViewBatch(NamedTuple):
     index: torch.Tensor
     slot: torch.Tensor
     teacher_images: torch.Tensor | None = None
+    unreadable: tuple[Unreadable, ...] = ()
 
 
-def collate_views(items: list[tuple]) -> ViewBatch:
-    """Collate `StudentViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m rows."""
+def collate_views(items: list[tuple | Unreadable]) -> ViewBatch:
+    """Collate `StudentViewDataset` items (each [m, 3, S, S]) into one `ViewBatch` of b * m
+    rows; `Unreadable` items are left out and listed (a batch of only those has no rows)."""
+    items, skipped = split_unreadable(items)
+    if not items:
+        return ViewBatch(*(torch.zeros(0, dtype=torch.int64) for _ in range(4)), None, skipped)
     m = items[0][0].shape[0]
     count = torch.full((len(items),), m)
     teacher = None
@@ -143,11 +174,13 @@ def collate_views(items: list[tuple]) -> ViewBatch:
         index=torch.tensor([it[2] for it in items]).repeat_interleave(count),
         slot=torch.arange(m).repeat(len(items)),
         teacher_images=teacher,
+        unreadable=skipped,
     )
 
 
 class StudentViewDataset(torch.utils.data.Dataset):
-    """(index, views) -> (uint8 images [m, 3, S, S], label, index[, uint8 teacher images]).
+    """(index, views) -> (uint8 images [m, 3, S, S], label, index[, uint8 teacher images]),
+    or `Unreadable` for an image that cannot be read or decoded now.
 
     The image is decoded once (`ImageFolderDataset.load_tensor`) and every view of the
     item is replayed from it. Images stay uint8 until the device (see
@@ -173,9 +206,12 @@ class StudentViewDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> tuple:
+    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> tuple | Unreadable:
         i, refs = item
-        pixels = self.images.load_tensor(i)
+        try:
+            pixels = self.images.load_tensor(i)
+        except BadImageError as exc:
+            return Unreadable.of(self.images, i, exc)
         student, teacher = self.replay(pixels, resolve_views(refs, i, *pixels.shape[1:]))
         label = int(self.images.labels[i])
         return (student, label, i) if teacher is None else (student, label, i, teacher)

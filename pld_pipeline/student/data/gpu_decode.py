@@ -14,7 +14,9 @@ of training.
 
 Files nvJPEG cannot read take the CPU decoder, with a log line: non-JPEG files and JPEGs
 with other than 1 or 3 colour components (CMYK) are decoded and replayed in the worker;
-JPEGs that nvJPEG refuses are decoded on the CPU in the decoding thread.
+JPEGs that nvJPEG refuses are decoded on the CPU in the decoding thread. A file that cannot
+be read or decoded at all now (fine in the teacher pass, gone or damaged since) is left out
+of its batch and listed in `ViewBatch.unreadable`, as on the CPU path.
 
 nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so GPU-decoded pixels can
 differ from what the teacher saw on the CPU by a few levels (`bench/student_data.py`
@@ -34,13 +36,22 @@ from typing import Any, NamedTuple
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pld_pipeline.decoding import decode_rgb_bytes, is_jpeg, jpeg_header, read_bytes
+from pld_pipeline.decoding import (
+    check_pixel_count,
+    decode_rgb_bytes,
+    is_jpeg,
+    jpeg_header,
+    read_bytes,
+)
+from pld_pipeline.errors import BadImageError
 from pld_pipeline.student.data.cached_dataset import (
     SampledViews,
     StudentViewDataset,
+    Unreadable,
     ViewBatch,
     ViewRef,
     resolve_views,
+    split_unreadable,
 )
 from pld_pipeline.views import replay_views_on_device
 
@@ -83,19 +94,29 @@ class EncodedViewDataset(StudentViewDataset):
     """(index, views) -> EncodedImage: the file's bytes and its view boxes, no decoding
     (except for files the GPU does not take, see the module docstring)."""
 
-    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> EncodedImage:
+    def __getitem__(
+        self, item: tuple[int, Sequence[ViewRef | SampledViews]]
+    ) -> EncodedImage | Unreadable:
         i, refs = item
-        data = read_bytes(self.images.path(i))
+        try:
+            return self._encoded(i, refs)
+        except BadImageError as exc:
+            return Unreadable.of(self.images, i, exc)
+
+    def _encoded(self, i: int, refs: Sequence[ViewRef | SampledViews]) -> EncodedImage:
+        name = str(self.images.path(i))
+        data = read_bytes(name)
         header = jpeg_header(data) if is_jpeg(data) else None
         label = int(self.images.labels[i])
         if header is not None and header.components in GPU_COMPONENTS:
+            check_pixel_count(header.height, header.width, name)  # PIL's limit, as on the CPU
             crops, flips = _boxes_to_tensors(resolve_views(refs, i, header.height, header.width))
             return EncodedImage(data, None, None, crops, flips, label, i)
         logger.info(
             "Decoding %s on the CPU: %s", self.images.keys[i],
             "not a JPEG" if header is None else f"a JPEG with {header.components} components",
         )  # fmt: skip
-        pixels = decode_rgb_bytes(data, str(self.images.path(i)))
+        pixels = decode_rgb_bytes(data, name)
         boxes = resolve_views(refs, i, pixels.shape[1], pixels.shape[2])
         student, teacher = self.replay(pixels, boxes)
         crops, flips = _boxes_to_tensors(boxes)
@@ -112,9 +133,14 @@ class DecodedViewDataset(StudentViewDataset):
     one decode, whatever m is.
     """
 
-    def __getitem__(self, item: tuple[int, Sequence[ViewRef | SampledViews]]) -> EncodedImage:
+    def __getitem__(
+        self, item: tuple[int, Sequence[ViewRef | SampledViews]]
+    ) -> EncodedImage | Unreadable:
         i, refs = item
-        pixels = self.images.load_tensor(i)
+        try:
+            pixels = self.images.load_tensor(i)
+        except BadImageError as exc:
+            return Unreadable.of(self.images, i, exc)
         crops, flips = _boxes_to_tensors(resolve_views(refs, i, *pixels.shape[1:]))
         label = int(self.images.labels[i])
         return EncodedImage(None, None, None, crops, flips, label, i, decoded=pixels)
@@ -133,17 +159,26 @@ class EncodedBatch(NamedTuple):
     labels: torch.Tensor
     index: torch.Tensor
     slot: torch.Tensor
+    unreadable: tuple[Unreadable, ...] = ()
 
 
-def collate_encoded(items: list[EncodedImage]) -> EncodedBatch:
-    """Collate `EncodedViewDataset` items; rows are image-major, as in `collate_views`."""
+def collate_encoded(items: list[EncodedImage | Unreadable]) -> EncodedBatch:
+    """Collate `EncodedViewDataset` items; rows are image-major, as in `collate_views`.
+    `Unreadable` items are left out and listed."""
+    items, skipped = split_unreadable(items)
+    return EncodedBatch(list(items), *_rows(items), unreadable=skipped)
+
+
+def _rows(items: list[EncodedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels, index, slot) [b * m] of the images' rows, image-major."""
+    if not items:
+        return tuple(torch.zeros(0, dtype=torch.int64) for _ in range(3))
     m = items[0].crops.shape[0]
     count = torch.full((len(items),), m)
-    return EncodedBatch(
-        images=list(items),
-        labels=torch.tensor([it.label for it in items]).repeat_interleave(count),
-        index=torch.tensor([it.index for it in items]).repeat_interleave(count),
-        slot=torch.arange(m).repeat(len(items)),
+    return (
+        torch.tensor([it.label for it in items]).repeat_interleave(count),
+        torch.tensor([it.index for it in items]).repeat_interleave(count),
+        torch.arange(m).repeat(len(items)),
     )
 
 
@@ -165,15 +200,28 @@ class GpuViewDecoder:
         self.cpu_fallbacks = 0  # JPEGs nvJPEG refused, decoded on the CPU instead
 
     def __call__(self, batch: EncodedBatch) -> ViewBatch:
-        items = batch.images
+        items, skipped = batch.images, batch.unreadable
+        jpegs = iter(self.decode([it.jpeg for it in items if it.jpeg is not None],
+                                 [it.index for it in items if it.jpeg is not None]))  # fmt: skip
+        kept: list[tuple[EncodedImage, torch.Tensor | None]] = []
+        for it in items:  # each image with its whole decoded image on the device, if any
+            if it.jpeg is not None:
+                pixels = next(jpegs)
+                if isinstance(pixels, Unreadable):  # no decoder reads it now: left out
+                    skipped += (pixels,)
+                    continue
+            else:
+                pixels = (
+                    None if it.decoded is None else it.decoded.to(self.device, non_blocking=True)
+                )
+            kept.append((it, pixels))
+        if len(kept) < len(items):
+            items = [it for it, _ in kept]
+            batch = EncodedBatch(items, *_rows(items), unreadable=skipped)
+        if not items:
+            return self._empty(batch)
         on_gpu = [j for j, it in enumerate(items) if it.cut_on_device]
-        jpegs = [j for j in on_gpu if items[j].jpeg is not None]
-        from_jpeg = dict(zip(jpegs, self.decode([items[j].jpeg for j in jpegs],
-                                                [items[j].index for j in jpegs]), strict=True))  # fmt: skip
-        decoded = [
-            from_jpeg[j] if j in from_jpeg else items[j].decoded.to(self.device, non_blocking=True)
-            for j in on_gpu
-        ]
+        decoded = [kept[j][1] for j in on_gpu]
         student = self._views(items, on_gpu, decoded, "pixels", self.size, self.interpolation)
         teacher = None
         if self.teacher_size is not None:
@@ -185,7 +233,18 @@ class GpuViewDecoder:
             index=batch.index,
             slot=batch.slot,
             teacher_images=teacher,
+            unreadable=skipped,
         )
+
+    def _empty(self, batch: EncodedBatch) -> ViewBatch:
+        """A batch whose every image was unreadable: no rows."""
+
+        def none(size: int) -> torch.Tensor:
+            return torch.zeros(0, 3, size, size, dtype=torch.uint8, device=self.device)
+
+        teacher = None if self.teacher_size is None else none(self.teacher_size)
+        return ViewBatch(none(self.size), batch.labels.to(self.device), batch.index, batch.slot,
+                         teacher, batch.unreadable)  # fmt: skip
 
     def _views(
         self,
@@ -212,12 +271,15 @@ class GpuViewDecoder:
                 parts.append(getattr(item, done_field).to(self.device, non_blocking=True))
         return torch.cat(parts)
 
-    def decode(self, jpegs: list[torch.Tensor], names: Sequence[Any]) -> list[torch.Tensor]:
+    def decode(
+        self, jpegs: list[torch.Tensor], names: Sequence[Any]
+    ) -> list[torch.Tensor | Unreadable]:
         """Decode JPEG bytes on the device in one batched call; a file the decoder refuses
         is decoded on the CPU (libjpeg-turbo, then PIL) and logged.
 
         Returns:
-            uint8 [3, H, W] per file, on the device.
+            uint8 [3, H, W] per file, on the device; `Unreadable` (index, "sample <name>",
+            reason) for a file the CPU cannot decode either.
         """
         if not jpegs:
             return []
@@ -235,7 +297,10 @@ class GpuViewDecoder:
                     "The GPU decoder cannot read sample %s (%s); decoding it on the CPU.",
                     name, str(exc).splitlines()[0][:200],
                 )  # fmt: skip
-                out.append(decode_rgb_bytes(data, f"sample {name}").to(self.device))
+                try:
+                    out.append(decode_rgb_bytes(data, f"sample {name}").to(self.device))
+                except BadImageError as bad:
+                    out.append(Unreadable(int(name), f"sample {name}", bad.reason))
         return out
 
 

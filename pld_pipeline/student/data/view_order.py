@@ -47,7 +47,8 @@ def spread_views(
     by the end of the epoch is regrouped the same way into as many batches as it has.
 
     Args:
-        batches: ViewBatches of equal size, rows image-major (`collate_views` order).
+        batches: ViewBatches, rows image-major (`collate_views` order); equal sizes
+            except where unreadable images were left out.
         views_per_image: m.
         device: where the regrouped tensors live.
         drop_first: regrouped batches to leave out at the start (a mid-group resume).
@@ -80,21 +81,32 @@ def _on_device(batch: ViewBatch, device: torch.device) -> ViewBatch:
 
 
 def _regroup(group: list[ViewBatch], m: int) -> list[ViewBatch]:
-    g, rows = len(group), len(group[0].index)
-    b = rows // m
+    """The group's rows slot-major (slot j of every image, images in order), cut into as
+    many near-equal batches as the group has: with m full batches, batch j is exactly slot
+    j. Batches short of unreadable images regroup the same way; their `unreadable` go with
+    the first batch."""
+    g = len(group)
+    skipped = tuple(u for batch in group for u in batch.unreadable)
+    full = [batch for batch in group if len(batch.index)]
+    if not full:  # every image of the group was unreadable
+        return [group[0]._replace(unreadable=skipped)] + [
+            b._replace(unreadable=()) for b in group[1:]
+        ]
+    slot = torch.cat([batch.slot for batch in full])
+    chunks = torch.tensor_split(torch.argsort(slot, stable=True), g)
 
-    def order(tensors: list[torch.Tensor]) -> torch.Tensor:
-        # (batch k, image i, slot j) -> (slot j, batch k, image i)
-        x = torch.cat(tensors).reshape(g, b, m, *tensors[0].shape[1:])
-        return x.transpose(1, 2).transpose(0, 1).reshape(g * rows, *tensors[0].shape[1:])
+    def cut(name: str) -> list[torch.Tensor]:
+        joined = torch.cat([getattr(batch, name) for batch in full])
+        return [joined[rows.to(joined.device)] for rows in chunks]
 
-    fields = {
-        name: order([getattr(batch, name) for batch in group])
-        for name in ("images", "labels", "index", "slot")
-    }
-    if group[0].teacher_images is not None:
-        fields["teacher_images"] = order([batch.teacher_images for batch in group])
+    names = ["images", "labels", "index", "slot"]
+    if full[0].teacher_images is not None:
+        names.append("teacher_images")
+    fields = {name: cut(name) for name in names}
     return [
-        ViewBatch(**{name: t[k * rows : (k + 1) * rows] for name, t in fields.items()})
+        ViewBatch(
+            **{name: parts[k] for name, parts in fields.items()},
+            unreadable=skipped if k == 0 else (),
+        )  # fmt: skip
         for k in range(g)
     ]

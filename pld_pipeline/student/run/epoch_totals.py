@@ -30,6 +30,7 @@ class EpochTotals:
         dropped_sum, dropped_n: float64 [] PLD's dropped teacher weight summed over samples,
             and the number of samples it was summed over.
         steps, samples: host counters (known without reading the device).
+        unreadable: images left out of this epoch's batches because they could not be read.
         data_time_s, target_time_s, elapsed_s: seconds waiting for data, getting targets,
             and in the epoch so far (elapsed is set when a checkpoint is written).
     """
@@ -41,6 +42,7 @@ class EpochTotals:
     dropped_n: torch.Tensor
     steps: int = 0
     samples: int = 0
+    unreadable: int = 0
     data_time_s: float = 0.0
     target_time_s: float = 0.0
     elapsed_s: float = 0.0
@@ -79,9 +81,10 @@ class EpochTotals:
     def reduced(self, ctx: DistContext) -> dict[str, Any]:
         """The sums over every rank as a plain checkpointable dict (reads the device)."""
         device = self.loss_sum.device
-        values = ctx.sum([float(getattr(self, name)) for name in _TENSORS] + [self.samples], device)
-        state: dict[str, Any] = dict(zip(_TENSORS, values[:-1], strict=True))
-        state["samples"] = int(values[-1])
+        counts = [self.samples, self.unreadable]
+        values = ctx.sum([float(getattr(self, name)) for name in _TENSORS] + counts, device)
+        state: dict[str, Any] = dict(zip(_TENSORS, values[:-2], strict=True))
+        state["samples"], state["unreadable"] = int(values[-2]), int(values[-1])
         state["steps"] = self.steps
         state.update({name: float(getattr(self, name)) for name in _TIMES})
         return state
@@ -95,6 +98,7 @@ class EpochTotals:
             for name in _TENSORS:
                 getattr(totals, name).fill_(state[name])
             totals.samples = int(state["samples"])
+            totals.unreadable = int(state.get("unreadable", 0))  # absent before it was counted
             for name in _TIMES:
                 setattr(totals, name, float(state[name]))
         totals.steps = int(state["steps"])

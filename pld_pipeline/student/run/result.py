@@ -26,7 +26,9 @@ class RunResult:
     None otherwise). `distinct_views` counts the cached views the run used. With
     `views_per_image` m every epoch trains m views of each image (one decode), so the run
     saw `samples_seen` = epochs * N * m samples: `sample_epochs` = epochs * m is the epoch
-    count of an m = 1 run that sees as many samples.
+    count of an m = 1 run that sees as many samples. `unreadable_images` counts the
+    training images left out because they could not be read, summed over epochs (an
+    image unreadable for 100 epochs counts 100; each epoch's count is in its record).
     """
 
     run_dir: str
@@ -59,6 +61,7 @@ class RunResult:
     views_per_image: int = 1
     sample_epochs: int | None = None
     samples_seen: int | None = None
+    unreadable_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the content of result.json)."""
@@ -116,6 +119,7 @@ def build_result(
         views_per_image=config.views_per_image,
         sample_epochs=config.epochs * config.views_per_image,
         samples_seen=sum(int(r.get("samples", 0)) for r in history),
+        unreadable_images=sum(int(r.get("unreadable_images", 0)) for r in history),
     )
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from pld_pipeline.configs.train import TrainConfig
-from pld_pipeline.errors import DivergedError
+from pld_pipeline.errors import BadImageError, DivergedError
 from pld_pipeline.losses import no_host_sync
 from pld_pipeline.student.data.cached_dataset import gather_targets
 from pld_pipeline.student.run import eval_metrics
@@ -85,11 +85,13 @@ def fit(
                 totals,
                 config.checkpoint_every,
                 save_mid_epoch,
+                run.inputs.train_images.keys,
             )  # fmt: skip
         )
         last = epoch + 1 == config.epochs
         if run.loaders.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
-            record.update(evaluate(run.model, run.loaders.val, place, ctx))
+            val_keys = run.inputs.val_images.keys if run.inputs.val_images is not None else None
+            record.update(evaluate(run.model, run.loaders.val, place, ctx, val_keys))
         top1 = record.get("val_top1")
         best = run.resume.best
         record["is_best"] = top1 is not None and (best["top1"] is None or top1 > best["top1"])
@@ -123,6 +125,7 @@ def train_one_epoch(
     totals: EpochTotals | None = None,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[EpochTotals], None] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One pass over the epoch's batches; targets gathered from `slabs` (or the live teacher).
 
@@ -138,12 +141,18 @@ def train_one_epoch(
         ctx: sums over DDP ranks.
         totals: the sums of the steps already done this epoch (a mid-epoch resume).
         checkpoint_every, on_checkpoint: call `on_checkpoint(totals)` every this many steps.
+        keys: the training images' keys, to name unreadable images in warnings.
 
     Returns:
         train_loss, train_top1 (%), lr, steps, samples, epoch_time_s, data_time_s,
         target_time_s (target gather, or teacher forward in online mode), target_share,
         images_per_s (samples per second), dropped_weight (PLD with compact targets, else
-        None), nonfinite_steps.
+        None), nonfinite_steps, unreadable_images (images left out of this epoch because
+        they could not be read; each one is logged as a warning).
+
+    Raises:
+        DivergedError: every loss so far non-finite. BadImageError: under DDP, a batch with
+        no readable image (one rank cannot skip a step alone).
     """
     step.model.train()
     dev = step.placement.device
@@ -153,6 +162,17 @@ def train_one_epoch(
     t_data = started
     for batch in batches:
         totals.data_time_s += time.perf_counter() - t_data
+        totals.unreadable += warn_unreadable(batch, f"epoch {epoch}", keys)
+        if len(batch.index) == 0:  # every image of the batch was unreadable
+            if ctx.enabled:
+                raise BadImageError(
+                    f"Every image of a training batch on rank {ctx.rank} was unreadable in "
+                    f"epoch {epoch} (see the warnings above); a DDP step cannot be skipped on "
+                    "one rank alone. Check the dataset's storage and resume the run."
+                )
+            totals.steps += 1  # a step of nothing: the loader's position stays resumable
+            t_data = time.perf_counter()
+            continue
         loss, logits, labels, seconds = train_step(step, batch, slabs)
         totals.add(loss, logits, labels, getattr(step.criterion, "last_dropped", None))
         totals.target_time_s += seconds
@@ -171,9 +191,9 @@ def train_one_epoch(
         torch.cuda.synchronize(dev)
     epoch_time = elapsed_before + time.perf_counter() - started
     _check_finite(int(totals.nonfinite), totals.steps, epoch)
-    loss_total, correct_total, n, drop_sum, drop_n = ctx.sum(
+    loss_total, correct_total, n, drop_sum, drop_n, unreadable = ctx.sum(
         [float(totals.loss_sum), float(totals.correct), totals.samples,
-         float(totals.dropped_sum), float(totals.dropped_n)], dev,
+         float(totals.dropped_sum), float(totals.dropped_n), totals.unreadable], dev,
     )  # fmt: skip
     return {
         "train_loss": loss_total / max(n, 1),
@@ -188,7 +208,21 @@ def train_one_epoch(
         "images_per_s": n / epoch_time if epoch_time > 0 else 0.0,
         "dropped_weight": drop_sum / drop_n if drop_n else None,
         "nonfinite_steps": int(totals.nonfinite),
+        "unreadable_images": int(unreadable),
     }
+
+
+def warn_unreadable(batch: Any, where: str, keys: Sequence[str] | None) -> int:
+    """Log each image the batch left out because it could not be read; return their count.
+
+    An image the teacher pass decoded can become unreadable during a long run (deleted,
+    permissions changed, damaged on disk): it is skipped, named and counted, never fatal.
+    """
+    skipped = getattr(batch, "unreadable", ())
+    for image in skipped:
+        key = keys[image.index] if keys is not None else image.key
+        logger.warning("%s: skipping unreadable image %s: %s", where, key, image.reason)
+    return len(skipped)
 
 
 def train_step(
@@ -240,25 +274,38 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, placement: Placement, ctx: DistContext
+    model: nn.Module,
+    loader: Iterable,
+    placement: Placement,
+    ctx: DistContext,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Top-1, top-5, NLL, ECE (15 bins) and mean confidence of `model` on `loader`'s eval views.
 
     Each rank evaluates its own share (no padding); the per-batch sums stay on the device
     and are reduced over ranks once. Metric definitions: `pld_pipeline.student.run.eval_metrics`.
+    An image that cannot be read is left out (logged, counted in val_unreadable_images).
 
     Returns:
-        val_top1, val_top5, val_ece, val_confidence (%), val_nll (nats), val_samples.
+        val_top1, val_top5, val_ece, val_confidence (%), val_nll (nats), val_samples,
+        val_unreadable_images.
     """
     model.eval()
     sums = eval_metrics.new_sums(device=placement.device)
+    unreadable = 0
     for batch in loader:
+        unreadable += warn_unreadable(batch, "validation", keys)
+        if len(batch.index) == 0:
+            continue
         labels = batch.labels.to(placement.device, non_blocking=True)
         with placement.autocast():
             logits = model(placement.inputs(batch.images)).float()
         eval_metrics.add_batch(sums, logits, labels)
-    metrics = eval_metrics.finish(ctx.sum(sums.tolist(), placement.device))
-    return {f"val_{name}": value for name, value in metrics.items()}
+    totals = ctx.sum([*sums.tolist(), unreadable], placement.device)
+    metrics = eval_metrics.finish(totals[:-1])
+    return {f"val_{name}": value for name, value in metrics.items()} | {
+        "val_unreadable_images": int(totals[-1])
+    }
 
 
 def _check_finite(nonfinite: int, steps: int, epoch: int) -> None:

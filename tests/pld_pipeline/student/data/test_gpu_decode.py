@@ -28,6 +28,7 @@ from pld_pipeline.student.data.cached_dataset import (
     SampledViews,
     StoredViews,
     StudentViewDataset,
+    Unreadable,
     collate_views,
 )
 from pld_pipeline.student.data.gpu_decode import (
@@ -209,12 +210,17 @@ def test_device_batches_decode_ahead_in_order_and_pass_errors_on(tiny_imagefolde
     consumer.close()  # the consumer leaves early: the thread stops, nothing hangs
 
 
-def test_damaged_file_names_its_path(tiny_imagefolder_corrupt):
+def test_damaged_file_is_left_out_with_its_key_and_reason(tiny_imagefolder_corrupt):
     images = ImageFolderDataset(tiny_imagefolder_corrupt)
     i = images.keys.index("cup/zz_corrupt.jpg")
     enc = EncodedViewDataset(images, 16)
-    with pytest.raises(Exception, match="zz_corrupt.jpg"):
-        enc[(i, (SampledViews("eval", 0, 0),))]
+    item = enc[(i, (SampledViews("eval", 0, 0),))]
+    assert item == Unreadable(i, "cup/zz_corrupt.jpg", item.reason)
+    assert item.reason.startswith("cannot be decoded")
+    good = enc[(0, (SampledViews("eval", 0, 0),))]
+    batch = GpuViewDecoder(CPU, 16)(collate_encoded([item, good]))
+    assert batch.index.tolist() == [0]
+    assert batch.unreadable == (item,)
 
 
 def test_collated_encoded_rows_are_image_major():

@@ -22,7 +22,7 @@ import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError
 from pld_pipeline.rgb import load_rgb
-from pld_pipeline.student.data.cached_dataset import ViewBatch
+from pld_pipeline.student.data.cached_dataset import Unreadable, ViewBatch
 from pld_pipeline.student.data.epoch_views import EpochSlabs, distinct_views, epoch_view_ids
 from pld_pipeline.student.data.loaders import build_loaders, split_batch, train_views
 from pld_pipeline.student.data.target_plan import check_cache
@@ -271,6 +271,29 @@ def test_spread_layout_puts_one_view_of_distinct_images_in_each_batch():
     assert spread[6].index.tolist() == [12, 13] * m  # a short last group keeps its rows
     resumed = list(spread_views(loader[3:], m, torch.device("cpu"), drop_first=2))
     assert all(torch.equal(a.images, b.images) for a, b in zip(resumed, spread[5:], strict=True))
+
+
+def test_spread_layout_regroups_batches_short_of_unreadable_images():
+    """A loader batch that left out unreadable images is shorter (or empty): its group
+    still spreads slot j of every remaining image into batch j, and the unreadable images
+    travel with the group's first batch."""
+    m = 2
+    full, short, empty = _batches(3, m, 3)
+    keep = short.index != 4  # image 4 unreadable
+    short = ViewBatch(*(t[keep] for t in short[:5]), unreadable=(Unreadable(4, "k4", "gone"),))
+    empty = ViewBatch(*(t[:0] for t in empty[:5]), unreadable=(Unreadable(6, "k6", "gone"),))
+    spread = list(spread_views([full, short, empty, full], m, torch.device("cpu")))
+    assert len(spread) == 4
+    images = [0, 1, 2, 3, 5]
+    for j, batch in enumerate(spread[:2]):  # the first group: 5 images, 2 slots
+        assert batch.index.tolist() == images
+        assert batch.slot.tolist() == [j] * 5
+        assert torch.equal(batch.images[:, 0, 0, 0], (batch.index * 10 + j).to(torch.uint8))
+    assert [u.index for u in spread[0].unreadable] == [4]
+    assert spread[1].unreadable == ()
+    # The second group: an empty batch and a full one; the empty one's image is listed.
+    assert sum(len(b.index) for b in spread[2:]) == 6
+    assert [u.index for b in spread[2:] for u in b.unreadable] == [6]
 
 
 def test_resume_offsets_restart_a_spread_group_at_its_first_batch():
