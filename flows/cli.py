@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a few-minute version (what the tests run)"
     )
     demo.add_argument("--workdir", help="where everything is written (default ./workdir)")
+    demo.add_argument("--config", help="YAML DemoConfig file (e.g. examples/demo.yaml)")
     demo.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted DemoConfig overrides"
     )
@@ -176,7 +177,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.workdir:
             overrides.append(f"workdir={args.workdir}")
         base = DemoConfig.quick_defaults() if args.quick else {}
-        config = load_config(DemoConfig, None, overrides, base=base)
+        config = load_config(DemoConfig, args.config, overrides, base=base)
         from pld_pipeline.demo import preflight  # after the config: it loads zarr
 
         preflight.check_demo(config)
