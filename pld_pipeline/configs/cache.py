@@ -24,7 +24,7 @@ ClassesSpec = list[str] | str | None
 CLASSES_HELP = (
     "The teacher's class list in its index order: label = position in it. A list of "
     "class-folder names, or the path of a text file with one name per line (e.g. the 1000 "
-    "ImageNet wnids, see the README's 'Class lists'). Folders missing from the dataset are "
+    "ImageNet wnids, see 'Class lists' in docs/imagenet.md). Folders missing from the dataset are "
     "fine; folders not in the list are an error. 'sorted-folders': labels are the positions "
     "of the sorted folder names. None: the same, but refused when the dataset has fewer "
     "folders than the teacher has classes (a subset needs the list)."

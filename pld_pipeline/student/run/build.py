@@ -136,9 +136,9 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
     """Assemble the run `config` describes, resumed from its checkpoint when it has one.
 
     Raises:
-        storage.CacheError subclasses, ConfigError, TemperatureNotCachedError, LossInputError,
-        ModelNotFoundError, CheckpointError: for a cache, dataset or config that does not
-        fit the run.
+        PLDError: ConfigError, TemperatureNotCachedError, LossInputError, ModelNotFoundError,
+            CheckpointError (and storage.CacheError subclasses): for a cache, dataset or
+            config that does not fit the run.
     """
     ctx = dist_context or DistContext()
     place = make_placement(config, ctx)
