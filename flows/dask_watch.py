@@ -33,7 +33,7 @@ cloudpickle.register_pickle_by_value(worker_probe)
 INSTALL_FIX = (
     "install pld-pipeline into the Python that runs `dask worker` on that machine "
     '(`pip install "pld-pipeline[s3]"` or `make install` from a checkout) and restart the '
-    "worker; see README, Troubleshooting"
+    "worker; see docs/troubleshooting.md"
 )
 
 

@@ -164,7 +164,7 @@ class ViewConfig(StrictModel):
 class CacheConfig(StrictModel):
     """One teacher pass over an image folder into a Zarr logit cache."""
 
-    dataset_root: str = Field(description="ImageNet-layout folder: root/<class>/<image>.")
+    dataset_root: str = Field(description="ImageNet-layout folder: `root/<class>/<image>`.")
     split: str | None = Field(
         None,
         description="Sub-folder of dataset_root to read (torchvision ImageNet: 'train', 'val').",

@@ -25,3 +25,12 @@ def test_every_field_is_described():
     for line in reference.splitlines():
         if line.startswith("| `"):
             assert not line.rstrip().endswith("|  |"), f"field without description: {line}"
+
+
+def test_no_raw_html_in_descriptions():
+    """`<class>` outside a code span is an HTML tag to Markdown: the docs would drop it."""
+    import re
+
+    for line in markdown_reference().splitlines():
+        outside_code = re.sub(r"`[^`]*`", "", line)
+        assert not re.search(r"<[A-Za-z/]", outside_code), f"put the <...> in backticks: {line}"
