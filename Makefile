@@ -13,7 +13,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= pld_pipeline,storage
 
-.PHONY: test test-fast demo demo-quick bench lint install clean-venv fashion-mnist system-deps
+.PHONY: test test-fast demo demo-quick bench lint install clean-venv fashion-mnist system-deps docs docs-serve
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,12 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade "pip>=24"
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e ".[dev,s3,timm]" $(TORCH_PINS)
+	$(PIP) install --quiet -e ".[dev,s3,timm,docs]" $(TORCH_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps docs
 	$(PY) -m pytest -q tests
 
 # The inner loop: no servers, no subprocesses, no pretrained networks.
@@ -55,6 +55,17 @@ bench: $(STAMP)
 	$(PY) bench/storage.py
 	$(PY) bench/teacher.py
 	$(PY) bench/student.py
+
+# The docs site (mkdocs.yml, docs/) into site/: offline (no fonts or scripts fetched) and
+# --strict, so a broken link or anchor, a page missing from the nav, a missing included
+# file or a docstring that no longer resolves fails the build. `make test` runs it.
+export NO_MKDOCS_2_WARNING ?= 1
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pld_pipeline storage flows tests bench

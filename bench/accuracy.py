@@ -14,7 +14,7 @@ student (the demo's tiny CNN) is trained from the cache with:
 each with the same seeds, evaluated on the 10,000 test images (top-1, ECE and the rest of
 `pld_pipeline.student.run.eval_metrics`). Every stage is a Prefect flow (the demo's building blocks),
 so a rerun reuses the finished teacher, caches and runs. Figures go to `--json`; the
-README table comes from `bench/accuracy_table.py`.
+docs/benchmarks.md table comes from `bench/accuracy_table.py`.
 
     .venv/bin/python bench/accuracy.py --json bench/results/accuracy.json   # about an hour
 

@@ -1,4 +1,4 @@
-"""The README table of the accuracy study, from the figures `bench/accuracy.py` wrote.
+"""The accuracy study's table (docs/benchmarks.md), from the figures `bench/accuracy.py` wrote.
 
     .venv/bin/python bench/accuracy_table.py bench/results/accuracy.json
 
@@ -106,7 +106,9 @@ def _diff(a: Stats, b: Stats) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="README table of bench/accuracy.py's figures")
+    parser = argparse.ArgumentParser(
+        description="docs/benchmarks.md table of bench/accuracy.py's figures"
+    )
     parser.add_argument("json", nargs="?", default="bench/results/accuracy.json")
     args = parser.parse_args(argv)
     print(markdown(json.loads(Path(args.json).read_text())))

@@ -6,7 +6,7 @@
     python bench/gpu_summary.py table bench/results      # reads gpu-*.json, prints the table
 
 `table` prints one markdown row per section (status, seconds, headline figures), the
-figures the README's "GPU" table asks for.
+figures the "GPU" table of docs/benchmarks.md asks for.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ student reading its views epoch after epoch.
 With --url, only top-100 with the default codec is measured, at the URL and on local disk
 in alternating rounds of one run, and the ratio of medians is printed. --moto starts a
 loopback S3 server (moto) and points the AWS variables at it: that figure is moto's and
-this machine's, not AWS's (see README, Benchmarks).
+this machine's, not AWS's (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

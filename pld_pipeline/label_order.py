@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # The default least teacher top-1 against the labels, in multiples of chance (1 / C).
 CHANCE_MULTIPLE = 5.0
-README_SECTION = "the README's 'Class lists'"
+CLASS_LIST_DOCS = "'Class lists' in docs/imagenet.md"
 
 
 def resolve_classes(spec: ClassesSpec) -> list[str] | None:
@@ -57,7 +57,7 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
         raise ClassListError(
             f"Class list file {str(file)!r} does not exist. Give a text file with one class-"
             "folder name per line in the teacher's index order (see "
-            f"{README_SECTION}), a list of names, or 'sorted-folders'."
+            f"{CLASS_LIST_DOCS}), a list of names, or 'sorted-folders'."
         )
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
@@ -120,7 +120,7 @@ def check_label_space(dataset: ImageFolderDataset, num_classes: int, spec: Class
             "subset (ImageNet-100, Imagenette, some wnids) they are not, and students would be "
             "taught the wrong label. Set `classes` to the teacher's class list in its index "
             "order (a list, or a text file with one folder name per line, e.g. the 1000 "
-            f"ImageNet wnids; see {README_SECTION}). If the sorted positions really are the "
+            f"ImageNet wnids; see {CLASS_LIST_DOCS}). If the sorted positions really are the "
             "teacher's indices, set classes: sorted-folders."
         )
 
@@ -163,7 +163,7 @@ def mismatch_message(check: dict[str, Any], path: str) -> str:
         "(min_label_agreement, default 5x chance): the labels probably do not follow the "
         "teacher's class order. The cache is finished and kept, flagged as a label mismatch "
         "(pld inspect shows it; students refuse it). Fix: set `classes` to the teacher's class "
-        f"list in index order (e.g. the 1000 ImageNet wnids, see {README_SECTION}) and "
+        f"list in index order (e.g. the 1000 ImageNet wnids, see {CLASS_LIST_DOCS}) and "
         "re-create the cache with overwrite=true. If the labels are right and the teacher is "
         "only weak on these images, rerun the pass with a lower min_label_agreement, or train "
         "with allow_label_mismatch=true."

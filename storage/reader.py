@@ -251,8 +251,9 @@ class CacheReader:
 
         Args:
             view: view index v in [0, V).
-            start, stop: sample range (default the whole view). Shard-aligned ranges read
-                no chunk twice; others work too.
+            start: first sample of the range (default 0). Shard-aligned ranges read no
+                chunk twice; others work too.
+            stop: end of the range, exclusive (default N: the whole view).
             k: keep the top k <= K classes (format topk), or compute the top k from the
                 dense logits (format full); None keeps what is stored.
 

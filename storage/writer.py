@@ -305,7 +305,7 @@ def check_create(
         ``"resume"`` (a compatible cache of the same samples) or ``"replace"`` (overwrite).
 
     Raises:
-        The errors of ``create``, for the same reasons.
+        CacheError: the errors of ``create``, for the same reasons.
     """
     keys_arr, labels_arr = _check_dataset(manifest, keys, labels)
     path = location.resolve(path, storage_options)

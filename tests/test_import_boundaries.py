@@ -45,7 +45,7 @@ def test_package_never_imports_upward(package: str) -> None:
     assert leaked == [], f"{package} pulled in {leaked}"
 
 
-# The wings of pld_pipeline (README, Layout): the student reads what the teacher wrote, the
+# The wings of pld_pipeline (CONTRIBUTING.md, "Where things go"): the student reads what the teacher wrote, the
 # demo drives both; nothing points back.
 WING_FORBIDDEN = {
     "pld_pipeline.teacher": ("pld_pipeline.student", "pld_pipeline.demo"),

@@ -32,7 +32,7 @@ ClassesSpec = list[str] | str | None
 CLASSES_HELP = (
     "The teacher's class list in its index order: label = position in it. A list of "
     "class-folder names, or the path of a text file with one name per line (e.g. the 1000 "
-    "ImageNet wnids, see the README's 'Class lists'). Folders missing from the dataset are "
+    "ImageNet wnids, see 'Class lists' in docs/imagenet.md). Folders missing from the dataset are "
     "fine; folders not in the list are an error. 'sorted-folders': labels are the positions "
     "of the sorted folder names. None: the same, but refused when the dataset has fewer "
     "folders than the teacher has classes (a subset needs the list)."
@@ -74,7 +74,7 @@ class TeacherConfig(StrictModel):
     """Which teacher to run and how it sees images (unset values come from its weights)."""
 
     name: str = Field(
-        description="torchvision model name (e.g. 'resnet50'), 'timm:<architecture>[.<tag>]' "
+        description="torchvision model name (e.g. 'resnet50'), `timm:<architecture>[.<tag>]` "
         "(e.g. 'timm:convnext_base.fb_in22k_ft_in1k', needs `pip install "
         "\"pld-pipeline[timm]\"`) or 'package.module:callable' returning an nn.Module (e.g. "
         "'pld_pipeline.teacher.zoo:efficientnet_lite0')."
@@ -190,7 +190,7 @@ class ViewConfig(StrictModel):
 class CacheConfig(StrictModel):
     """One teacher pass over an image folder into a Zarr logit cache."""
 
-    dataset_root: str = Field(description="ImageNet-layout folder: root/<class>/<image>.")
+    dataset_root: str = Field(description="ImageNet-layout folder: `root/<class>/<image>`.")
     split: str | None = Field(
         None,
         description="Sub-folder of dataset_root to read (torchvision ImageNet: 'train', 'val').",

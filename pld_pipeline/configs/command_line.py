@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, on CPU")
     demo.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")  # fmt: skip
     demo.add_argument("--workdir", help="where everything is written (default ./workdir)")
+    demo.add_argument("--config", help="YAML DemoConfig file (e.g. examples/demo.yaml)")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="dotted DemoConfig overrides")  # fmt: skip
 
     report = sub.add_parser("report", help="seed-aggregated results of one or several sweeps, side by side")  # fmt: skip
@@ -75,7 +76,7 @@ def config_of(args: argparse.Namespace) -> Any:
         from pld_pipeline.configs.demo import DemoConfig  # noqa: PLC0415
 
         base = DemoConfig.quick_defaults() if args.quick else {}
-        return load_config(DemoConfig, None, overrides, base=base)
+        return load_config(DemoConfig, args.config, overrides, base=base)
     if args.command == "cache":
         from pld_pipeline.configs.cache import CacheConfig as model  # noqa: PLC0415, N813
     elif args.command == "train":

@@ -1,4 +1,8 @@
-"""The configuration reference (README section) generated from the pydantic models' fields."""
+"""The configuration reference (docs/configuration.md) generated from the pydantic models' fields.
+
+`python -m pld_pipeline.configs.reference --update docs/configuration.md` rewrites the text
+between the page's markers; a test keeps the page in sync with the models.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def markdown_reference() -> str:
     """One table per config model: field, default, description."""
     parts = []
     for title, model in SECTIONS:
-        rows = [f"#### {title}", "", "| field | default | meaning |", "| --- | --- | --- |"]
+        rows = [f"## {title}", "", "| field | default | meaning |", "| --- | --- | --- |"]
         for name, field in model.model_fields.items():
             text = (field.description or "").replace("|", "\\|").replace("\n", " ")
             rows.append(f"| `{name}` | {_default(field)} | {text} |")
@@ -54,8 +58,8 @@ def markdown_reference() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def update_readme(path: str) -> None:
-    """Replace the text between the README's config-reference markers."""
+def update_page(path: str) -> None:
+    """Replace the text between the page's config-reference markers."""
     file = Path(path)
     text = file.read_text()
     start_mark, end_mark = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
@@ -68,6 +72,6 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) == 3 and sys.argv[1] == "--update":
-        update_readme(sys.argv[2])
+        update_page(sys.argv[2])
     else:
         sys.stdout.write(markdown_reference())

@@ -46,7 +46,7 @@ class StudentConfig(StrictModel):
     name: str = Field(
         "resnet18",
         description="torchvision model name (random init, e.g. 'resnet18'), "
-        "'timm:<architecture>[.<tag>]' (e.g. 'timm:resnet50', needs `pip install "
+        "`timm:<architecture>[.<tag>]` (e.g. 'timm:resnet50', needs `pip install "
         "\"pld-pipeline[timm]\"`) or 'module:callable' factory taking num_classes",
     )
     num_classes: int | None = Field(
@@ -326,7 +326,7 @@ class SweepConfig(StrictModel):
         description="dotted TrainConfig field -> values, e.g. {'loss.name': ['kd', 'pld'], "
         "'loss.temperature': [1.0, 4.0], 'seed': [0, 1], 'k': [5, 10]}",
     )
-    sweep_dir: str = Field(description="runs go to sweep_dir/<run name>")
+    sweep_dir: str = Field(description="runs go to `sweep_dir/<run name>`")
     max_parallel: int = Field(1, gt=0, description="student runs at once")
     # The expanded grid, made once by the validator and reused by expand_grid: (the
     # base, grid and sweep_dir it was made from, the runs).

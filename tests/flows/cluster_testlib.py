@@ -1,4 +1,4 @@
-"""Real servers on loopback, started the way the README says, for tests of the installed CLI.
+"""Real servers on loopback, started the way docs/scaling-out.md says, for tests of the installed CLI.
 
 Every process here runs the installed `.venv/bin/...` commands from a folder outside the
 repository with no PYTHONPATH into it, as a user's terminal or a cluster node would:
@@ -164,7 +164,7 @@ def http_ok(url: str) -> bool:
 
 @dataclass
 class Cluster:
-    """A Dask scheduler and its workers, as a user starts them (README, Scaling out)."""
+    """A Dask scheduler and its workers, as a user starts them (docs/scaling-out.md)."""
 
     root: Path
     env: dict[str, str]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,8 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def free_port() -> int:
@@ -74,19 +71,3 @@ def prefect_server(home: Path) -> Iterator[dict]:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
-
-
-def chromium(page: str, profile: Path, screenshot: Path | None = None) -> str:
-    """The page's DOM after its scripts ran (headless Debian Chromium); optionally a PNG of it."""
-    assert CHROMIUM, "Debian's chromium is missing: `make test` installs it (make system-deps)"
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-        f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=20000",
-    ]  # fmt: skip
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page],
-                         capture_output=True, text=True, timeout=180).stdout  # fmt: skip
-    if screenshot is not None:
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", page],
-                       capture_output=True, text=True, timeout=180)  # fmt: skip
-    return dom

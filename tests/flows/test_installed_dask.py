@@ -1,5 +1,5 @@
 """The teacher pass on Dask as installed: `.venv/bin/pld` from a folder outside the repo,
-against real Dask schedulers and workers (and a real Prefect server), as the README says.
+against real Dask schedulers and workers (and a real Prefect server), as docs/scaling-out.md says.
 
 These are the tests that would have caught the hang: pytest's own sys.path is not
 inherited by anything here.
@@ -207,7 +207,7 @@ def test_a_worker_that_cannot_import_the_project_fails_loudly(work, tiny_imagefo
 def test_prefect_server_restart_mid_pass(work, tiny_imagefolder, installed_reference):
     """The Prefect server goes down mid-pass and comes back on the same port and database:
     the shard tasks on Dask never needed it, the pass finishes with an identical cache, and
-    its flow run ends Completed in the restarted server (README, Troubleshooting)."""
+    its flow run ends Completed in the restarted server (docs/scaling-out.md, "When the Prefect server restarts mid-pass")."""
     import re
 
     root = work / "restart"

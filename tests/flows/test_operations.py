@@ -5,7 +5,7 @@ A real `prefect server start` on a loopback port; `pld serve` (with a sweep trig
 would; the REST API (events, flow and task runs, concurrency limits, logs) and headless
 Chromium look at the outcome.
 
-Set PLD_SCREENSHOT_DIR to also keep the UI screenshot (the README's docs/ui-trigger.png).
+Set PLD_SCREENSHOT_DIR to also keep the UI screenshot (docs/img/ui-trigger.png, shown on the docs' Operations page).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from prefect_server import api, chromium, prefect_server
+from browser_testlib import chromium
+from prefect_server import api, prefect_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from prefect_server import api, chromium, prefect_server
+from browser_testlib import chromium
+from prefect_server import api, prefect_server
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

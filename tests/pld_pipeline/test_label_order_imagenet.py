@@ -58,7 +58,7 @@ def reference_logits(path: Path, root: Path) -> np.ndarray:
 
 
 def test_a_class_list_gives_the_teacher_indices(wnid_photos: Path, tmp_path: Path) -> None:
-    names = tmp_path / "imagenet1k_wnids.txt"  # the README's route: a file, one wnid a line
+    names = tmp_path / "imagenet1k_wnids.txt"  # the docs' route: a file, one wnid a line
     names.write_text("\n".join(imagenet_class_list()) + "\n")
     out = tmp_path / "cache"
     report = run_pass(config_for(wnid_photos, out, str(names)))

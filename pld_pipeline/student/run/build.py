@@ -155,9 +155,9 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
     every error a cache, dataset or config can cause is raised before a model is built.
 
     Raises:
-        storage.CacheError subclasses, ConfigError, TemperatureNotCachedError, LossInputError,
-        ModelNotFoundError, CheckpointError: for a cache, dataset or config that does not
-        fit the run.
+        PLDError: ConfigError, TemperatureNotCachedError, LossInputError, ModelNotFoundError,
+            CheckpointError (and storage.CacheError subclasses): for a cache, dataset or
+            config that does not fit the run.
     """
     ctx = dist_context or DistContext()
     inputs = take(config) or check_run(config)

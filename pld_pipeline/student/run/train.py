@@ -53,8 +53,8 @@ def fit(
         RunResult (also written to run_dir/result.json).
 
     Raises:
-        The errors of `build_run`, before the first step; DivergedError: every loss of an
-        epoch non-finite.
+        PLDError: the errors of `build_run` (and storage.CacheError), before the first step.
+        DivergedError: every loss of an epoch was non-finite.
     """
     run = build_run(config, dist_context)
     ctx, place = run.ctx, run.placement
@@ -137,10 +137,12 @@ def train_one_epoch(
         batches: `ViewBatch`es (uint8 images [B, 3, S, S], labels, indices, view slots[,
             teacher images]).
         slabs: the epoch's storage.ViewSlab per view slot (None without a cache).
-        epoch, log_every: for progress logs.
+        epoch: the epoch number, for progress logs.
+        log_every: log progress every this many steps.
         ctx: sums over DDP ranks.
         totals: the sums of the steps already done this epoch (a mid-epoch resume).
-        checkpoint_every, on_checkpoint: call `on_checkpoint(totals)` every this many steps.
+        checkpoint_every: call `on_checkpoint(totals)` every this many steps.
+        on_checkpoint: saves a mid-epoch checkpoint from the running sums.
         keys: the training images' keys, to name unreadable images in warnings.
 
     Returns:
