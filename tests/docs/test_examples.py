@@ -167,9 +167,7 @@ def test_sweep_covers_every_loss_and_temperature(in_checkout):
 
 
 def test_schedules_weekly_pass_and_triggered_sweep():
-    from flows.deployments import make_trigger
-
-    from flows.deployments import read_schedules
+    from flows.deployments import make_trigger, read_schedules
 
     path = EXAMPLES / "schedules.yaml"
     schedules = read_schedules(path)  # what `pld serve --schedules` reads (checks the trigger)

@@ -1,5 +1,7 @@
-"""The student's data path: batch split over ranks and views, the loaders, each epoch's views,
-and what moves batches onto the device.
+"""The student's data path, assembled: batch split over ranks and views, each epoch's view
+slabs, the loaders, each epoch's views, and what moves batches onto the device.
+
+`build_data` is the one call a run makes for all of it (`build_run`).
 """
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -23,12 +25,62 @@ from pld_pipeline.student.data.cached_dataset import (
     StudentViewDataset,
     collate_views,
 )
-from pld_pipeline.student.data.epoch_views import own_crop_ids
-from pld_pipeline.student.data.target_plan import TargetPlan
-from pld_pipeline.student.run.ddp import DistContext
-from pld_pipeline.student.run.placement import Placement
+from pld_pipeline.student.data.epoch_views import EpochSlabs, NoSlabs, own_crop_ids
+from pld_pipeline.student.data.target_plan import TargetPlan, check_slab_values
 
 logger = logging.getLogger(__name__)
+
+
+class Ranks(Protocol):
+    """This process's place among a run's processes (`run.ddp.DistContext` is one)."""
+
+    rank: int
+    world_size: int
+
+
+@dataclass
+class RunData:
+    """A run's data path: each epoch's cached views in memory, the loaders, what moves their
+    batches to the device, and the batch split."""
+
+    slabs: EpochSlabs | NoSlabs
+    loaders: Loaders
+    device_batches: Callable[[Iterator], Iterator]
+    per_rank_batch: int
+    steps_per_epoch: int
+
+
+def build_data(
+    config: TrainConfig,
+    plan: TargetPlan,
+    reader: Any,
+    train_images: ImageFolderDataset,
+    val_images: ImageFolderDataset | None,
+    train_index: Sequence[int],
+    ranks: Ranks,
+    device: torch.device,
+    teacher: Any = None,
+) -> RunData:
+    """The data path of a run whose inputs were checked (`run.inputs.check_run`).
+
+    Args:
+        reader: the open cache (storage.CacheReader), or None without one.
+        train_index: the training samples (the bad ones the pass recorded left out).
+        teacher: the online teacher, or None.
+    """
+    m = config.views_per_image
+    if reader is None:  # plain supervised training (loss ce)
+        slabs: EpochSlabs | NoSlabs = NoSlabs(m)
+    else:
+        slabs = EpochSlabs(
+            reader, plan.num_views, plan.load_k, m, plan.replay_cache,
+            on_load=lambda slab: check_slab_values(slab, plan.num_classes),
+        )  # fmt: skip
+    batch, steps = split_batch(config.batch_size, len(train_index), ranks.world_size, m)
+    loaders = build_loaders(
+        config, train_images, val_images, train_index, batch, ranks, teacher, device
+    )
+    return RunData(slabs, loaders, make_device_batches(config, device, teacher), batch, steps)
 
 
 def split_batch(
@@ -111,7 +163,7 @@ def build_loaders(
     val_images: ImageFolderDataset | None,
     train_index: Sequence[int],
     per_rank_batch: int,
-    ctx: DistContext,
+    ctx: Ranks,
     teacher: Any = None,
     device: torch.device | None = None,
 ) -> Loaders:
@@ -162,7 +214,7 @@ def build_loaders(
 
 
 def make_device_batches(
-    config: TrainConfig, placement: Placement, teacher: Any = None
+    config: TrainConfig, device: torch.device, teacher: Any = None
 ) -> Callable[[Iterator], Iterator]:
     """What turns the train loader's batches into training batches: the identity, or with
     `decode: cuda` or `cpu-crop-on-cuda` the GPU decoder (`gpu_decode.DeviceBatches`);
@@ -170,17 +222,17 @@ def make_device_batches(
     workers decode and crop on the CPU, with a log line."""
     if config.decode == "cpu":
         return lambda batches: batches
-    if placement.device.type != "cuda":
+    if device.type != "cuda":
         logger.warning(
             "decode=%r but the run is on %s: the DataLoader workers decode and crop on the CPU.",
-            config.decode, placement.device,
+            config.decode, device,
         )  # fmt: skip
         return lambda batches: batches
     from pld_pipeline.student.data.gpu_decode import DeviceBatches, GpuViewDecoder  # noqa: PLC0415
 
     s = config.student
     decoder = GpuViewDecoder(
-        placement.device,
+        device,
         s.image_size,
         s.interpolation,
         teacher.input_size if teacher is not None else None,

@@ -24,16 +24,9 @@ from pld_pipeline.configs.train import TrainConfig
 from pld_pipeline.losses import make_loss
 from pld_pipeline.student.data.cached_dataset import gather_targets
 from pld_pipeline.student.data.epoch_views import EpochSlabs, NoSlabs
-from pld_pipeline.student.data.loaders import (
-    Loaders,
-    build_loaders,
-    make_device_batches,
-    split_batch,
-    train_views,
-)
+from pld_pipeline.student.data.loaders import Loaders, RunData, build_data, train_views
 from pld_pipeline.student.data.target_plan import (
     TargetPlan,
-    check_slab_values,
 )
 from pld_pipeline.student.data.view_order import resume_offsets, spread_views
 from pld_pipeline.student.run.checkpoint import load_checkpoint
@@ -82,21 +75,33 @@ class Run:
 
     config: TrainConfig
     inputs: RunInputs  # images, the open cache, the target plan, the good samples
+    data: RunData  # view slabs, loaders, batches to the device, the batch split
     ctx: DistContext
     placement: Placement
     run_dir: RunDir
-    slabs: EpochSlabs | NoSlabs
-    per_rank_batch: int
-    steps_per_epoch: int
     model: nn.Module  # unwrapped: what checkpoints hold and evaluation runs
     step: Step  # the DDP-wrapped model, loss, optimizer, schedule, scaler, online teacher
-    loaders: Loaders
-    device_batches: Callable[[Iterator], Iterator]
     resume: Resume
 
     @property
     def plan(self) -> TargetPlan:
         return self.inputs.plan
+
+    @property
+    def slabs(self) -> EpochSlabs | NoSlabs:
+        return self.data.slabs
+
+    @property
+    def loaders(self) -> Loaders:
+        return self.data.loaders
+
+    @property
+    def per_rank_batch(self) -> int:
+        return self.data.per_rank_batch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.steps_per_epoch
 
     @property
     def criterion(self) -> Callable:
@@ -135,7 +140,7 @@ class Run:
         skip, drop = resume_offsets(steps_done, m, config.views_layout)
         views = train_views(config, self.plan, epoch_slabs, epoch)
         self.loaders.train_sampler.set_epoch(epoch, views, skip=skip * (self.per_rank_batch // m))
-        batches = self.device_batches(iter(self.loaders.train))
+        batches = self.data.device_batches(iter(self.loaders.train))
         if m > 1 and config.views_layout == "spread":
             batches = spread_views(batches, m, self.placement.device, drop_first=drop)
         return batches
@@ -164,21 +169,19 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
     place = make_placement(config, ctx)
     run_dir = RunDir(config.run_dir)
     resuming = run_dir.prepare(config, write=ctx.is_main)
-    slabs = _view_slabs(config, inputs)
-    batch, steps_per_epoch = split_batch(
-        config.batch_size, len(inputs.train_index), ctx.world_size, config.views_per_image
-    )
     model, criterion, teacher = _model_and_loss(config, inputs, place)
     config = with_model_inputs(config, model)  # eval_crop_pct / interpolation: model
     state = load_checkpoint(run_dir.checkpoint, place.device) if resuming else None
     resume = Resume()
     if state is not None:
         resume.start_epoch, resume.in_epoch = int(state["epoch"]) + 1, state.get("in_epoch")
+    data = build_data(config, inputs.plan, inputs.reader, inputs.train_images, inputs.val_images,
+                      inputs.train_index, ctx, place.device, teacher)  # fmt: skip
     if teacher is None and inputs.reader is not None:
-        preflight_loss(criterion, slabs.get(resume.start_epoch), inputs.train_index,
+        preflight_loss(criterion, data.slabs.get(resume.start_epoch), inputs.train_index,
                        inputs.plan, place.device)  # fmt: skip
     optimizer = make_optimizer(model, config.optim)
-    scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, config.optim, config.epochs, data.steps_per_epoch)
     scaler = place.grad_scaler()
     if state is not None:
         resume.history, resume.best = run_dir.restore_state(
@@ -192,25 +195,8 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
         trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     step = Step(trained, criterion, optimizer, scheduler, scaler, place,
                 config.optim.clip_grad_norm, inputs.plan.form, teacher)  # fmt: skip
-    loaders = build_loaders(config, inputs.train_images, inputs.val_images, inputs.train_index,
-                            batch, ctx, teacher, place.device)  # fmt: skip
-    return Run(
-        config=config, inputs=inputs, ctx=ctx, placement=place, run_dir=run_dir, slabs=slabs,
-        per_rank_batch=batch, steps_per_epoch=steps_per_epoch, model=model, step=step,
-        loaders=loaders, device_batches=make_device_batches(config, place, teacher),
-        resume=resume,
-    )  # fmt: skip
-
-
-def _view_slabs(config: TrainConfig, inputs: RunInputs) -> EpochSlabs | NoSlabs:
-    """Each epoch's cached views in memory (none without a cache: plain supervised training)."""
-    m, plan = config.views_per_image, inputs.plan
-    if inputs.reader is None:
-        return NoSlabs(m)
-    return EpochSlabs(
-        inputs.reader, plan.num_views, plan.load_k, m, plan.replay_cache,
-        on_load=lambda slab: check_slab_values(slab, plan.num_classes),
-    )  # fmt: skip
+    return Run(config=config, inputs=inputs, data=data, ctx=ctx, placement=place,
+               run_dir=run_dir, model=model, step=step, resume=resume)  # fmt: skip
 
 
 def _model_and_loss(
