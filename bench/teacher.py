@@ -43,11 +43,11 @@ from timing import sync
 import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.device_policy import resolve_amp, resolve_device
+from pld_pipeline.teacher._device import prepare_model
+from pld_pipeline.teacher._view_images import TeacherViewImages, make_teacher_loader
 from pld_pipeline.teacher.compute import compute_shard, run_batches
-from pld_pipeline.teacher.device import prepare_model
 from pld_pipeline.teacher.models import create_model
 from pld_pipeline.teacher.options import PassOptions
-from pld_pipeline.teacher.view_images import TeacherViewImages, make_teacher_loader
 from pld_pipeline.views import normalize_batch
 from storage.synthetic import make_manifest
 

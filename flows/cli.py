@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flows.prefect_env import apply_prefect_defaults
+from flows._prefect_env import apply_prefect_defaults
 from pld_pipeline import console
 
 apply_prefect_defaults()  # before anything imports Prefect

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from storage import checks, integrity, location
+from storage import _checks as checks
+from storage import _integrity as integrity
+from storage import location
 from storage.errors import (
     CorruptCacheError,
     DatasetMismatchError,

@@ -20,7 +20,8 @@ import numcodecs
 import numpy as np
 import zarr
 
-from storage import integrity, location
+from storage import _integrity as integrity
+from storage import location
 from storage.errors import (
     DatasetMismatchError,
     ManifestMismatchError,

@@ -1,7 +1,7 @@
 """The teacher pass: one (view, shard) of a dataset through the teacher, as records for the writer.
 
 Decoding and view replay run in DataLoader workers (each sample decoded once per call,
-whatever the number of views asked for, see view_images.py); the forward runs in
+whatever the number of views asked for, see _view_images.py); the forward runs in
 inference mode, in eval mode, channels_last with autocast (bf16/fp16) on CUDA and plain
 fp32 on the CPU (see device.py). Records stay on the device until the end of the
 call and are copied back once, so the GPU never waits on a per-batch host sync.
@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from pld_pipeline.device_policy import resolve_amp, resolve_device
 from pld_pipeline.errors import BadImageError, ConfigError, NonFiniteTeacherError
-from pld_pipeline.teacher.device import prepare_model, teacher_logits
+from pld_pipeline.teacher._device import prepare_model, teacher_logits
+from pld_pipeline.teacher._view_images import make_teacher_loader
 from pld_pipeline.teacher.options import DEFAULT_OPTIONS, PassOptions
 from pld_pipeline.teacher.outputs import (
     check_output_spec,
@@ -28,7 +29,6 @@ from pld_pipeline.teacher.outputs import (
     logits_to_records,
     placeholder_records,
 )
-from pld_pipeline.teacher.view_images import make_teacher_loader
 
 if TYPE_CHECKING:
     from pld_pipeline.datasets import ImageFolderDataset

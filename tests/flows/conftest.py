@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from flows.prefect_env import apply_prefect_defaults
+from flows._prefect_env import apply_prefect_defaults
 
 # Set before Prefect is first imported: a throwaway home, and the project's defaults (no
 # telemetry, a patient start), as the `pld` command sets them.

@@ -57,9 +57,9 @@ from pld_pipeline.student.data.gpu_decode import (
 )
 from pld_pipeline.student.run.train import fit
 from pld_pipeline.teacher import cache_build, cache_report, replay_check
+from pld_pipeline.teacher._view_images import TeacherViewImages
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.options import PassOptions
-from pld_pipeline.teacher.view_images import TeacherViewImages
 from pld_pipeline.views import replay_view
 
 REPO = Path(__file__).resolve().parents[2]

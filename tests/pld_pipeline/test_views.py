@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 import storage
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.errors import ConfigError, ViewError
-from pld_pipeline.teacher.view_images import TeacherViewImages
+from pld_pipeline.teacher._view_images import TeacherViewImages
 from pld_pipeline.uint8_resize import resize_uint8_exact
 from pld_pipeline.views import interpolation_mode, normalize_batch, replay_view, sample_view
 from storage.synthetic import make_manifest

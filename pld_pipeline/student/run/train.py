@@ -21,9 +21,9 @@ from pld_pipeline.errors import BadImageError, DivergedError
 from pld_pipeline.losses import no_host_sync
 from pld_pipeline.student.data.cached_dataset import gather_targets
 from pld_pipeline.student.run import eval_metrics
+from pld_pipeline.student.run._epoch_totals import EpochTotals
 from pld_pipeline.student.run.build import Step, build_run
 from pld_pipeline.student.run.ddp import DistContext
-from pld_pipeline.student.run.epoch_totals import EpochTotals
 from pld_pipeline.student.run.placement import Placement
 from pld_pipeline.student.run.result import RunResult, build_result
 

@@ -29,7 +29,7 @@ def teacher_logits(
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Float32 logits [B, C] of images [B, 3, S, S]: uint8 pixels (normalised on `device`)
-    or float inputs already normalised (by `view_images.NormalizeCollate` in CPU workers).
+    or float inputs already normalised (by `_view_images.NormalizeCollate` in CPU workers).
 
     Call under torch.inference_mode with a model prepared by `prepare_model`.
     """
