@@ -153,8 +153,9 @@ def train_one_epoch(
         they could not be read; each one is logged as a warning).
 
     Raises:
-        DivergedError: every loss so far non-finite. BadImageError: under DDP, a batch with
-        no readable image (one rank cannot skip a step alone).
+        DivergedError: every loss so far non-finite.
+        BadImageError: under DDP, a batch with no readable image (one rank cannot skip a
+            step alone).
     """
     step.model.train()
     dev = step.placement.device
