@@ -13,7 +13,8 @@ import numpy as np
 
 from storage.errors import RecordError
 from storage.manifest import Manifest
-from storage.schema import FLOAT16_MAX, index_dtype
+from storage.quantize import quantize_logp
+from storage.schema import FLOAT16_MAX, UINT16_MAX, index_dtype
 
 # log-probabilities computed as logit - lse in float32 can exceed 0 by rounding.
 LOGP_TOLERANCE = 1e-2
@@ -116,7 +117,10 @@ def prepare_records(
         _finite("topk_logp", logp, where, FLOAT16_MAX)
         _check_topk_rows(idx[good], logp[good], where)
         out["topk_idx"] = np.ascontiguousarray(idx, dtype=index_dtype(c))
-        out["topk_logp"] = np.ascontiguousarray(logp, dtype=np.float16)
+        if manifest.record_precision == "q8":
+            out["topk_logp1"], out["topk_step"], out["topk_code"] = quantize_logp(logp)
+        else:
+            out["topk_logp"] = np.ascontiguousarray(logp, dtype=np.float16)
     else:
         logits = _array(records, "logits", (n, c), "f", where)
         _finite("logits", logits, where, FLOAT16_MAX)
@@ -130,9 +134,16 @@ def prepare_records(
     out["gt_logit"] = np.ascontiguousarray(gt, dtype=np.float32)
 
     crop = _array(records, "crop", (n, 4), "iu", where)
+    if manifest.record_precision == "q8" and crop.size and int(crop.max()) > UINT16_MAX:
+        raise RecordError(
+            f"{where}: record 'crop' holds {int(crop.max())} pixels, more than the "
+            f"{UINT16_MAX} a q8 cache stores (uint16); use record_precision 'fp16' for images "
+            "this large"
+        )
     _range("crop", crop[:, :2], 0, INT32_MAX, where)
     _range("crop height/width", crop[:, 2:], 1, INT32_MAX, where)
-    out["crop"] = np.ascontiguousarray(crop, dtype=np.int32)
+    crop_dtype = np.uint16 if manifest.record_precision == "q8" else np.int32
+    out["crop"] = np.ascontiguousarray(crop, dtype=crop_dtype)
     flip = _array(records, "flip", (n,), "biu", where)
     _range("flip", flip, 0, 1, where)
     out["flip"] = np.ascontiguousarray(flip, dtype=np.uint8)

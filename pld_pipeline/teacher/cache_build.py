@@ -124,6 +124,7 @@ def manifest_of(config: CacheConfig, producer: str = "") -> storage.Manifest:
         views=config.view_info(teacher.preprocess.crop_pct),
         format=config.format,
         k=config.k if config.format == "topk" else teacher.info.num_classes,
+        record_precision=config.record_precision,
         temperatures=tuple(float(t) for t in config.temperatures),
         dataset_fingerprint=dataset.fingerprint(),
         num_samples=len(dataset),

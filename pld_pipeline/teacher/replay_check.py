@@ -18,6 +18,7 @@ from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.teacher.cache_build import dataset_of, teacher_of
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.options import PassOptions
+from storage.quantize import max_error
 
 
 @dataclass
@@ -60,7 +61,8 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
         # One record read per check: a whole view of ImageNet would be hundreds of MB.
         cached = reader.load_view(view, start=sample, stop=sample + 1)
         fresh = compute_views(model, dataset, manifest, [view], sample, sample + 1, options)[view]
-        worst = max(worst, _logp_error(cached, 0, fresh))
+        quantized = manifest.record_precision == "q8"
+        worst = max(worst, _logp_error(cached, 0, fresh, quantized))
     passed = worst <= config.replay_check_tolerance
     result = ReplayCheck(len(picks), worst, config.replay_check_tolerance, passed)
     if not passed:
@@ -73,20 +75,25 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
     return result
 
 
-def _logp_error(slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray]) -> float:
-    """Largest |cached - fresh| log-prob over the cached classes of one record."""
+def _logp_error(
+    slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray], quantized: bool = False
+) -> float:
+    """Largest |cached - fresh| log-prob over the cached classes of one record, beyond the
+    quantization error a q8 record may hold (`quantized`)."""
     if slab.logits is not None:
         cached = torch.log_softmax(torch.from_numpy(slab.logits[row].astype(np.float32)), -1)
         recomputed = torch.log_softmax(torch.from_numpy(fresh["logits"][0]), -1)
         return float((cached - recomputed).abs().max())
     idx = slab.topk_idx[row].astype(np.int64)
     cached = slab.topk_logp[row].astype(np.float32)
+    # q8 records hold each log-prob to within their quantization error: not the teacher's.
+    allowance = float(max_error(cached[None])[0]) if quantized else 0.0
     # Compare class by class: near-ties may swap order between the two forwards.
     fresh_logp = dict(zip(fresh["topk_idx"][0].tolist(), fresh["topk_logp"][0].tolist()))
     errors_ = []
     for c, value in zip(idx.tolist(), cached.tolist()):
         if c in fresh_logp:
-            errors_.append(abs(value - fresh_logp[c]))
+            errors_.append(max(0.0, abs(value - fresh_logp[c]) - allowance))
         else:  # fell out of the fresh top-K: it must then be at most the K-th log-prob
-            errors_.append(max(0.0, value - float(fresh["topk_logp"][0][-1])))
+            errors_.append(max(0.0, value - allowance - float(fresh["topk_logp"][0][-1])))
     return max(errors_) if errors_ else 0.0
