@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import zarr
-from storage_testlib import keys_for, write_cache
+from storage_testlib import as_schema_version_1, keys_for, write_cache
 
 import storage
 from storage.quantize import dequantize_logp, max_error, quantize_logp
@@ -135,20 +135,6 @@ def test_q8_refuses_boxes_beyond_uint16_and_full_logits(tmp_path):
     assert not writer.is_done(0, 0)
     with pytest.raises(storage.InvalidManifestError, match="format 'topk'"):
         make_manifest(fmt="full", k=0, record_precision="q8")
-
-
-def as_schema_version_1(path) -> None:
-    """Rewrite a new fp16 cache's attributes to what the version-1 writer wrote (plain zarr).
-
-    Version 1 differs from a version-2 fp16 cache in two attributes only: the group's and
-    the manifest's ``schema_version`` is 1 and the manifest has no ``record_precision``.
-    """
-    group = zarr.open_group(str(path), mode="r+")
-    manifest = dict(group.attrs["pld_cache"])
-    assert manifest.pop("record_precision") == "fp16"
-    manifest["schema_version"] = 1
-    group.attrs["pld_cache"] = manifest
-    group.attrs["schema_version"] = 1
 
 
 def test_a_schema_version_1_cache_opens_reads_and_keeps_its_hash(tmp_path):
