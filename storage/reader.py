@@ -281,8 +281,10 @@ class CacheReader:
             array = self._arrays[name]
             integrity.check_chunks_exist(self.location, name, array, view, shards)
             data[name] = integrity.read_checked(self.location, name, array, view, start, stop, size)
-        if "topk_code" in data:  # record precision q8: back to float32 log-probs, int32 boxes
+        if "topk_code" in data:  # record precision q8: float32 log-probs, lse(1) = 0, int32 boxes
             data["topk_logp"] = dequantize_logp(*(data.pop(n) for n in Q8_LOGP_ARRAYS))
+            data["lse"] = data.pop("lse_gap").astype(np.float32)
+            data["gt_logit"] = data.pop("gt_logp").astype(np.float32)
             data["crop"] = data["crop"].astype(np.int32)
         slab = ViewSlab(
             view=view,

@@ -28,9 +28,10 @@ UINT16_MAX = 65535
 # Arrays indexed [V, N, ...], written by shard writers.
 PER_VIEW_ARRAYS_TOPK = ("topk_idx", "topk_logp", "lse", "gt_logit", "crop", "flip", "bad")
 PER_VIEW_ARRAYS_FULL = ("logits", "lse", "gt_logit", "crop", "flip", "bad")
-# record_precision "q8": topk_logp as three arrays (storage/quantize.py), crop as uint16.
-Q8_LOGP_ARRAYS = ("topk_logp1", "topk_step", "topk_code")
-PER_VIEW_ARRAYS_Q8 = ("topk_idx", *Q8_LOGP_ARRAYS, "lse", "gt_logit", "crop", "flip", "bad")
+# record_precision "q8" (storage/quantize.py): topk_logp as three arrays, lse and gt_logit
+# relative to lse(T=1) in float16, crop as uint16.
+Q8_LOGP_ARRAYS = ("topk_logp1", "topk_log2_step", "topk_code")
+PER_VIEW_ARRAYS_Q8 = ("topk_idx", *Q8_LOGP_ARRAYS, "lse_gap", "gt_logp", "crop", "flip", "bad")
 # Arrays indexed [N, ...]: key and label at create time, hw by view 0's shard writers.
 PER_SAMPLE_ARRAYS = ("key", "label", "hw")
 
@@ -77,14 +78,25 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
 
     specs = [
         view(
-            "lse",
+            "lse_gap" if q8 else "lse",
             (nt,),
-            np.float32,
+            np.float16 if q8 else np.float32,
             nan,
             ("temperature",),
-            "teacher logsumexp(z / T) for each manifest temperature",
+            "teacher logsumexp(z / T) - logsumexp(z) / T for each manifest temperature"
+            if q8
+            else "teacher logsumexp(z / T) for each manifest temperature",
         ),
-        view("gt_logit", (), np.float32, nan, (), "teacher logit of the true class"),
+        view(
+            "gt_logp" if q8 else "gt_logit",
+            (),
+            np.float16 if q8 else np.float32,
+            nan,
+            (),
+            "teacher log-probability of the true class at T=1"
+            if q8
+            else "teacher logit of the true class",
+        ),
         view(
             "crop",
             (4,),
@@ -114,14 +126,14 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
         specs[:0] = [
             view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
             view("topk_logp1", (), np.float16, nan, (), "top-1 log-probability at T=1"),
-            view("topk_step", (), np.float16, nan, (), "nats per q8 code step"),
+            view("topk_log2_step", (), np.int8, 0, (), "e: the q8 code step is 2**e nats"),
             view(
                 "topk_code",
                 (k,),
                 np.uint8,
                 0,
                 ("rank",),
-                "q8 code increments: logp = topk_logp1 - topk_step * cumsum(topk_code)",
+                "q8 code increments: logp = topk_logp1 - 2**topk_log2_step * cumsum(topk_code)",
             ),
         ]
     elif manifest.format == "topk":

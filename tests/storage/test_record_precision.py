@@ -8,6 +8,7 @@ new cache's attributes with plain zarr to what the version-1 writer wrote.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -28,38 +29,56 @@ def _descending_logp(rng: np.random.Generator, n: int, k: int, c: int = 1000) ->
 
 
 @pytest.mark.parametrize("k", [1, 2, 10, 100])
-def test_quantized_records_keep_the_top1_the_order_and_half_a_step(k):
+def test_quantized_records_keep_the_top1_the_order_and_the_kept_mass(k):
     logp = _descending_logp(np.random.default_rng(k), 300, k)
-    top1, step, code = quantize_logp(logp)
+    exact = np.zeros(logp.shape, bool)
+    exact[::3, min(1, k - 1)] = k > 1  # the true class in the second slot of every third row
+    top1, log2_step, code = quantize_logp(logp, exact)
     assert top1.dtype == np.float16
-    assert step.dtype == np.float16
+    assert log2_step.dtype == np.int8
     assert code.dtype == np.uint8
-    back = dequantize_logp(top1, step, code)
+    back = dequantize_logp(top1, log2_step, code)
     for row in range(len(logp)):
-        # The reference: the contract, one record at a time in Python floats.
-        exact = [float(x) for x in logp[row]]
-        s = float(step[row])
-        assert s * 255 >= (float(top1[row]) - exact[-1]) * (1 - 1e-12)
-        assert float(back[row, 0]) == float(np.float16(exact[0]))  # the top-1 is exact
-        cumulative, previous = 0, float("inf")
+        # The reference: the format's contract, one record at a time in Python floats.
+        true = [float(x) for x in logp[row]]
+        s = 2.0 ** int(log2_step[row])
+        first = float(np.float16(true[0]))
+        assert math.sqrt(max(first - true[-1], 0.0)) / s <= 255 * (1 + 1e-12)
+        spread = math.sqrt(max(first - true[-1], 0.0))
+        assert spread == 0 or spread / s > 127  # the smallest such power of 2
+        assert float(back[row, 0]) == first  # the top-1 is exact
+        cumulative, previous, running = 0, float("inf"), 0.0
         for j in range(k):
             cumulative += int(code[row, j])
-            value = float(top1[row]) - s * cumulative
-            assert abs(value - float(back[row, j])) <= 1e-6 * (1 + abs(value))
-            limit = s if j == k - 1 else s / 2  # the top-1 (j = 0) is float16's, checked above
-            assert j == 0 or abs(value - exact[j]) <= limit * (1 + 1e-6) + 1e-6, (row, j)
+            value = first - (s * cumulative) ** 2
+            assert abs(value - float(back[row, j])) <= 1e-5 * (1 + abs(value))
+            gap = max(first - true[j], 0.0)
+            assert j == 0 or abs(value - true[j]) <= 2 * s * math.sqrt(gap) + s * s + 1e-9
             assert value <= previous  # the order never changes
             previous = value
+            if j:
+                # Of the codes it could take (root gap / s rounded down or up, not below the
+                # previous code), the class took the one keeping the running sum of
+                # probability errors smallest (nearest for the true class, not summed).
+                low = max(math.floor(math.sqrt(gap) / s), cumulative - int(code[row, j]))
+                high = max(min(math.ceil(math.sqrt(gap) / s), 255), low)
+                assert cumulative in (low, high)
+                err = {c: math.exp(-((s * c) ** 2)) - math.exp(-gap) for c in (low, high)}
+                if exact[row, j]:
+                    assert abs(err[cumulative]) <= min(abs(e) for e in err.values()) + 1e-15
+                else:
+                    best = min(abs(running + e) for e in err.values())
+                    assert abs(running + err[cumulative]) <= best + 1e-15
+                    running += err[cumulative]
         assert cumulative <= 255
-    assert (max_error(logp) >= np.abs(back - logp).max(axis=1) - 1e-6).all()
+    assert (max_error(logp) >= np.abs(back - logp) - 1e-6).all()
 
 
 def test_flat_records_and_ties_quantize_without_dividing_by_zero():
     logp = np.full((3, 4), -np.log(4.0))
     logp[2, 2:] = -3.0  # a tie at the tail
-    top1, step, code = quantize_logp(logp)
-    back = dequantize_logp(top1, step, code)
-    assert float(step[0]) == 0.0
+    top1, log2_step, code = quantize_logp(logp)
+    back = dequantize_logp(top1, log2_step, code)
     assert not code[:2].any()
     assert np.allclose(back[:2], np.float16(-np.log(4.0)), atol=0)
     assert back[2, 2] == back[2, 3]
@@ -79,9 +98,10 @@ def test_a_q8_cache_stores_small_arrays_and_reads_back_within_the_quantizer_erro
     assert g.attrs["schema_version"] == 2
     assert g.attrs["pld_cache"]["record_precision"] == "q8"
     assert "topk_logp" not in g
-    assert (g["topk_code"].dtype, g["topk_step"].dtype, g["crop"].dtype) == (
-        np.uint8, np.float16, np.uint16,
+    assert (g["topk_code"].dtype, g["topk_log2_step"].dtype, g["crop"].dtype) == (
+        np.uint8, np.int8, np.uint16,
     )  # fmt: skip
+    assert (g["lse_gap"].dtype, g["gt_logp"].dtype) == (np.float16, np.float16)
     reader = storage.open_cache(tmp_path / "q8.zarr")
     for v in range(2):
         slab = reader.load_view(v)
@@ -91,14 +111,18 @@ def test_a_q8_cache_stores_small_arrays_and_reads_back_within_the_quantizer_erro
         assert np.array_equal(slab.crop, want["crop"])
         assert slab.crop.dtype == np.int32
         assert np.array_equal(slab.flip, want["flip"].astype(np.uint8))
-        assert np.array_equal(slab.lse, want["lse"])
         error = np.abs(slab.topk_logp.astype(np.float64) - want["topk_logp"])
-        assert (error.max(axis=1) <= max_error(want["topk_logp"]) + 1e-6).all()
+        assert (error <= max_error(want["topk_logp"]) + 1e-6).all()
         # The plain-zarr dequantization (storage/README.md) gives the same numbers.
-        logp1, step, code = g["topk_logp1"][v], g["topk_step"][v], g["topk_code"][v]
-        cumulative = np.cumsum(code, axis=1).astype(np.float32)
-        plain = logp1.astype(np.float32)[:, None] - step.astype(np.float32)[:, None] * cumulative
-        assert np.array_equal(plain, slab.topk_logp)
+        logp1, e, code = g["topk_logp1"][v], g["topk_log2_step"][v], g["topk_code"][v]
+        root = np.ldexp(np.float32(1), e.astype(np.int32))[:, None] * np.cumsum(code, axis=1)
+        plain = logp1.astype(np.float32)[:, None] - np.square(root.astype(np.float32))
+        assert np.allclose(plain, slab.topk_logp, rtol=1e-6, atol=1e-6)
+        # lse and the true class's logit relative to lse(1): probabilities unchanged.
+        one = want["lse"][:, [0]].astype(np.float64)
+        rel = want["lse"] - one / np.asarray(m.temperatures)
+        assert np.allclose(slab.lse, rel, rtol=0, atol=np.abs(rel).max() * 2**-10)
+        assert np.allclose(slab.gt_logit, want["gt_logit"] - one[:, 0], rtol=2**-10, atol=1e-6)
         assert slab.topk_logp.dtype == np.float32
     assert reader.load_view(0, k=2).topk_logp.shape == (100, 2)
 
