@@ -113,19 +113,76 @@ def build_full_cache(workdir: Path, views: int, seed: int = 0) -> tuple[Path, Pa
     return photos, output
 
 
-def load_dense(path: Path) -> dict[str, np.ndarray]:
+def load_dense(path: Path) -> dict:
     """Every record of a full cache: logits [V, N, C] float32 (the stored fp16 values),
-    labels [N], crop [V, N, 4], flip [V, N]."""
+    labels [N], crop [V, N, 4], flip [V, N], hw [N, 2], labels_per_record [V * N], and
+    the manifest."""
     import storage
 
     reader = storage.open_cache(path)
     slabs = [reader.load_view(v) for v in range(reader.num_views)]
+    labels = np.asarray(reader.labels)
     return {
         "logits": np.stack([s.logits for s in slabs]).astype(np.float32),
-        "labels": np.asarray(reader.labels),
+        "labels": labels,
+        "labels_per_record": np.tile(labels, reader.num_views),
         "crop": np.stack([s.crop for s in slabs]),
         "flip": np.stack([s.flip for s in slabs]),
+        "hw": reader.hw(),
+        "manifest": reader.manifest,
     }
+
+
+def record_order(dense: dict) -> np.ndarray:
+    """A fixed shuffle of the V * N records (record r = view r // N, photo r % N), so that
+    neighbours in a chunk are other photos' views, as neighbours in a real cache's view
+    are other images."""
+    v, n = dense["logits"].shape[:2]
+    return np.random.default_rng(0).permutation(v * n)
+
+
+def write_record_cache(
+    path: Path, dense: dict, k: int, precision: str, compressor: str | None = None
+) -> Path:
+    """The teacher's records, as `pld cache` would write them at top-`k` with this record
+    precision, laid out as one view of V * N records (a real cache's chunk holds 8192
+    records of one view; 21 photos per view would measure chunk headers, not records).
+
+    Records come from the teacher pass's own `logits_to_records` on the stored logits.
+    """
+    import dataclasses
+
+    import storage
+    from pld_pipeline.teacher.outputs import logits_to_records
+
+    order = record_order(dense)
+    v, n, c = dense["logits"].shape
+    logits = torch.from_numpy(dense["logits"].reshape(v * n, c)[order])
+    labels = dense["labels_per_record"][order]
+    base = dense["manifest"]
+    manifest = dataclasses.replace(
+        base, format="topk", k=k, record_precision=precision, num_samples=v * n,
+        schema_version=storage.SCHEMA_VERSION,
+        views=storage.ViewInfo(mode="replay", num_views=1, seed=base.views.seed),
+        dataset_fingerprint="records of " + base.dataset_fingerprint[:16], shard_size=8192,
+        created_at="", library_versions={}, class_list=None, label_check=None,
+    )  # fmt: skip
+    records = {
+        name: value.numpy()
+        for name, value in logits_to_records(
+            logits, torch.from_numpy(labels), "topk", k, base.temperatures
+        ).items()
+    }
+    records["crop"] = dense["crop"].reshape(v * n, 4)[order]
+    records["flip"] = dense["flip"].reshape(v * n)[order]
+    records["hw"] = np.tile(dense["hw"], (v, 1))[order]
+    keys = [f"r{r:07d}" for r in range(v * n)]
+    options = {} if compressor is None else {"compressor": compressor}
+    writer = storage.create(path, manifest, keys, labels, overwrite=True, **options)
+    for shard in range(writer.num_shards):
+        a, b = writer.shard_range(shard)
+        writer.write_shard(0, shard, {name: x[a:b] for name, x in records.items()})
+    return path
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pld_pipeline.configs.loading import get_dotted
 from pld_pipeline.configs.train import SweepConfig, TrainConfig, expand_grid
 from pld_pipeline.reports.seed_summary import summarize, write_summary
 from pld_pipeline.reports.sweep_report import format_table, plot_summary
+from pld_pipeline.student.data.target_fidelity import warn_sweep
 from pld_pipeline.student.run.run_dir import RunDir
 
 TABLE_COLUMNS = (
@@ -69,6 +70,7 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
         len(todo),
         config.max_parallel,
     )
+    warn_sweep(todo)  # one warning per grid point whose targets are far from the teacher
     trained = {}
     if todo:
         runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)

@@ -32,6 +32,7 @@ from pld_pipeline.student.data.loaders import (
     split_batch,
     train_views,
 )
+from pld_pipeline.student.data.target_fidelity import log_run_fidelity
 from pld_pipeline.student.data.target_plan import (
     TargetPlan,
     check_cache,
@@ -183,6 +184,7 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
     in_epoch = state.get("in_epoch") if state is not None else None
     if teacher is None and reader is not None:
         preflight_loss(criterion, slabs.get(start_epoch), train_index, plan, place.device)
+        log_run_fidelity(config, plan, slabs.get(start_epoch))
     optimizer = make_optimizer(model, config.optim)
     scheduler = make_scheduler(optimizer, config.optim, config.epochs, steps_per_epoch)
     scaler = place.grad_scaler()
