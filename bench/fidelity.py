@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--markdown", default=None, help="write the docs page's tables here")
+    p.add_argument(
+        "--merge", nargs="+", default=None,
+        help="combine the truncation figures of these --json files (runs over parts of --ks, "
+        "e.g. in parallel processes) into --json, then write --bands and --markdown",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -284,6 +289,12 @@ def print_tables(result: dict) -> None:
             print(f"  {name:>4} T={t}: " + " / ".join(str(ks[x]) for x in ("1%", "5%", "10%")))
 
 
+def _pct(fraction: float) -> str:
+    """A percentage with two significant digits, whole numbers from 10 % on."""
+    value = 100 * fraction
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def markdown_tables(result: dict) -> str:
     """The docs page's tables (docs/choosing-k-t-precision.md), from the figures."""
     rows = result["truncation"]["rows"]
@@ -306,7 +317,7 @@ def markdown_tables(result: dict) -> str:
     for name in LOSSES:
         for t in temps:
             out.append(f"| {name} | {t:g} | " + " | ".join(
-                f"{100 * cell[k, t]['gradient_error'][name]['mean']:.2g}" for k in ks) + " |")  # fmt: skip
+                _pct(cell[k, t]["gradient_error"][name]["mean"]) for k in ks) + " |")  # fmt: skip
     out += ["", "For loss L at temperature T, K >= k keeps the gradient within 1 % (5 %, 10 %) "
             "of dense (mean over batches; '-' : no measured K does):", "",
             "| loss | T | 1 % | 5 % | 10 % |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -335,9 +346,11 @@ def markdown_tables(result: dict) -> str:
 def write_bands(path: Path, result: dict) -> None:
     """The table student runs read: loss -> T -> K -> mean gradient error (and the tail)."""
     rows = result["truncation"]["rows"]
+    info = result["info"]
+    keep = ("command", "date", "machine", "teacher", "photos", "views", "records", "classes",
+            "student")  # fmt: skip
     table = {
-        "source": result["info"],
-        "teacher": result["info"]["teacher"],
+        "source": {**{key: info[key] for key in keep}, "doc": "docs/choosing-k-t-precision.md"},
         "errors": {
             name: {
                 f"{t:g}": {
@@ -359,9 +372,34 @@ def write_bands(path: Path, result: dict) -> None:
     path.write_text(json.dumps(table, indent=1) + "\n")
 
 
+def merge(paths: list[str]) -> dict:
+    """One result from runs over parts of the K grid (rows sorted by K, then T)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    result = parts[0]
+    rows = [row for part in parts for row in part["truncation"]["rows"]]
+    result["truncation"]["rows"] = sorted(rows, key=lambda r: (r["k"], r["temperature"]))
+    result["info"]["command"] = " ".join(
+        [part["info"]["command"] for part in parts]
+    )  # every part's command, in order
+    result["info"]["merged_from"] = paths
+    for key in ("truncation_s",):
+        result["times_s"][key] = sum(part["times_s"].get(key, 0.0) for part in parts)
+    result["bands"] = band_table(result["truncation"]["rows"])
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.merge:
+        result = merge(args.merge)
+        print_tables(result)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        if args.bands:
+            write_bands(Path(args.bands), result)
+        if args.markdown:
+            Path(args.markdown).write_text(markdown_tables(result))
+        return 0
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

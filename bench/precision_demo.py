@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=5, help="cached replay views per image")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--losses", nargs="+", default=["pld", "kd"])
     p.add_argument("--max-parallel", type=int, default=2, help="student runs at once")
     return p.parse_args(argv)
 
@@ -78,7 +79,7 @@ def run_sweep(config: SweepConfig, max_parallel: int) -> list[dict[str, Any]]:
         done = RunDir(run.run_dir).finished_result(run)
         result = done if done is not None else fit(run).to_dict()
         return {
-            "run": name, "loss": run.loss.name, "seed": run.seed,
+            "run": name, "loss.name": run.loss.name, "seed": run.seed,
             "best_top1": result["best_top1"], "final_top1": result["final_top1"],
             "final_top5": result["final_top5"], "final_nll": result["final_nll"],
             "final_ece": result["final_ece"], "final_confidence": result["final_confidence"],
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = demo_plan.sweep_config(demo, root)
         base = sweep.base.model_copy(update={"cache": cache.output})
         config = SweepConfig(
-            base=base, grid={"loss.name": ["pld", "kd"], "seed": list(args.seeds)},
+            base=base, grid={"loss.name": list(args.losses), "seed": list(args.seeds)},
             sweep_dir=str(workdir / f"sweep-{precision}"), max_parallel=args.max_parallel,
         )  # fmt: skip
         rows = run_sweep(config, args.max_parallel)
