@@ -74,7 +74,7 @@ class CacheSummary:
             f"{t['weights_sha256'][:12]}...)  input {t['input_size']} {t['interpolation']}",
             f"views      {m['views']}",
             f"format     {self.format}  K={self.k}  C={self.num_classes}  "
-            f"temperatures {m['temperatures']}",
+            f"temperatures {m['temperatures']}  records {m.get('record_precision', 'fp16')}",
             f"size       N={self.num_samples}  V={self.num_views}  shards/view={self.num_shards}"
             f" (shard_size {m['shard_size']})",
             f"dataset    fingerprint {m['dataset_fingerprint'][:16]}...",

@@ -125,6 +125,7 @@ def test_a_q8_cache_stores_small_arrays_and_reads_back_within_the_quantizer_erro
         assert np.allclose(slab.gt_logit, want["gt_logit"] - one[:, 0], rtol=2**-10, atol=1e-6)
         assert slab.topk_logp.dtype == np.float32
     assert reader.load_view(0, k=2).topk_logp.shape == (100, 2)
+    assert "records q8" in storage.inspect(tmp_path / "q8.zarr")
 
 
 def test_every_imagenet21k_class_id_round_trips_in_a_q8_cache(tmp_path):
