@@ -10,6 +10,16 @@ student reading its views epoch after epoch.
     .venv/bin/python bench/storage.py --n 20000 --json bench/results/storage.json
     .venv/bin/python bench/storage.py --moto --url s3://pld-bench/top100   # S3 vs local disk
 
+With --real FULL_CACHE (a full-logit cache of a real teacher, e.g. the one bench/fidelity.py
+writes), the real teacher's records are written at top-5, 10 and 100 with record precision
+fp16 and q8 and every --codecs codec: bytes per record (each per-view array, the view and
+the disk), and whole-view load_view records/s on the records tiled to --n (chunks of
+--shard-size, as a real cache). Bytes come from the untiled records: tiling would repeat
+records inside a chunk, which the codecs would find.
+
+    nice .venv/bin/python bench/storage.py --real bench/results/fidelity/teacher-full-v200.zarr \
+        --codecs blosc-lz4,blosc-zstd --json bench/results/storage_real.json
+
 With --url, only top-100 with the default codec is measured, at the URL and on local disk
 in alternating rounds of one run, and the ratio of medians is printed. --moto starts a
 loopback S3 server (moto) and points the AWS variables at it: that figure is moto's and
@@ -232,6 +242,58 @@ def bench_url(url: str, tmp: Path, labels, logits, args) -> list[dict]:
     return rows
 
 
+def bench_real(full_cache: Path, tmp: Path, args) -> list[dict]:
+    """Bytes per record and load speed of real-teacher records, fp16 against q8."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import real_teacher
+
+    dense = real_teacher.load_dense(full_cache)
+    v, n, c = dense["logits"].shape
+    copies = max(1, -(-args.n // (v * n)))
+    tiled = {
+        **dense,
+        "logits": np.tile(dense["logits"], (copies, 1, 1)),
+        "crop": np.tile(dense["crop"], (copies, 1, 1)),
+        "flip": np.tile(dense["flip"], (copies, 1)),
+        "labels_per_record": np.tile(dense["labels_per_record"], copies),
+    }
+    rows = []
+    for k in [int(x) for x in args.real_ks.split(",")]:
+        for precision in ("fp16", "q8"):
+            for codec in args.codecs.split(","):
+                path = tmp / f"real-top{k}-{precision}-{codec}.zarr"
+                real_teacher.write_record_cache(path, dense, k, precision, codec)
+                reader = storage.open_cache(path)
+                records = reader.num_samples
+                arrays = {
+                    name: reader._arrays[name].nbytes_stored() / records
+                    for name in storage.schema.per_view_arrays(reader.manifest)
+                }
+                summary = storage.summarize(path)
+                shutil.rmtree(path)
+                path = tmp / f"tiled-top{k}-{precision}-{codec}.zarr"
+                real_teacher.write_record_cache(path, tiled, k, precision, codec)
+                big = storage.open_cache(path)
+                t_load = median_seconds(lambda big=big: big.load_view(0), args.repeat)
+                row = {
+                    "k": k, "precision": precision, "codec": codec, "records": records,
+                    "view_bytes_per_record": summary.bytes_per_record,
+                    "disk_bytes_per_record": summary.disk_bytes / records,
+                    "array_bytes_per_record": arrays,
+                    "load_records": big.num_samples,
+                    "load_records_per_s": big.num_samples / t_load,
+                }  # fmt: skip
+                shutil.rmtree(path)
+                rows.append(row)
+                print(
+                    f"top-{k:<4} {precision:<5} {codec:<11} view {row['view_bytes_per_record']:6.1f} "
+                    f"B/rec  disk {row['disk_bytes_per_record']:6.1f} B/rec  load_view "
+                    f"{row['load_records_per_s']:>11,.0f} rec/s  "
+                    + " ".join(f"{a}={b:.1f}" for a, b in arrays.items())
+                )
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     """One line per (format, K, codec); B/rec view counts the per-view arrays only."""
     print(
@@ -268,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None,
                         help="also measure top-100 at this fsspec URL (e.g. s3://bucket/prefix), "
                         "side by side with local disk; skips the codec and layout sweeps")  # fmt: skip
+    parser.add_argument("--real", default=None, help="full cache of a real teacher (see above)")
+    parser.add_argument("--real-ks", default="5,10,100", help="K values for --real")
     parser.add_argument(
         "--moto",
         action="store_true",
@@ -278,6 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="bench-storage-"))
     tmp.mkdir(parents=True, exist_ok=True)
+    if args.real:
+        real_rows = bench_real(Path(args.real), tmp, args)
+        if args.dir is None:
+            shutil.rmtree(tmp)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            info = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                    "zarr": zarr.__version__, "numpy": np.__version__,
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()}  # fmt: skip
+            Path(args.json).write_text(json.dumps({"info": info, "rows": real_rows}, indent=2))
+        return 0
     labels = make_labels(args.n, args.c)
     size = args.shard_size
     logits = [make_logits(labels[a : a + size], args.c, 0, a) for a in range(0, args.n, size)]

@@ -20,6 +20,7 @@ from pld_pipeline.reports.sweep_report import (
     result_row,
     write_sweep_reports,
 )
+from pld_pipeline.student.data.target_fidelity import warn_sweep
 from pld_pipeline.student.run.run_dir import RunDir
 
 
@@ -61,6 +62,7 @@ def sweep(config: SweepConfig) -> list[dict[str, Any]]:
             todo.append((name, run))
     logger.info("Sweep %s: %d runs, %d finished before, %d to train (max %d at once)",
                 sweep_dir, len(points), len(finished), len(todo), config.max_parallel)  # fmt: skip
+    warn_sweep(todo)  # one warning per grid point whose targets are far from the teacher
     trained = {}
     if todo:
         runner = ThreadPoolTaskRunner(max_workers=config.max_parallel)

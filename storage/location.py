@@ -25,7 +25,7 @@ from storage.errors import (
     NotACacheError,
     SchemaVersionError,
 )
-from storage.manifest import SCHEMA_VERSION, Manifest
+from storage.manifest import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Manifest
 from storage.schema import ATTR_MANIFEST, ATTR_SCHEMA_VERSION
 
 
@@ -180,10 +180,11 @@ def read_manifest(path: PathOrLocation, mode: str = "r") -> tuple[Manifest, zarr
             "its creation was interrupted (re-create it with overwrite=True)"
         )
     version = attrs.get(ATTR_SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise SchemaVersionError(
-            f"{where} has schema version {version!r}; this code reads version "
-            f"{SCHEMA_VERSION}. Use the pld-pipeline version that wrote it, or re-create it"
+            f"{where} has schema version {version!r}; this code reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (it writes {SCHEMA_VERSION}). "
+            "Use the pld-pipeline version that wrote it, or re-create it"
         )
     try:
         manifest = Manifest.from_dict(attrs[ATTR_MANIFEST])

@@ -9,6 +9,12 @@ The manifest lives in the group attributes under ``"pld_cache"``. Its identity f
 they are left out of the JSON, so a cache written before them reads, hashes and compares
 exactly as it did; a cache without ``class_list`` is compatible with any class list (its
 ``label`` array, compared on resume and by students, is then what decides).
+
+Schema version 2 added ``record_precision`` (``fp16``, or ``q8``: 8-bit top-K log-probs,
+see quantize.py). A version-1 cache has no such field and holds fp16 records, laid out
+exactly as a version-2 fp16 cache; its manifest keeps its version-1 JSON (so its hash,
+which student runs record, is unchanged), and it is compatible with a version-2 fp16
+manifest (the version says how the manifest is written, not what the cache holds).
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from typing import Any
 from storage.errors import InvalidManifestError, SchemaVersionError
 from storage.labels import ClassList, LabelCheck
 
-SCHEMA_VERSION: int = 1
+SCHEMA_VERSION: int = 2
+# Versions this code reads: 1 (fp16 records only, no record_precision field) and 2.
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 FORMATS = ("topk", "full")
+RECORD_PRECISIONS = ("fp16", "q8")
 VIEW_MODES = ("eval", "replay")
 # Fields that describe how and when a cache was made, or a finding about it, not what it
 # holds (a dotted name excludes one leaf, a plain name the whole field).
 NON_IDENTITY_FIELDS = (
     "library_versions", "created_at", "producer", "label_check", "class_list.source",
+    "schema_version",
 )  # fmt: skip
 # Fields added after the first caches: absent from the JSON when None (see the docstring).
 OPTIONAL_FIELDS = ("class_list", "label_check")
@@ -139,6 +149,7 @@ class Manifest:
     num_samples: int
     shard_size: int
     schema_version: int = SCHEMA_VERSION
+    record_precision: str = "fp16"
     library_versions: dict = field(default_factory=dict)
     created_at: str = ""
     producer: str = ""
@@ -151,13 +162,25 @@ class Manifest:
                 "Manifest.teacher must be a TeacherInfo and Manifest.views a ViewInfo, got "
                 f"{type(self.teacher).__name__} and {type(self.views).__name__}"
             )
-        if int(self.schema_version) != SCHEMA_VERSION:
+        if self.schema_version not in READABLE_SCHEMA_VERSIONS:
             raise SchemaVersionError(
                 f"manifest schema_version {self.schema_version!r} is not supported by this "
-                f"code (it reads version {SCHEMA_VERSION}); use the matching pld-pipeline version"
+                f"code (it reads versions {READABLE_SCHEMA_VERSIONS}); use the matching "
+                "pld-pipeline version"
             )
         if self.format not in FORMATS:
             raise InvalidManifestError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.record_precision not in RECORD_PRECISIONS:
+            raise InvalidManifestError(
+                f"record_precision must be one of {RECORD_PRECISIONS}, got "
+                f"{self.record_precision!r}"
+            )
+        if self.record_precision != "fp16" and (self.format != "topk" or self.schema_version < 2):
+            raise InvalidManifestError(
+                f"record_precision {self.record_precision!r} needs format 'topk' and schema "
+                f"version 2, got format {self.format!r} and version {self.schema_version}; "
+                "full logits are stored in fp16"
+            )
         num_classes = self.teacher.num_classes
         k = int(self.k)
         if self.format == "full":
@@ -237,6 +260,8 @@ class Manifest:
         for name in OPTIONAL_FIELDS:
             if data.get(name) is None:
                 data.pop(name, None)
+        if self.schema_version == 1:  # version 1 had no such field: its JSON stays as written
+            data.pop("record_precision")
         return data
 
     @classmethod
@@ -244,16 +269,22 @@ class Manifest:
         """Build a manifest from ``to_dict`` output.
 
         Raises:
-            SchemaVersionError: ``schema_version`` is not ``SCHEMA_VERSION``.
+            SchemaVersionError: ``schema_version`` is not one of ``READABLE_SCHEMA_VERSIONS``.
             InvalidManifestError: a field is missing, unknown or holds an impossible value.
         """
         if not isinstance(data, dict):
             raise InvalidManifestError(f"a manifest must be a dict, got {type(data).__name__}")
         version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise SchemaVersionError(
                 f"manifest schema_version {version!r} is not supported by this code "
-                f"(it reads version {SCHEMA_VERSION}); use the matching pld-pipeline version"
+                f"(it reads versions {READABLE_SCHEMA_VERSIONS}); use the matching "
+                "pld-pipeline version"
+            )
+        if version == 1 and "record_precision" in data:
+            raise InvalidManifestError(
+                "a schema version 1 manifest has no record_precision field; the cache's "
+                "attributes were edited by hand or by a newer writer"
             )
         try:
             fields = dict(data)
@@ -269,6 +300,7 @@ class Manifest:
     def identity(self) -> dict[str, Any]:
         """Return the flattened identity fields, e.g. ``{"teacher.name": "resnet50", ...}``."""
         flat = flatten(self.to_dict())
+        flat["record_precision"] = self.record_precision  # implied "fp16" in version 1
         return {
             key: value
             for key, value in flat.items()

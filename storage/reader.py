@@ -25,7 +25,8 @@ from storage.errors import (
     RequestError,
 )
 from storage.manifest import Manifest
-from storage.schema import array_specs, per_view_arrays
+from storage.quantize import dequantize_logp
+from storage.schema import Q8_LOGP_ARRAYS, array_specs, per_view_arrays
 from storage.slab import ViewSlab, topk_from_logits
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,11 @@ class CacheReader:
             array = self._arrays[name]
             integrity.check_chunks_exist(self.location, name, array, view, shards)
             data[name] = integrity.read_checked(self.location, name, array, view, start, stop, size)
+        if "topk_code" in data:  # record precision q8: float32 log-probs, lse(1) = 0, int32 boxes
+            data["topk_logp"] = dequantize_logp(*(data.pop(n) for n in Q8_LOGP_ARRAYS))
+            data["lse"] = data.pop("lse_gap").astype(np.float32)
+            data["gt_logit"] = data.pop("gt_logp").astype(np.float32)
+            data["crop"] = data["crop"].astype(np.int32)
         slab = ViewSlab(
             view=view,
             start=start,

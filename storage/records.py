@@ -13,7 +13,8 @@ import numpy as np
 
 from storage.errors import RecordError
 from storage.manifest import Manifest
-from storage.schema import FLOAT16_MAX, index_dtype
+from storage.quantize import quantize_logp, relative_lse
+from storage.schema import FLOAT16_MAX, UINT16_MAX, index_dtype
 
 # log-probabilities computed as logit - lse in float32 can exceed 0 by rounding.
 LOGP_TOLERANCE = 1e-2
@@ -70,7 +71,12 @@ def _range(name: str, value: np.ndarray, lo: int, hi: int, where: str) -> None:
 
 
 def prepare_records(
-    manifest: Manifest, view: int, n: int, records: Mapping[str, np.ndarray], where: str
+    manifest: Manifest,
+    view: int,
+    n: int,
+    records: Mapping[str, np.ndarray],
+    where: str,
+    labels: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Check one shard's records and return them in storage dtypes.
 
@@ -80,6 +86,8 @@ def prepare_records(
         n: rows in the shard (stop - start).
         records: name -> array with leading dim n (see ``CacheWriter.write_shard``).
         where: "view v shard s of PATH", prefixed to error messages.
+        labels: the shard's true classes [n] (record precision q8: the true class's slot
+            is read from ``gt_logit`` by the losses, so its rounding is not fed back).
 
     Returns:
         name -> contiguous array in its stored dtype; ``bad`` is always present.
@@ -116,7 +124,12 @@ def prepare_records(
         _finite("topk_logp", logp, where, FLOAT16_MAX)
         _check_topk_rows(idx[good], logp[good], where)
         out["topk_idx"] = np.ascontiguousarray(idx, dtype=index_dtype(c))
-        out["topk_logp"] = np.ascontiguousarray(logp, dtype=np.float16)
+        if manifest.record_precision == "q8":
+            exact = None if labels is None else idx == np.asarray(labels)[:, None]
+            q8 = quantize_logp(logp, exact)
+            out["topk_logp1"], out["topk_log2_step"], out["topk_code"] = q8
+        else:
+            out["topk_logp"] = np.ascontiguousarray(logp, dtype=np.float16)
     else:
         logits = _array(records, "logits", (n, c), "f", where)
         _finite("logits", logits, where, FLOAT16_MAX)
@@ -124,15 +137,27 @@ def prepare_records(
 
     lse = _array(records, "lse", (n, nt), "f", where)
     _finite("lse", lse, where)
-    out["lse"] = np.ascontiguousarray(lse, dtype=np.float32)
     gt = _array(records, "gt_logit", (n,), "f", where)
     _finite("gt_logit", gt, where)
-    out["gt_logit"] = np.ascontiguousarray(gt, dtype=np.float32)
+    if manifest.record_precision == "q8":  # relative to lse(T=1), in float16
+        one = lse[:, manifest.temperatures.index(1.0)].astype(np.float64)
+        out["lse_gap"] = relative_lse(lse, manifest.temperatures)
+        out["gt_logp"] = (gt.astype(np.float64) - one).astype(np.float16)
+    else:
+        out["lse"] = np.ascontiguousarray(lse, dtype=np.float32)
+        out["gt_logit"] = np.ascontiguousarray(gt, dtype=np.float32)
 
     crop = _array(records, "crop", (n, 4), "iu", where)
+    if manifest.record_precision == "q8" and crop.size and int(crop.max()) > UINT16_MAX:
+        raise RecordError(
+            f"{where}: record 'crop' holds {int(crop.max())} pixels, more than the "
+            f"{UINT16_MAX} a q8 cache stores (uint16); use record_precision 'fp16' for images "
+            "this large"
+        )
     _range("crop", crop[:, :2], 0, INT32_MAX, where)
     _range("crop height/width", crop[:, 2:], 1, INT32_MAX, where)
-    out["crop"] = np.ascontiguousarray(crop, dtype=np.int32)
+    crop_dtype = np.uint16 if manifest.record_precision == "q8" else np.int32
+    out["crop"] = np.ascontiguousarray(crop, dtype=crop_dtype)
     flip = _array(records, "flip", (n,), "biu", where)
     _range("flip", flip, 0, 1, where)
     out["flip"] = np.ascontiguousarray(flip, dtype=np.uint8)

@@ -24,9 +24,14 @@ DEFAULT_SHARD_SIZE = 8192
 FLOAT16_MAX = 65504.0
 INT16_MAX_CLASSES = 32767
 
+UINT16_MAX = 65535
 # Arrays indexed [V, N, ...], written by shard writers.
 PER_VIEW_ARRAYS_TOPK = ("topk_idx", "topk_logp", "lse", "gt_logit", "crop", "flip", "bad")
 PER_VIEW_ARRAYS_FULL = ("logits", "lse", "gt_logit", "crop", "flip", "bad")
+# record_precision "q8" (storage/quantize.py): topk_logp as three arrays, lse and gt_logit
+# relative to lse(T=1) in float16, crop as uint16.
+Q8_LOGP_ARRAYS = ("topk_logp1", "topk_log2_step", "topk_code")
+PER_VIEW_ARRAYS_Q8 = ("topk_idx", *Q8_LOGP_ARRAYS, "lse_gap", "gt_logp", "crop", "flip", "bad")
 # Arrays indexed [N, ...]: key and label at create time, hw by view 0's shard writers.
 PER_SAMPLE_ARRAYS = ("key", "label", "hw")
 
@@ -50,8 +55,10 @@ def index_dtype(num_classes: int) -> np.dtype:
 
 
 def per_view_arrays(manifest: Manifest) -> tuple[str, ...]:
-    """Names of the [V, N, ...] arrays of this manifest's format."""
-    return PER_VIEW_ARRAYS_TOPK if manifest.format == "topk" else PER_VIEW_ARRAYS_FULL
+    """Names of the [V, N, ...] arrays of this manifest's format and record precision."""
+    if manifest.format == "full":
+        return PER_VIEW_ARRAYS_FULL
+    return PER_VIEW_ARRAYS_Q8 if manifest.record_precision == "q8" else PER_VIEW_ARRAYS_TOPK
 
 
 def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
@@ -60,6 +67,7 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
     k, c, nt = manifest.k, manifest.num_classes, len(manifest.temperatures)
     s = min(s, n)
     nan = float("nan")
+    q8 = manifest.record_precision == "q8"
 
     def view(
         name: str, trailing: tuple[int, ...], dtype: Any, fill: Any, dims: tuple[str, ...], doc: str
@@ -70,15 +78,33 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
 
     specs = [
         view(
-            "lse",
+            "lse_gap" if q8 else "lse",
             (nt,),
-            np.float32,
+            np.float16 if q8 else np.float32,
             nan,
             ("temperature",),
-            "teacher logsumexp(z / T) for each manifest temperature",
+            "teacher logsumexp(z / T) - logsumexp(z) / T for each manifest temperature"
+            if q8
+            else "teacher logsumexp(z / T) for each manifest temperature",
         ),
-        view("gt_logit", (), np.float32, nan, (), "teacher logit of the true class"),
-        view("crop", (4,), np.int32, 0, ("box",), "crop box in source pixels: top, left, h, w"),
+        view(
+            "gt_logp" if q8 else "gt_logit",
+            (),
+            np.float16 if q8 else np.float32,
+            nan,
+            (),
+            "teacher log-probability of the true class at T=1"
+            if q8
+            else "teacher logit of the true class",
+        ),
+        view(
+            "crop",
+            (4,),
+            np.uint16 if q8 else np.int32,
+            0,
+            ("box",),
+            "crop box in source pixels: top, left, h, w",
+        ),
         view("flip", (), np.uint8, 0, (), "1 when the crop was flipped horizontally"),
         view("bad", (), np.bool_, False, (), "the image could not be decoded; row is filler"),
         ArraySpec("label", (n,), (s,), np.int32, 0, ("sample",), "true class"),
@@ -96,7 +122,21 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
             "shard s of view v is completely written",
         ),
     ]
-    if manifest.format == "topk":
+    if q8:
+        specs[:0] = [
+            view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
+            view("topk_logp1", (), np.float16, nan, (), "top-1 log-probability at T=1"),
+            view("topk_log2_step", (), np.int8, 0, (), "e: the q8 code step is 2**e nats"),
+            view(
+                "topk_code",
+                (k,),
+                np.uint8,
+                0,
+                ("rank",),
+                "q8 code increments: logp = topk_logp1 - 2**topk_log2_step * cumsum(topk_code)",
+            ),
+        ]
+    elif manifest.format == "topk":
         specs[:0] = [
             view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
             view(

@@ -23,7 +23,8 @@ class ViewSlab:
         view: view index v.
         start: first sample index of the slab.
         topk_idx: top-K classes [n, K] int16/int32, or None for dense logits.
-        topk_logp: their log-probabilities at T=1 [n, K] float16, or None.
+        topk_logp: their log-probabilities at T=1 [n, K] float16 (float32, dequantized, for
+            record precision q8), or None.
         logits: dense teacher logits [n, C] float16 (format full, k=None), or None.
         lse: logsumexp(z / T) [n, nT] float32, one column per ``temperatures`` entry.
         gt_logit: teacher logit of the true class [n] float32.

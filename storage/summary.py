@@ -14,6 +14,7 @@ import numpy as np
 from storage import location
 from storage.reader import CacheReader
 from storage.schema import array_specs, per_view_arrays
+from storage.tail import TailStats, tail_text
 
 # Shards read per step while computing statistics (bounds memory).
 SHARDS_PER_STEP = 16
@@ -41,6 +42,10 @@ class CacheSummary:
     records_written: int
     top1: dict[int, float] = field(default_factory=dict)
     tail_mass: dict[int, float] = field(default_factory=dict)
+    # view -> T -> mean tail mass at T (every cached temperature); T=1 is `tail_mass`.
+    tail_mass_at: dict[int, dict[float, float]] = field(default_factory=dict)
+    # T -> {"mean", "p95"} over every written, decodable record of every view.
+    tail_overall: dict[float, dict[str, float]] = field(default_factory=dict)
     bad_count: int = 0
     bad_keys: list[str] = field(default_factory=list)
     bad_reasons: dict[str, str] = field(default_factory=dict)
@@ -70,7 +75,7 @@ class CacheSummary:
             f"{t['weights_sha256'][:12]}...)  input {t['input_size']} {t['interpolation']}",
             f"views      {m['views']}",
             f"format     {self.format}  K={self.k}  C={self.num_classes}  "
-            f"temperatures {m['temperatures']}",
+            f"temperatures {m['temperatures']}  records {m.get('record_precision', 'fp16')}",
             f"size       N={self.num_samples}  V={self.num_views}  shards/view={self.num_shards}"
             f" (shard_size {m['shard_size']})",
             f"dataset    fingerprint {m['dataset_fingerprint'][:16]}...",
@@ -87,10 +92,18 @@ class CacheSummary:
             f"B/record; compression ratio {self.compression_ratio:.2f}",
         ]
         for v in sorted(self.top1):
-            tail = self.tail_mass.get(v)
-            tail_text = f"{tail:.4f}" if tail is not None else "n/a (full logits)"
+            tails = self.tail_mass_at.get(v)
+            text = (
+                ", ".join(f"T={t:g} {mass:.4f}" for t, mass in sorted(tails.items()))
+                if tails
+                else "n/a (full logits)"
+            )
             lines.append(
-                f"view {v:<5} teacher top-1 vs label {self.top1[v]:.4f}; mean tail mass {tail_text}"
+                f"view {v:<5} teacher top-1 vs label {self.top1[v]:.4f}; mean tail mass {text}"
+            )
+        if self.tail_overall:
+            lines.append(
+                f"tail mass  outside the top-{self.k}, all views: {tail_text(self.tail_overall)}"
             )
         lines.append(f"libraries  {json.dumps(m['library_versions'], sort_keys=True)}")
         return "\n".join(lines)
@@ -199,9 +212,11 @@ def summary_of(reader: CacheReader) -> CacheSummary:
         records_written=written,
     )
     bad = np.zeros(reader.num_samples, dtype=bool)  # bad in any written view
+    temps = reader.temperatures
+    overall = TailStats(temps)
     for view in range(reader.num_views):
         hits = count = 0
-        tail = 0.0
+        tail = np.zeros(len(temps))
         for start, stop in _done_ranges(reader, view, missing_set):
             slab = reader.load_view(view, start, stop)
             bad[start:stop] |= slab.bad
@@ -210,12 +225,14 @@ def summary_of(reader: CacheReader) -> CacheSummary:
             hits += int((top[good] == slab.label[good]).sum())
             count += int(good.sum())
             if slab.topk_logp is not None:
-                probs = np.exp(slab.topk_logp[good].astype(np.float64))
-                tail += float((1.0 - probs.sum(axis=1)).sum())
+                masses = overall.add(slab.topk_logp[good], slab.lse[good])
+                tail += [float(m.sum()) for m in masses]
         if count:
             summary.top1[view] = hits / count
             if reader.format == "topk":
-                summary.tail_mass[view] = tail / count
+                summary.tail_mass_at[view] = {t: float(m / count) for t, m in zip(temps, tail)}
+                summary.tail_mass[view] = summary.tail_mass_at[view][1.0]
+    summary.tail_overall = overall.summary()
     bad_index = np.flatnonzero(bad)
     summary.bad_count = len(bad_index)
     summary.bad_keys = [str(reader.keys[i]) for i in bad_index[:BAD_KEYS_SHOWN]]

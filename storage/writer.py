@@ -182,7 +182,10 @@ class CacheWriter:
                 )
             logger.debug("skipping %s: already done", where)
             return False
-        data = prepare_records(self.manifest, view, stop - start, records, where)
+        labels = None
+        if self.manifest.record_precision == "q8":
+            labels = self._arrays["label"][start:stop]
+        data = prepare_records(self.manifest, view, stop - start, records, where, labels)
         # Arrays are written concurrently (compression overlaps I/O), all of them
         # before the done bit.
         futures = [

@@ -202,6 +202,12 @@ class CacheConfig(StrictModel):
         "topk", description="'topk': K classes' log-probs per view; 'full': all C logits (fp16)."
     )
     k: int = Field(10, ge=1, description="Classes kept per view in the topk format.")
+    record_precision: Literal["fp16", "q8"] = Field(
+        "fp16",
+        description="How the topk format stores log-probs: 'fp16', or 'q8' (8 bits per class "
+        "with an exact top-1 and the order kept; crop boxes as uint16): about half the bytes "
+        "of fp16 at top-10; see docs/choosing-k-t-precision.md for what it costs each loss.",
+    )
     temperatures: tuple[float, ...] = Field(
         (1.0,),
         description="Temperatures T at which logsumexp(logits / T) is stored; must include 1.0.",
@@ -317,6 +323,11 @@ class CacheConfig(StrictModel):
         classes = self.teacher.num_classes
         if self.format == "topk" and classes is not None and self.k > classes:
             raise ValueError(f"k={self.k} exceeds the teacher's {classes} classes")
+        if self.format == "full" and self.record_precision != "fp16":
+            raise ValueError(
+                f"record_precision={self.record_precision!r} applies to format 'topk'; full "
+                "logits are stored in fp16 (set record_precision='fp16' or format='topk')"
+            )
         if self.dask_address and self.task_runner != "dask":
             raise ValueError("dask_address needs task_runner='dask'")
         return self

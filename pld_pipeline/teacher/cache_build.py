@@ -113,6 +113,7 @@ def manifest_of(
         views=config.view_info(teacher.preprocess.crop_pct),
         format=config.format,
         k=config.k if config.format == "topk" else teacher.info.num_classes,
+        record_precision=config.record_precision,
         temperatures=tuple(float(t) for t in config.temperatures),
         dataset_fingerprint=images.fingerprint(),
         num_samples=len(images),

@@ -18,6 +18,7 @@ from pld_pipeline import label_order
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.decoding import decode_problem
 from pld_pipeline.teacher.cache_build import images_of
+from storage.tail import tail_text
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class CacheReport:
     tail_mass: dict[int, float]
     bad_keys: list[str]
     label_check: dict[str, Any] | None = None
+    # view -> "T" -> mean tail mass at T; "T" -> {"mean", "p95"} over all views (top-K only).
+    tail_mass_at: dict[int, dict[str, float]] | None = None
+    tail_overall: dict[str, dict[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +70,13 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
             writer.record_bad_samples(bad_keys, bad_reasons(config, reader.manifest, bad_keys))
         summary = storage.summary_of(reader)
         content_id = storage.manifest_hash(reader.manifest)
+    if summary.tail_overall:
+        # Before the cache costs anyone a training run: what its top-K leaves out, per T.
+        logger.info(
+            "Cache %s: teacher mass outside the top-%d: %s (docs/choosing-k-t-precision.md "
+            "says what that costs each loss)",
+            config.output, summary.k, tail_text(summary.tail_overall),
+        )  # fmt: skip
     label_check = None
     if summary.top1:  # some record could be decoded
         check = label_order.agreement_check(
@@ -93,6 +104,11 @@ def finalize_cache(config: CacheConfig) -> CacheReport:
         tail_mass={int(v): float(t) for v, t in summary.tail_mass.items()},
         bad_keys=bad_keys,
         label_check=label_check,
+        tail_mass_at={
+            int(v): {f"{t:g}": float(m) for t, m in by_t.items()}
+            for v, by_t in summary.tail_mass_at.items()
+        },
+        tail_overall={f"{t:g}": dict(s) for t, s in summary.tail_overall.items()},
     )
 
 
@@ -120,13 +136,24 @@ def require_label_agreement(report: dict[str, Any]) -> None:
 
 
 def stats_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table row per view, plus the replay check, for the flow's table artifact."""
+    """One table row per view, plus the replay check, for the flow's table artifact.
+
+    Every row has a `tail_mass_T<t>` column per cached temperature (the mean mass outside
+    the top-K at T; None for full logits); the "all" row holds the mean over every record
+    and `tail_p95_T<t>` columns with the 95th percentile.
+    """
+    overall = report.get("tail_overall") or {}
+    per_view = report.get("tail_mass_at") or {}
+    temps = sorted(overall, key=float)
     rows = []
     for view, top1 in sorted(report["top1"].items(), key=lambda kv: int(kv[0])):
+        at = per_view.get(view) or per_view.get(int(view)) or {}
         rows.append({
             "view": int(view),
             "teacher_top1_pct": 100.0 * top1,
             "tail_mass": report["tail_mass"].get(view),
+            **{f"tail_mass_T{t}": at.get(t) for t in temps},
+            **{f"tail_p95_T{t}": None for t in temps},
             "records": report["num_samples"],
             "bytes_per_record": report["bytes_per_record"],
         })  # fmt: skip
@@ -135,6 +162,8 @@ def stats_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         "view": "all",
         "teacher_top1_pct": 100.0 * float(np.mean(list(report["top1"].values()) or [0.0])),
         "tail_mass": None,
+        **{f"tail_mass_T{t}": overall[t]["mean"] for t in temps},
+        **{f"tail_p95_T{t}": overall[t]["p95"] for t in temps},
         "records": report["num_samples"] * report["num_views"],
         "bytes_per_record": report["bytes_per_record"],
         "disk_mb": report["disk_mb"],

@@ -19,6 +19,7 @@ from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.teacher.cache_build import images_of, teacher_of
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.options import PassOptions
+from storage.quantize import max_error
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
             logger.warning("Replay check skips sample %d: %s", sample, exc)
             unreadable.append(dataset.keys[sample])
             continue
-        worst = max(worst, _logp_error(cached, 0, fresh[view]))
+        quantized = manifest.record_precision == "q8"
+        worst = max(worst, _logp_error(cached, 0, fresh[view], quantized))
     checked = len(picks) - len(unreadable)
     if unreadable and not checked:
         raise errors.ReplayCheckError(
@@ -90,20 +92,25 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
     return result
 
 
-def _logp_error(slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray]) -> float:
-    """Largest |cached - fresh| log-prob over the cached classes of one record."""
+def _logp_error(
+    slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray], quantized: bool = False
+) -> float:
+    """Largest |cached - fresh| log-prob over the cached classes of one record, beyond the
+    quantization error a q8 record may hold (`quantized`)."""
     if slab.logits is not None:
         cached = torch.log_softmax(torch.from_numpy(slab.logits[row].astype(np.float32)), -1)
         recomputed = torch.log_softmax(torch.from_numpy(fresh["logits"][0]), -1)
         return float((cached - recomputed).abs().max())
     idx = slab.topk_idx[row].astype(np.int64)
     cached = slab.topk_logp[row].astype(np.float32)
+    # q8 records hold each log-prob to within their quantization error: not the teacher's.
+    allowance = float(max_error(cached[None]).max()) if quantized else 0.0
     # Compare class by class: near-ties may swap order between the two forwards.
     fresh_logp = dict(zip(fresh["topk_idx"][0].tolist(), fresh["topk_logp"][0].tolist()))
     errors_ = []
     for c, value in zip(idx.tolist(), cached.tolist()):
         if c in fresh_logp:
-            errors_.append(abs(value - fresh_logp[c]))
+            errors_.append(max(0.0, abs(value - fresh_logp[c]) - allowance))
         else:  # fell out of the fresh top-K: it must then be at most the K-th log-prob
-            errors_.append(max(0.0, value - float(fresh["topk_logp"][0][-1])))
+            errors_.append(max(0.0, value - allowance - float(fresh["topk_logp"][0][-1])))
     return max(errors_) if errors_ else 0.0

@@ -109,6 +109,20 @@ def test_stats_artifact_is_published(reference_cache: Path):
         slab = reader.load_view(view)
         top1 = 100.0 * np.mean(slab.topk_idx[:, 0] == slab.label)
         assert rows[view]["teacher_top1_pct"] == pytest.approx(top1, abs=1e-3)
+    # The mass outside the top-K at every cached T, from the arrays read with plain zarr
+    # (the table shows 4 decimals).
+    import zarr
+
+    group = zarr.open_group(str(reference_cache), mode="r")
+    temps = group.attrs["pld_cache"]["temperatures"]
+    logp, lse = group["topk_logp"][...].astype(np.float64), group["lse"][...].astype(np.float64)
+    one = temps.index(1.0)
+    for j, t in enumerate(temps):
+        p_t = np.exp((logp + lse[..., [one]]) / t - lse[..., [j]])
+        tail = 1.0 - p_t.sum(axis=-1)  # [V, N]
+        for view in (0, 1):
+            assert rows[view][f"tail_mass_T{t:g}"] == pytest.approx(tail[view].mean(), abs=6e-5)
+        assert rows[-1][f"tail_mass_T{t:g}"] == pytest.approx(tail.mean(), abs=6e-5)
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tiny_imagefolder, tmp_path):

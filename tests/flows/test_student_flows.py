@@ -200,3 +200,28 @@ def test_student_run_timeout_fails_naming_the_run_and_resume_finishes(
         json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [0, 1, 2, 3]
+
+
+def test_sweep_warns_once_per_grid_point_far_from_the_teacher(
+    tiny_cache, tiny_imagefolder, tmp_path, caplog
+):
+    import logging
+
+    from flows.sweep import sweep
+    from pld_pipeline.configs.train import SweepConfig
+    from pld_pipeline.student.data import target_fidelity
+
+    base = {**train_config(tiny_cache, tiny_imagefolder, tmp_path / "unused"), "epochs": 1}
+    config = SweepConfig.model_validate({
+        "base": base, "grid": {"loss.temperature": [4.0], "seed": [0, 1]},
+        "sweep_dir": str(tmp_path / "sweep"), "max_parallel": 1,
+    })  # fmt: skip
+    # pld at T = 4 from the top-4 of an untrained 10-class teacher: most of its mass is
+    # outside, and the measured table puts pld there far above 10 %.
+    target_fidelity._warned.clear()
+    with caplog.at_level(logging.INFO, logger=target_fidelity.__name__):
+        sweep(config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # one per grid point; the runs themselves stay quiet
+    assert all(w.startswith("Grid point loss.temperature=4.0,seed=") for w in warnings)
+    assert all("pld at T=4 from top-4 targets" in w and "a full cache" in w for w in warnings)

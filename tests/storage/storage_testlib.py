@@ -48,3 +48,19 @@ def zarr_arrays(path) -> dict[str, np.ndarray]:
 
     group = zarr.open_group(str(path), mode="r")
     return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def as_schema_version_1(path) -> None:
+    """Rewrite a new fp16 cache's attributes to what the version-1 writer wrote (plain zarr).
+
+    Version 1 differs from a version-2 fp16 cache in two attributes only: the group's and
+    the manifest's ``schema_version`` is 1 and the manifest has no ``record_precision``.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    manifest = dict(group.attrs["pld_cache"])
+    assert manifest.pop("record_precision") == "fp16"
+    manifest["schema_version"] = 1
+    group.attrs["pld_cache"] = manifest
+    group.attrs["schema_version"] = 1

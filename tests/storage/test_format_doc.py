@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-from storage_testlib import write_cache
+import pytest
+from storage_testlib import as_schema_version_1, write_cache
 
 import storage
 from storage.schema import array_specs
-from storage.synthetic import make_labels, make_manifest
+from storage.synthetic import make_labels, make_manifest, make_records
 
 README = Path(storage.__file__).with_name("README.md")
 
@@ -21,7 +22,21 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_plain_zarr_example_runs_on_a_real_cache(tmp_path):
+def _run_example(path) -> tuple[str, dict]:
+    (block,) = _python_blocks(README.read_text())
+    assert '"path/to/cache.zarr"' in block
+    code = block.replace('"path/to/cache.zarr"', repr(str(path)))
+    assert "import storage" not in code
+    assert "from storage" not in code
+    out = io.StringIO()
+    scope: dict = {}
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(README), "exec"), scope)
+    return out.getvalue(), scope
+
+
+@pytest.mark.parametrize("precision", ["fp16", "q8", "fp16-schema-1"])
+def test_plain_zarr_example_runs_on_a_real_cache(tmp_path, precision):
     m = make_manifest(
         num_samples=300,
         num_classes=50,
@@ -29,23 +44,25 @@ def test_plain_zarr_example_runs_on_a_real_cache(tmp_path):
         num_views=2,
         shard_size=64,
         temperatures=(1.0, 2.0, 4.0),
+        record_precision="q8" if precision == "q8" else "fp16",
     )
     labels = make_labels(300, 50)
     write_cache(tmp_path / "c.zarr", m, labels)
-    (block,) = _python_blocks(README.read_text())
-    assert '"path/to/cache.zarr"' in block
-    code = block.replace('"path/to/cache.zarr"', repr(str(tmp_path / "c.zarr")))
-    assert "import storage" not in code
-    assert "from storage" not in code
-    out = io.StringIO()
-    scope: dict = {}
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, str(README), "exec"), scope)
-    # The example's figures agree with an independent computation from the records.
-    slab = storage.open_cache(tmp_path / "c.zarr").load_view(0)
-    top1 = float(np.mean(slab.topk_idx[:, 0] == labels))
-    assert f"teacher top-1 {top1:.3f}" in out.getvalue()
+    if precision == "fp16-schema-1":
+        as_schema_version_1(tmp_path / "c.zarr")
+    out, scope = _run_example(tmp_path / "c.zarr")
+    # The example's figures agree with an independent computation from the records given
+    # to the writer (float64; q8 within its quantization error of them).
+    records = [make_records(m, 0, a, min(a + 64, 300), labels) for a in range(0, 300, 64)]
+    idx = np.concatenate([r["topk_idx"] for r in records])
+    logp = np.concatenate([r["topk_logp"] for r in records]).astype(np.float64)
+    top1 = float(np.mean(idx[:, 0] == labels))
+    assert f"teacher top-1 {top1:.3f}" in out
+    tail = 1 - np.exp(logp).sum(axis=1)
+    assert np.abs(scope["tail"] - tail).max() < (2e-2 if precision == "q8" else 2e-3)
+    assert np.array_equal(scope["crop"], np.concatenate([r["crop"] for r in records]))
     assert scope["lazy"].shape == (2, 300, 8)
+    assert precision[:4] in out
 
 
 def test_array_table_lists_every_array_with_its_dtype():
@@ -56,7 +73,8 @@ def test_array_table_lists_every_array_with_its_dtype():
     }
     topk = array_specs(make_manifest())
     full = array_specs(make_manifest(fmt="full", k=0))
-    for name, spec in {**topk, **full}.items():
+    q8 = array_specs(make_manifest(record_precision="q8"))
+    for name, spec in {**topk, **full, **q8}.items():
         assert name in rows, f"{name} is not documented in storage/README.md"
         documented = rows[name]
         dtype = "string" if spec.dtype is str else np.dtype(spec.dtype).name

@@ -35,6 +35,25 @@ def test_summary_figures(cache_copy):
     assert abs(s.top1[1] - hits1 / len(rows)) < 1e-12
     tail = np.mean([1 - sum(np.exp(float(x)) for x in logp[0, i]) for i in range(N)])
     assert abs(s.tail_mass[0] - tail) < 1e-9
+    # At T = 4 (the other cached temperature): p_T = exp((logp + lse_1) / T - lse_T).
+    lse = g["lse"][...]
+    temps = g.attrs["pld_cache"]["temperatures"]
+    one, four = temps.index(1.0), temps.index(4.0)
+
+    def tail_at_4(v, i):
+        kept = sum(
+            np.exp((float(x) + float(lse[v, i, one])) / 4.0 - float(lse[v, i, four]))
+            for x in logp[v, i]
+        )
+        return 1 - kept
+
+    assert abs(s.tail_mass_at[0][4.0] - np.mean([tail_at_4(0, i) for i in range(N)])) < 1e-9
+    assert abs(s.tail_mass_at[0][1.0] - tail) < 1e-9
+    every = [tail_at_4(0, i) for i in range(N)] + [tail_at_4(1, i) for i in rows]
+    assert abs(s.tail_overall[4.0]["mean"] - np.mean(every)) < 1e-9
+    # The p95 is a histogram's upper bin edge: at most one bin (0.0005) above the exact one.
+    exact_p95 = np.quantile(every, 0.95, method="inverted_cdf")
+    assert exact_p95 <= s.tail_overall[4.0]["p95"] <= exact_p95 + 0.0005 + 1e-12
     total = sum(f.stat().st_size for f in Path(cache_copy).rglob("*") if f.is_file())
     assert s.disk_bytes == total
     per_record = 5 * 2 + 5 * 2 + 2 * 4 + 4 + 4 * 4 + 1 + 1  # idx, logp, lse, gt, crop, flip, bad
@@ -49,6 +68,8 @@ def test_summary_figures(cache_copy):
         f"teacher top-1 vs label {s.top1[0]:.4f}",
         "compression ratio",
         "B/record",
+        f"T=4 {s.tail_mass_at[0][4.0]:.4f}",
+        f"T=4 mean {s.tail_overall[4.0]['mean']:.3f} p95 {s.tail_overall[4.0]['p95']:.3f}",
     ):
         assert fragment in text, fragment
     assert storage.inspect(cache_copy) == text

@@ -25,6 +25,7 @@ from pld_pipeline.losses import make_loss
 from pld_pipeline.student.data.cached_dataset import gather_targets
 from pld_pipeline.student.data.epoch_views import EpochSlabs, NoSlabs
 from pld_pipeline.student.data.loaders import Loaders, RunData, build_data, train_views
+from pld_pipeline.student.data.target_fidelity import log_run_fidelity
 from pld_pipeline.student.data.target_plan import (
     TargetPlan,
 )
@@ -180,6 +181,7 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
     if teacher is None and inputs.reader is not None:
         preflight_loss(criterion, data.slabs.get(resume.start_epoch), inputs.train_index,
                        inputs.plan, place.device)  # fmt: skip
+        log_run_fidelity(config, inputs.plan, data.slabs.get(resume.start_epoch))
     optimizer = make_optimizer(model, config.optim)
     scheduler = make_scheduler(optimizer, config.optim, config.epochs, data.steps_per_epoch)
     scaler = place.grad_scaler()

@@ -25,8 +25,16 @@ from pld_pipeline.teacher.cache_build import build_shard, prepare_cache
 from pld_pipeline.teacher.cache_report import finalize_cache
 
 PROVENANCE = ("library_versions", "created_at", "producer")
-# Recorded 2026-11-30 from the code before the wings move (commit b32ce6a).
+# Recorded 2026-12-04 with schema version 2 (record precision, issue 21).
 EXPECTED = {
+    "topk": "bd9482a65b653037825679416ef494c7e14f91559d4274e1520d30ce19c94565",
+    "full": "7ed21d9678db798b8e5d68e9c0b4b06e6f1f118acbf42bfbf9d30569f9cd27a0",
+}
+# Recorded 2026-11-30 from the code before the wings move (commit b32ce6a), schema
+# version 1. Schema 2 changed two attributes of an fp16 cache and nothing else: the
+# version (group and manifest) and the manifest's new record_precision; put back as
+# version 1 wrote them, the cache must hash to these again.
+EXPECTED_SCHEMA_1 = {
     "topk": "6eba437eb67c3f2d3db1536e0036a8d93bb58d4d26026a50d6ac02662ea252c3",
     "full": "f4b21f9b0b9d1212929c0597e402b595d27af0681514b6cf37196c5b78a1102a",
 }
@@ -92,3 +100,10 @@ def test_a_fixed_config_writes_the_recorded_cache(fmt, tmp_path):
         logits = group["logits"][...] if "logits" in group else None
         assert logits is None or (logits.argmax(-1) == labels).all()
     assert content_hash(out) == EXPECTED[fmt]
+
+    group = zarr.open_group(str(out), mode="r+")
+    manifest = dict(group.attrs["pld_cache"])
+    assert manifest.pop("record_precision") == "fp16"  # the default precision
+    group.attrs["pld_cache"] = {**manifest, "schema_version": 1}
+    group.attrs["schema_version"] = 1
+    assert content_hash(out) == EXPECTED_SCHEMA_1[fmt]

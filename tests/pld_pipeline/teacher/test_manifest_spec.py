@@ -18,6 +18,7 @@ import zarr
 from images_testlib import CORRUPT_KEY
 
 import storage
+from pld_pipeline import errors
 from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.datasets import ImageFolderDataset
 from pld_pipeline.teacher import cache_build, cache_report, replay_check
@@ -130,3 +131,38 @@ def test_finalize_opens_the_cache_once(tiny_imagefolder_corrupt, tmp_path, monke
     assert label_check["records"] == top1.size == 2 * (len(bad) - 1)
     assert label_check["top1"] == pytest.approx(top1.mean())
     assert report.label_check == label_check
+
+
+def test_a_q8_pass_holds_the_teacher_within_its_rounding_and_passes_the_replay_check(
+    tiny_imagefolder, tmp_path
+):
+    from storage.quantize import max_error
+
+    out = tmp_path / "q8.zarr"
+    config = _config(tiny_imagefolder, out, STORED, record_precision="q8")
+    plan = cache_build.prepare_cache(config)
+    for shard in range(plan.num_shards):
+        cache_build.build_shard(config, shard)
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["pld_cache"]["record_precision"] == "q8"
+    data = ImageFolderDataset(tiny_imagefolder)
+    model = cache_build.teacher_of(config).model
+    reader = storage.open_cache(out)
+    for view in range(2):
+        crop, flip = group["crop"][view], group["flip"][view]
+        expected = _reference_logp(model, data, crop, flip, STORED)
+        slab = reader.load_view(view)
+        idx = slab.topk_idx.astype(np.int64)
+        assert np.array_equal(idx, np.argsort(-expected, axis=1, kind="stable")[:, :K])
+        want = np.take_along_axis(expected, idx, 1)
+        assert (np.abs(slab.topk_logp - want) <= max_error(want) + TOLERANCE).all()
+    check = replay_check.replay_check(config)
+    assert check.passed
+    assert check.max_abs_error < TOLERANCE
+    # The q8 allowance does not hide a wrong record: 40 more root steps on the 2nd class.
+    writable = zarr.open_group(str(out), mode="r+")
+    codes = writable["topk_code"][...]
+    codes[:, :, 1] += 40
+    writable["topk_code"][...] = codes
+    with pytest.raises(errors.ReplayCheckError, match="Replay check failed"):
+        replay_check.replay_check(config)

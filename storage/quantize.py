@@ -1,0 +1,109 @@
+"""8-bit top-K log-probabilities (record precision ``q8``): quantize on write, dequantize on read.
+
+A record's K log-probabilities at T = 1, sorted descending, are stored as
+
+- ``topk_logp1`` [n] float16: the top-1 log-probability, the very value an fp16 cache stores;
+- ``topk_log2_step`` [n] int8: e, the record's step is s = 2**e;
+- ``topk_code`` [n, K] uint8: code increments, ``topk_code[:, 0] == 0``;
+
+and read back as ``logp = topk_logp1 - (s * cumsum(topk_code, axis=1))**2``: the code of
+class j counts steps of the square root of its gap below the top-1. Square roots give
+fine steps near the top-1, where classes carry weight, and coarse ones far below it, where
+they carry almost none: an error of d nats on a class of probability p costs about
+p d**2 / 2 nats of KL, and a gap g is held to within 2 s sqrt(g). s is the smallest power
+of two with sqrt(top-1 - K-th) / s <= 255, so every record spends the 256 codes on its own
+range. The codes never decrease along a record (the K classes keep their order) and the
+top-1 is exact (code 0). Each class's code is its root gap divided by s rounded down or
+up: of the two, the one that keeps the running sum of the record's probabilities closest
+to the true one (error feedback), so the mass the top-K holds, and the tail 1 - sum, stay
+as exact as one class's rounding; rounding each to the nearest alone lets errors add up
+past a small tail. The true class's slot is rounded to the nearest and left out of that
+sum: the losses take its weight from ``gt_logp``.
+
+The logsumexps and the true class's logit are stored relative to lse(T = 1), in float16:
+``lse_gap`` [n, nT] = lse(T) - lse(1) / T (in [0, (1 - 1/T) log C]; 0 at T = 1) and
+``gt_logp`` [n] = gt_logit - lse(1). Every probability at every cached T depends on these
+alone (p_T = exp((logp + lse(1)) / T - lse(T)) = exp(logp / T - lse_gap)); a q8 record
+drops the teacher's absolute logit scale, which no loss uses: it reads as lse(1) = 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CODE_MAX = 255
+MIN_LOG2_STEP = -24  # a record whose K classes tie: any step holds it
+
+
+def _log2_step(spread: np.ndarray) -> np.ndarray:
+    """e per row [n] int8: the smallest 2**e >= sqrt(spread) / 255 (>= 2**MIN_LOG2_STEP)."""
+    with np.errstate(divide="ignore"):
+        e = np.ceil(np.log2(np.sqrt(np.maximum(spread, 0.0)) / CODE_MAX))
+    return np.clip(np.nan_to_num(e, neginf=MIN_LOG2_STEP), MIN_LOG2_STEP, 127).astype(np.int8)
+
+
+def quantize_logp(
+    logp: np.ndarray, exact: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize top-K log-probabilities (descending) to the q8 arrays.
+
+    Args:
+        logp: [n, K] float log-probabilities, each row sorted descending (small rounding
+            disorder is tolerated: gaps are made non-decreasing first).
+        exact: [n, K] bool, slots whose value readers take from elsewhere (the true class:
+            the losses use ``gt_logit``); their rounding is left out of the running sum.
+
+    Returns:
+        (topk_logp1 [n] float16, topk_log2_step [n] int8, topk_code [n, K] uint8).
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    n = logp.shape[0]
+    top1 = logp[:, 0].astype(np.float16)
+    gap = np.maximum.accumulate(np.maximum(top1.astype(np.float64)[:, None] - logp, 0.0), axis=1)
+    e = _log2_step(gap[:, -1])
+    step = np.ldexp(1.0, e.astype(np.int32))
+    x = np.minimum(np.sqrt(gap) / step[:, None], CODE_MAX)
+    cumulative = np.zeros(gap.shape, np.int16)
+    error = np.zeros(n)  # running sum of (stored - true) probabilities, relative to the top-1
+    for j in range(1, gap.shape[1]):
+        previous = cumulative[:, j - 1]
+        low = np.maximum(np.floor(x[:, j]), previous)
+        high = np.maximum(np.minimum(np.ceil(x[:, j]), CODE_MAX), previous)
+        true = np.exp(-gap[:, j])
+        d_low = np.exp(-np.square(low * step)) - true
+        d_high = np.exp(-np.square(high * step)) - true
+        pick_high = np.abs(error + d_high) < np.abs(error + d_low)
+        if exact is not None:  # nearest rounding, nothing fed back
+            pick_high = np.where(exact[:, j], np.abs(d_high) < np.abs(d_low), pick_high)
+        cumulative[:, j] = np.where(pick_high, high, low)
+        fed = np.where(pick_high, d_high, d_low)
+        error += fed if exact is None else np.where(exact[:, j], 0.0, fed)
+    code = np.diff(cumulative, axis=1, prepend=np.zeros((n, 1), np.int16))
+    return top1, e, code.astype(np.uint8)
+
+
+def dequantize_logp(logp1: np.ndarray, log2_step: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """The q8 arrays back to log-probabilities [n, K] float32 (see the module docstring)."""
+    cumulative = np.cumsum(code, axis=1, dtype=np.int32).astype(np.float32)
+    step = np.ldexp(np.float32(1.0), log2_step.astype(np.int32))
+    return logp1.astype(np.float32)[:, None] - np.square(step[:, None] * cumulative)
+
+
+def max_error(logp: np.ndarray) -> np.ndarray:
+    """The largest |dequantized - given| a q8 record of these log-probabilities can hold,
+    per entry [n, K]: a gap g is within one root step, |(sqrt(g) +- s)**2 - g| <= 2 s
+    sqrt(g) + s**2; the top-1 within float16's rounding (which an fp16 record holds too)."""
+    logp = np.asarray(logp, dtype=np.float64)
+    top1 = logp[:, 0].astype(np.float16).astype(np.float64)
+    gap = np.maximum(top1[:, None] - logp, 0.0)
+    step = np.ldexp(1.0, _log2_step(gap[:, -1]).astype(np.int32))[:, None]
+    bound = 2 * step * np.sqrt(gap) + step**2
+    bound[:, 0] = np.abs(logp[:, 0]) * 2.0**-11
+    return bound * (1 + 1e-6) + 1e-6
+
+
+def relative_lse(lse: np.ndarray, temperatures: tuple[float, ...]) -> np.ndarray:
+    """``lse_gap`` [n, nT] float16: lse(T) - lse(1) / T, from absolute logsumexps [n, nT]."""
+    lse = np.asarray(lse, dtype=np.float64)
+    one = lse[:, [list(temperatures).index(1.0)]]
+    return (lse - one / np.asarray(temperatures, dtype=np.float64)[None, :]).astype(np.float16)

@@ -1,0 +1,202 @@
+"""Record precision q8 (8-bit top-K log-probs) and schema version 1 caches.
+
+References: the quantizer against a float64 reading of its contract written as plain
+loops; the stored arrays read back with plain zarr; a version-1 cache made by editing a
+new cache's attributes with plain zarr to what the version-1 writer wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import zarr
+from storage_testlib import as_schema_version_1, keys_for, write_cache
+
+import storage
+from storage.quantize import dequantize_logp, max_error, quantize_logp
+from storage.synthetic import make_labels, make_manifest, make_records
+
+
+def _descending_logp(rng: np.random.Generator, n: int, k: int, c: int = 1000) -> np.ndarray:
+    """Real-looking top-K log-probs: log-softmax of Gaussian logits, sorted, first k."""
+    z = rng.standard_normal((n, c)) * rng.uniform(0.5, 4.0, (n, 1))
+    z[:, 0] += rng.uniform(0.0, 15.0, n)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -np.sort(-logp, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 100])
+def test_quantized_records_keep_the_top1_the_order_and_the_kept_mass(k):
+    logp = _descending_logp(np.random.default_rng(k), 300, k)
+    exact = np.zeros(logp.shape, bool)
+    exact[::3, min(1, k - 1)] = k > 1  # the true class in the second slot of every third row
+    top1, log2_step, code = quantize_logp(logp, exact)
+    assert top1.dtype == np.float16
+    assert log2_step.dtype == np.int8
+    assert code.dtype == np.uint8
+    back = dequantize_logp(top1, log2_step, code)
+    for row in range(len(logp)):
+        # The reference: the format's contract, one record at a time in Python floats.
+        true = [float(x) for x in logp[row]]
+        s = 2.0 ** int(log2_step[row])
+        first = float(np.float16(true[0]))
+        assert math.sqrt(max(first - true[-1], 0.0)) / s <= 255 * (1 + 1e-12)
+        spread = math.sqrt(max(first - true[-1], 0.0))
+        assert spread == 0 or spread / s > 127  # the smallest such power of 2
+        assert float(back[row, 0]) == first  # the top-1 is exact
+        cumulative, previous, running = 0, float("inf"), 0.0
+        for j in range(k):
+            cumulative += int(code[row, j])
+            value = first - (s * cumulative) ** 2
+            assert abs(value - float(back[row, j])) <= 1e-5 * (1 + abs(value))
+            gap = max(first - true[j], 0.0)
+            assert j == 0 or abs(value - true[j]) <= 2 * s * math.sqrt(gap) + s * s + 1e-9
+            assert value <= previous  # the order never changes
+            previous = value
+            if j:
+                # Of the codes it could take (root gap / s rounded down or up, not below the
+                # previous code), the class took the one keeping the running sum of
+                # probability errors smallest (nearest for the true class, not summed).
+                low = max(math.floor(math.sqrt(gap) / s), cumulative - int(code[row, j]))
+                high = max(min(math.ceil(math.sqrt(gap) / s), 255), low)
+                assert cumulative in (low, high)
+                err = {c: math.exp(-((s * c) ** 2)) - math.exp(-gap) for c in (low, high)}
+                if exact[row, j]:
+                    assert abs(err[cumulative]) <= min(abs(e) for e in err.values()) + 1e-15
+                else:
+                    best = min(abs(running + e) for e in err.values())
+                    assert abs(running + err[cumulative]) <= best + 1e-15
+                    running += err[cumulative]
+        assert cumulative <= 255
+    assert (max_error(logp) >= np.abs(back - logp) - 1e-6).all()
+
+
+def test_flat_records_and_ties_quantize_without_dividing_by_zero():
+    logp = np.full((3, 4), -np.log(4.0))
+    logp[2, 2:] = -3.0  # a tie at the tail
+    top1, log2_step, code = quantize_logp(logp)
+    back = dequantize_logp(top1, log2_step, code)
+    assert not code[:2].any()
+    assert np.allclose(back[:2], np.float16(-np.log(4.0)), atol=0)
+    assert back[2, 2] == back[2, 3]
+
+
+def _q8_manifest(**overrides):
+    fields = dict(num_samples=100, num_classes=10, k=5, num_views=2, shard_size=16)
+    fields.update(overrides)
+    return make_manifest(record_precision="q8", **fields)
+
+
+def test_a_q8_cache_stores_small_arrays_and_reads_back_within_the_quantizer_error(tmp_path):
+    m = _q8_manifest()
+    labels = make_labels(100, 10)
+    write_cache(tmp_path / "q8.zarr", m, labels)
+    g = zarr.open_group(str(tmp_path / "q8.zarr"), mode="r")
+    assert g.attrs["schema_version"] == 2
+    assert g.attrs["pld_cache"]["record_precision"] == "q8"
+    assert "topk_logp" not in g
+    assert (g["topk_code"].dtype, g["topk_log2_step"].dtype, g["crop"].dtype) == (
+        np.uint8, np.int8, np.uint16,
+    )  # fmt: skip
+    assert (g["lse_gap"].dtype, g["gt_logp"].dtype) == (np.float16, np.float16)
+    reader = storage.open_cache(tmp_path / "q8.zarr")
+    for v in range(2):
+        slab = reader.load_view(v)
+        shards = [make_records(m, v, a, min(a + 16, 100), labels) for a in range(0, 100, 16)]
+        want = {name: np.concatenate([r[name] for r in shards]) for name in shards[0]}
+        assert np.array_equal(slab.topk_idx, want["topk_idx"])
+        assert np.array_equal(slab.crop, want["crop"])
+        assert slab.crop.dtype == np.int32
+        assert np.array_equal(slab.flip, want["flip"].astype(np.uint8))
+        error = np.abs(slab.topk_logp.astype(np.float64) - want["topk_logp"])
+        assert (error <= max_error(want["topk_logp"]) + 1e-6).all()
+        # The plain-zarr dequantization (storage/README.md) gives the same numbers.
+        logp1, e, code = g["topk_logp1"][v], g["topk_log2_step"][v], g["topk_code"][v]
+        root = np.ldexp(np.float32(1), e.astype(np.int32))[:, None] * np.cumsum(code, axis=1)
+        plain = logp1.astype(np.float32)[:, None] - np.square(root.astype(np.float32))
+        assert np.allclose(plain, slab.topk_logp, rtol=1e-6, atol=1e-6)
+        # lse and the true class's logit relative to lse(1): probabilities unchanged.
+        one = want["lse"][:, [0]].astype(np.float64)
+        rel = want["lse"] - one / np.asarray(m.temperatures)
+        assert np.allclose(slab.lse, rel, rtol=0, atol=np.abs(rel).max() * 2**-10)
+        assert np.allclose(slab.gt_logit, want["gt_logit"] - one[:, 0], rtol=2**-10, atol=1e-6)
+        assert slab.topk_logp.dtype == np.float32
+    assert reader.load_view(0, k=2).topk_logp.shape == (100, 2)
+    assert "records q8" in storage.inspect(tmp_path / "q8.zarr")
+
+
+def test_every_imagenet21k_class_id_round_trips_in_a_q8_cache(tmp_path):
+    c, k, n = 21843, 8, 2731  # n * k >= C: every class appears in some row
+    m = _q8_manifest(num_samples=n, num_classes=c, k=k, num_views=1, shard_size=1024)
+    labels = np.arange(n, dtype=np.int32) % c
+    ids = np.arange(n * k) % c
+    idx = ids.reshape(n, k)  # distinct per row
+    logp = -np.sort(np.random.default_rng(0).uniform(0.0, 20.0, (n, k)), axis=1)
+    writer = storage.create(tmp_path / "in21k.zarr", m, keys_for(labels), labels)
+    for s in range(m.num_shards):
+        a, b = writer.shard_range(s)
+        records = make_records(m, 0, a, b, labels)  # lse, gt, crop, flip, hw
+        records.update(topk_idx=idx[a:b], topk_logp=logp[a:b])
+        writer.write_shard(0, s, records)
+    stored = zarr.open_group(str(tmp_path / "in21k.zarr"), mode="r")["topk_idx"][0]
+    assert stored.dtype == np.int16  # the smallest signed type that holds 21,843
+    back = storage.open_cache(tmp_path / "in21k.zarr").load_view(0).topk_idx
+    assert np.array_equal(back.astype(np.int64), idx)
+    assert set(back.ravel().tolist()) == set(range(c))
+
+
+def test_q8_refuses_boxes_beyond_uint16_and_full_logits(tmp_path):
+    m = _q8_manifest(num_views=1)
+    labels = make_labels(100, 10)
+    writer = storage.create(tmp_path / "q8.zarr", m, keys_for(labels), labels)
+    records = make_records(m, 0, 0, 16, labels)
+    records["crop"] = records["crop"].copy()
+    records["crop"][3, 2] = 70000
+    with pytest.raises(storage.RecordError, match="uint16"):
+        writer.write_shard(0, 0, records)
+    assert not writer.is_done(0, 0)
+    with pytest.raises(storage.InvalidManifestError, match="format 'topk'"):
+        make_manifest(fmt="full", k=0, record_precision="q8")
+
+
+def test_a_schema_version_1_cache_opens_reads_and_keeps_its_hash(tmp_path):
+    m = make_manifest(num_samples=100, num_classes=10, k=5, num_views=2, shard_size=16)
+    labels = make_labels(100, 10)
+    write_cache(tmp_path / "new.zarr", m, labels)
+    write_cache(tmp_path / "old.zarr", m, labels)
+    as_schema_version_1(tmp_path / "old.zarr")
+    old_json = zarr.open_group(str(tmp_path / "old.zarr"), mode="r").attrs["pld_cache"]
+
+    old = storage.open_cache(tmp_path / "old.zarr")
+    new = storage.open_cache(tmp_path / "new.zarr")
+    assert (old.manifest.schema_version, old.manifest.record_precision) == (1, "fp16")
+    assert old.manifest.to_dict() == old_json  # re-serialised exactly as stored
+    for v in range(2):
+        a, b = old.load_view(v), new.load_view(v)
+        for name in ("topk_idx", "topk_logp", "lse", "gt_logit", "crop", "flip", "label"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    # Runs record manifest_hash: a version-1 cache keeps the hash of its version-1 JSON.
+    import hashlib
+    import json
+
+    text = json.dumps({k: v for k, v in old_json.items() if k != "label_check"}, sort_keys=True)
+    assert storage.manifest_hash(old.manifest) == hashlib.sha256(text.encode()).hexdigest()
+    # Same contents: a version-2 fp16 manifest resumes it and a student accepts it.
+    current = dataclasses.replace(old.manifest, schema_version=2)
+    assert old.manifest.compatible_with(current)
+    assert not old.manifest.compatible_with(dataclasses.replace(current, record_precision="q8"))
+    old.validate(expect=current)
+    writer = storage.create(tmp_path / "old.zarr", current, keys_for(labels), labels)
+    assert writer.manifest.schema_version == 1
+    assert writer.missing() == []
+    assert storage.summarize(tmp_path / "old.zarr").tail_mass_at[0][1.0] >= 0
+
+
+def test_a_version_1_manifest_with_a_precision_is_refused():
+    data = make_manifest().to_dict()
+    data["schema_version"] = 1
+    with pytest.raises(storage.InvalidManifestError, match="version 1"):
+        storage.Manifest.from_dict(data)
