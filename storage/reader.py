@@ -338,6 +338,17 @@ class CacheReader:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage-prefetch")
         return self._pool.submit(self.load_view, view, **kwargs)
 
+    def prefetch_index(self) -> Future:
+        """Start reading, in the background, what `validate` and a run's checks read: the
+        keys, labels, bad mask and done bits (a run lists its image folder meanwhile).
+
+        Returns:
+            A ``concurrent.futures.Future`` done when they are in memory.
+        """
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage-prefetch")
+        return self._pool.submit(lambda: (self.keys, self.labels, self.bad_mask(), self.missing()))
+
     def shard_ranges(self, max_records: int | None = None) -> list[tuple[int, int]]:
         """Split [0, N) into shard-aligned ranges of at most ``max_records`` (>= 1 shard)."""
         size = self.shard_size

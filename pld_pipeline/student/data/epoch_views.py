@@ -67,7 +67,10 @@ class EpochSlabs:
         views_per_image: int = 1,
         replay: bool = True,
         on_load: Callable[[Any], None] | None = None,
+        pending: dict[int, Future] | None = None,
     ) -> None:
+        """`pending`: views already being read ({view: Future of its slab}), e.g. the
+        first epoch's, started while the run was checked."""
         self.reader = reader
         self.on_load = on_load
         self.num_views = num_views
@@ -75,7 +78,7 @@ class EpochSlabs:
         self.views_per_image = views_per_image
         self.replay = replay
         self._current: dict[int, Any] = {}
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[int, Future] = dict(pending or {})
 
     def views_of(self, epoch: int) -> tuple[int, ...]:
         """The cached view of each slot in the epoch (`epoch_view_ids`; all 0 without replay)."""

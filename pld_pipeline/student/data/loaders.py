@@ -60,6 +60,7 @@ def build_data(
     ranks: Ranks,
     device: torch.device,
     teacher: Any = None,
+    first_slabs: dict[int, Any] | None = None,
 ) -> RunData:
     """The data path of a run whose inputs were checked (`run.inputs.check_run`).
 
@@ -67,6 +68,7 @@ def build_data(
         reader: the open cache (storage.CacheReader), or None without one.
         train_index: the training samples (the bad ones the pass recorded left out).
         teacher: the online teacher, or None.
+        first_slabs: views already being read ({view: Future of its slab}).
     """
     m = config.views_per_image
     if reader is None:  # plain supervised training (loss ce)
@@ -74,7 +76,7 @@ def build_data(
     else:
         slabs = EpochSlabs(
             reader, plan.num_views, plan.load_k, m, plan.replay_cache,
-            on_load=lambda slab: check_slab_values(slab, plan.num_classes),
+            on_load=lambda slab: check_slab_values(slab, plan.num_classes), pending=first_slabs,
         )  # fmt: skip
     batch, steps = split_batch(config.batch_size, len(train_index), ranks.world_size, m)
     loaders = build_loaders(

@@ -177,7 +177,7 @@ def build_run(config: TrainConfig, dist_context: DistContext | None = None) -> R
     if state is not None:
         resume.start_epoch, resume.in_epoch = int(state["epoch"]) + 1, state.get("in_epoch")
     data = build_data(config, inputs.plan, inputs.reader, inputs.train_images, inputs.val_images,
-                      inputs.train_index, ctx, place.device, teacher)  # fmt: skip
+                      inputs.train_index, ctx, place.device, teacher, inputs.first_slabs)  # fmt: skip
     if teacher is None and inputs.reader is not None:
         preflight_loss(criterion, data.slabs.get(resume.start_epoch), inputs.train_index,
                        inputs.plan, place.device)  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ class RunInputs:
     Attributes:
         train_index: the training samples, without those the pass recorded as bad.
         reader: the open cache (None without one).
+        first_slabs: the first epoch's cached views, being read since the check ended
+            ({view: Future of its slab}; empty for a resumed run or without a cache).
     """
 
     config: TrainConfig
@@ -47,6 +50,7 @@ class RunInputs:
     reader: storage.CacheReader | None
     plan: TargetPlan
     train_index: np.ndarray
+    first_slabs: dict[int, Future] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +83,8 @@ def check_run(config: TrainConfig, shared: _Shared | None = None) -> RunInputs:
     if config.val_root:
         split_folder(config.val_root, config.val_split)
     reader = None if config.cache is None else storage.open_cache(config.cache_location())
+    if reader is not None:
+        reader.prefetch_index()  # the cache's side of the checks, read while the folder is listed
 
     from pld_pipeline.losses import make_loss  # noqa: PLC0415
     from pld_pipeline.student.data import target_plan  # noqa: PLC0415
@@ -111,8 +117,16 @@ def check_run(config: TrainConfig, shared: _Shared | None = None) -> RunInputs:
     check_student_available(config.student)
     if config.online_teacher is not None:
         check_teacher_available(config.online_teacher)
-    RunDir(config.run_dir).prepare(config, write=False)
-    return RunInputs(config, images, val_images, reader, plan, train_index)
+    resuming = RunDir(config.run_dir).prepare(config, write=False)
+    first_slabs = {}
+    if reader is not None and not resuming:  # read while Prefect and the model start
+        from pld_pipeline.student.data.epoch_views import epoch_view_ids  # noqa: PLC0415
+
+        views = (
+            epoch_view_ids(0, config.views_per_image, plan.num_views) if plan.replay_cache else (0,)
+        )
+        first_slabs = {v: reader.prefetch(v, k=plan.load_k) for v in set(views)}
+    return RunInputs(config, images, val_images, reader, plan, train_index, first_slabs)
 
 
 def check_train_run(config: TrainConfig) -> RunInputs:

@@ -122,3 +122,28 @@ def test_the_student_bench_trains_the_runs_build_run_makes(monkeypatch, tmp_path
     assert steps == 4  # 16 images, batch 4, no warm-up
     for run in built:  # each mode's student took every paired step
         assert run.scheduler.last_epoch == steps
+
+
+def test_the_first_epoch_s_views_are_read_while_the_run_is_checked(
+    replay_cache, color_folder, tmp_path
+):
+    """check_run starts reading epoch 0's cached views (a resumed run's epoch is another);
+    the slabs equal a plain read of those views."""
+    import numpy as np
+
+    import storage
+    from pld_pipeline.student.run.inputs import check_run
+
+    cfg = train_config(replay_cache, color_folder, tmp_path / "r", epochs=2, views_per_image=2)
+    inputs = check_run(cfg)
+    assert sorted(inputs.first_slabs) == [0, 1]  # epoch 0, m = 2: views 0 and 1
+    with storage.open_cache(str(replay_cache)) as reader:
+        for view, future in inputs.first_slabs.items():
+            expected = reader.load_view(view, k=inputs.plan.load_k)
+            got = future.result(timeout=60)
+            for name in ("topk_idx", "topk_logp", "lse", "crop", "flip", "label"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    with pytest.raises(CrashError):
+        fit(cfg, progress_callback=_crash_after_first_epoch)
+    resumed = check_run(cfg.model_copy(update={"resume": True}))
+    assert resumed.first_slabs == {}  # it starts at epoch 1: nothing read for epoch 0
