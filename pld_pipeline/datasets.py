@@ -237,7 +237,7 @@ class ImageFolderDataset:
                 raise DatasetError(
                     f"{self!r} was made from stored keys: it has no file sizes to fingerprint"
                 )
-            self._fingerprint = storage.fingerprint(self.keys, [int(s) for s in self.sizes])
+            self._fingerprint = storage.fingerprint(self.keys, self.sizes.tolist())
         return self._fingerprint
 
     def load_rgb(self, i: int) -> Image.Image:

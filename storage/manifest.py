@@ -378,7 +378,7 @@ def fingerprint(keys: Sequence[str], sizes: Sequence[int]) -> str:
     Raises:
         InvalidManifestError: lengths differ, or a key holds a tab or newline.
     """
-    keys, sizes = [str(k) for k in keys], [int(s) for s in sizes]
+    keys, sizes = list(map(str, keys)), list(map(int, sizes))
     if len(keys) != len(sizes):
         raise InvalidManifestError(
             f"fingerprint needs one size per key, got {len(keys)} keys and {len(sizes)} sizes"

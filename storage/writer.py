@@ -216,7 +216,8 @@ def _library_versions() -> dict[str, str]:
 def _check_dataset(manifest: Manifest, keys: Sequence[str], labels: np.ndarray) -> tuple:
     if not isinstance(manifest, Manifest):
         raise TypeError(f"manifest must be a storage.Manifest, got {type(manifest).__name__}")
-    keys_arr = np.asarray(list(keys), dtype=np.dtypes.StringDType())
+    keys = list(keys)
+    keys_arr = np.asarray(keys, dtype=np.dtypes.StringDType())
     labels_arr = np.asarray(labels)
     n = manifest.num_samples
     if keys_arr.shape != (n,) or labels_arr.shape != (n,):
@@ -232,7 +233,7 @@ def _check_dataset(manifest: Manifest, keys: Sequence[str], labels: np.ndarray) 
             f"labels must be in [0, {c}) (teacher num_classes), got values in "
             f"[{int(labels_arr.min())}, {int(labels_arr.max())}]; check the dataset's classes"
         )
-    if len(np.unique(keys_arr)) != n:
+    if len(set(keys)) != n:  # a hash set: np.unique sorted 1.28 M strings in 2.5 s
         raise RecordError("sample keys must be unique; the dataset listing repeats a key")
     return keys_arr, labels_arr.astype(np.int32)
 

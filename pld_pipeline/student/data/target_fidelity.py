@@ -188,6 +188,9 @@ def loss_temperature(loss_name: str, loss_config: Any) -> float | None:
     return None if value is None else float(value)
 
 
+TAIL_SAMPLE = 65536  # records (evenly spaced) a run's tail-mass line is the mean of
+
+
 def assess(
     loss_name: str,
     temperature: float | None,
@@ -196,15 +199,18 @@ def assess(
     slab: Any = None,
 ) -> TargetFidelity | None:
     """The fidelity of `loss_name` at `temperature` from top-`k` targets (None for ce or
-    no temperature); the tail mass is the mean over the decodable records of `slab`."""
+    no temperature); the tail mass is the mean over the decodable records of `slab` (at
+    most `TAIL_SAMPLE` of them, evenly spaced)."""
     if loss_name == "ce" or temperature is None:
         return None
     tail = None
     if slab is not None and slab.topk_logp is not None and 1.0 in tuple(slab.temperatures):
-        good = ~slab.bad if slab.bad is not None else np.ones(len(slab), bool)
-        if good.any():
+        rows = np.flatnonzero(~slab.bad) if slab.bad is not None else np.arange(len(slab))
+        if len(rows) > TAIL_SAMPLE:  # a mean to two digits: a view of 1.28 M rows took 0.9 s
+            rows = rows[np.linspace(0, len(rows) - 1, TAIL_SAMPLE).astype(np.int64)]
+        if len(rows):
             tail = float(
-                tail_mass(slab.topk_logp[good], slab.lse[good], slab.temperatures, temperature, k)
+                tail_mass(slab.topk_logp[rows], slab.lse[rows], slab.temperatures, temperature, k)
                 .mean()
             )  # fmt: skip
     found = None if k >= num_classes - 1 else lookup(loss_name, temperature, k, num_classes, tail)
