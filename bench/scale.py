@@ -11,7 +11,7 @@ listings per command. Each command is stopped once its throughput is measured (a
 resumes, so nothing is lost). The train command reads a cache of synthetic records for
 the same folder (`storage.synthetic`), so it does not wait for a real pass over N images.
 
-The fixed start-up is the same command on a one-shard folder (4,096 images): time to first
+The fixed start-up is the same command on a one-shard folder (8,192 images): time to first
 step minus its listing. Target: time to first step <= 1.3 x one listing + the fixed
 start-up. Every command reports to one Prefect server the bench starts (as a user with
 `prefect server start` has), so Prefect's temporary-server start (5-13 s, and noisy) is
@@ -231,11 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[1_281_000])
     parser.add_argument(
-        "--small", type=int, default=4096, help="the start-up run's images (one shard)"
+        "--small", type=int, default=8192, help="the start-up run's images (one shard)"
     )
     parser.add_argument("--repeat", type=int, default=2, help="start-up runs (median)")
     parser.add_argument("--window", type=float, default=30.0, help="seconds of throughput")
-    parser.add_argument("--shard-size", type=int, default=4096)
+    parser.add_argument("--shard-size", type=int, default=8192, help="the configs' default")
     parser.add_argument("--dir", help="where folders and caches go (default: a temp dir)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)

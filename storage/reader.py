@@ -223,7 +223,9 @@ class CacheReader:
                 "(sorted keys and file sizes differ); re-create the cache for this dataset"
             )
         if dataset_keys is not None:
-            checks.check_keys(self.path, self.keys, dataset_keys)
+            checks.check_keys(
+                self.path, self.keys, dataset_keys, same_set=dataset_fingerprint is not None
+            )
         if require_complete:
             missing = self.missing()
             if missing:

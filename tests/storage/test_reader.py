@@ -218,3 +218,22 @@ def test_plain_dask_reads_the_same_values(cache_copy):
     tail = 1 - np.exp(logp[0].astype("f8")).sum(axis=-1).compute()
     want = [1 - sum(np.exp(float(x)) for x in row) for row in slab.topk_logp]
     np.testing.assert_allclose(tail, want, atol=1e-12)
+
+
+def test_keys_of_the_same_set_are_equal_only_in_the_same_order():
+    """check_keys' shortcut (both lists strictly sorted, the fingerprints equal) never lets
+    a reordered cache through: unsorted stored keys still get the full comparison."""
+    import numpy as np
+
+    from storage._checks import check_keys
+    from storage.errors import DatasetMismatchError
+
+    keys = ["a/1.jpg", "a/2.jpg", "b/1.jpg"]
+    sorted_store = np.asarray(keys, dtype=np.dtypes.StringDType())
+    check_keys("c", sorted_store, keys, same_set=True)
+    reordered = np.asarray([keys[1], keys[0], keys[2]], dtype=np.dtypes.StringDType())
+    for same_set in (True, False):
+        with pytest.raises(DatasetMismatchError, match="another order"):
+            check_keys("c", reordered, keys, same_set=same_set)
+    with pytest.raises(DatasetMismatchError, match="differ"):
+        check_keys("c", sorted_store, ["a/1.jpg", "a/2.jpg", "c/1.jpg"], same_set=False)

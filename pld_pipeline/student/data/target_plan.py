@@ -61,7 +61,8 @@ def check_cache(reader, images: ImageFolderDataset, config: TrainConfig) -> Targ
         The errors of `check_cache_data` and `plan_targets`.
     """
     check_cache_data(reader, images, config)
-    plan = plan_targets(reader.manifest, images, config)
+    plan = plan_targets(reader.manifest, config)
+    check_labels_fit(images, plan.num_classes, config)
     warn_if_views_differ(plan, config)
     return plan
 
@@ -100,25 +101,34 @@ def check_cache_data(reader, images: ImageFolderDataset, config: TrainConfig) ->
     )
 
 
-def plan_targets(manifest, images: ImageFolderDataset, config: TrainConfig) -> TargetPlan:  # noqa: ANN001
-    """Decide what the run reads from a cache with this manifest (storage.Manifest).
-
-    Checks labels inside the teacher's classes, K' <= K, dense targets only from a full cache,
-    and the loss's temperature (the configured one, else the loss's default) among the cached
-    ones (compact targets read offline).
+def check_labels_fit(images: ImageFolderDataset, num_classes: int, config: TrainConfig) -> None:
+    """The dataset's labels must be the teacher's class indices (below its class count).
 
     Raises:
-        ConfigError: K' too large, dense targets from a top-K cache, labels out of range.
-        TemperatureNotCachedError: the loss temperature was not cached.
-        LossInputError: the loss's parameters are invalid.
+        ConfigError: a label at or above `num_classes`.
     """
-    m = manifest
-    num_classes = int(m.teacher.num_classes)
     if len(images.labels) and int(images.labels.max()) >= num_classes:
         raise ConfigError(
             f"Dataset {config.dataset_root!r} has labels up to {int(images.labels.max())} but the "
             f"cache's teacher has {num_classes} classes; use the dataset the cache was made from."
         )
+
+
+def plan_targets(manifest, config: TrainConfig) -> TargetPlan:  # noqa: ANN001
+    """Decide what the run reads from a cache with this manifest (storage.Manifest), from the
+    manifest and the config alone (before the images are listed).
+
+    Checks K' <= K, dense targets only from a full cache, and the loss's temperature (the
+    configured one, else the loss's default) among the cached ones (compact targets read
+    offline).
+
+    Raises:
+        ConfigError: K' too large, dense targets from a top-K cache.
+        TemperatureNotCachedError: the loss temperature was not cached.
+        LossInputError: the loss's parameters are invalid.
+    """
+    m = manifest
+    num_classes = int(m.teacher.num_classes)
     form, k = config.target_form, config.k
     if form == "dense":
         if m.format != "full":

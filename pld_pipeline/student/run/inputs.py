@@ -94,11 +94,19 @@ def check_run(config: TrainConfig, shared: _Shared | None = None) -> RunInputs:
     from pld_pipeline.student.run.student_model import check_student_available  # noqa: PLC0415
     from pld_pipeline.teacher.models import check_teacher_available  # noqa: PLC0415
 
+    make_loss(config.loss.name, **config.loss.make_kwargs())
+    resuming = RunDir(config.run_dir).prepare(config, write=False)
+    first_slabs = {}
+    if reader is not None:
+        # What to read is the manifest's and the config's: planned, and the first epoch's
+        # views started reading (a resumed run starts elsewhere), before the folder is listed.
+        plan = target_plan.plan_targets(reader.manifest, config)
+        if not resuming:
+            first_slabs = {v: reader.prefetch(v, k=plan.load_k) for v in _first_views(plan, config)}
     images = shared.dataset(config.dataset_root, config.dataset_split, config.classes)
     val_images = None
     if config.val_root:
         val_images = ImageFolderDataset(config.val_root, config.val_split, images.classes)
-    make_loss(config.loss.name, **config.loss.make_kwargs())
     if reader is None:
         plan = target_plan.supervised_plan(images, config)
         train_index = good_indices(None, len(images))
@@ -111,22 +119,22 @@ def check_run(config: TrainConfig, shared: _Shared | None = None) -> RunInputs:
             target_plan.check_cache_data(reader, images, config)
             shared.checked[key] = good_indices(reader.bad_mask(), reader.num_samples)
         train_index = shared.checked[key]
-        plan = target_plan.plan_targets(reader.manifest, images, config)
+        target_plan.check_labels_fit(images, plan.num_classes, config)
         target_plan.warn_if_views_differ(plan, config)
     split_batch(config.batch_size, len(train_index), 1, config.views_per_image)
     check_student_available(config.student)
     if config.online_teacher is not None:
         check_teacher_available(config.online_teacher)
-    resuming = RunDir(config.run_dir).prepare(config, write=False)
-    first_slabs = {}
-    if reader is not None and not resuming:  # read while Prefect and the model start
-        from pld_pipeline.student.data.epoch_views import epoch_view_ids  # noqa: PLC0415
-
-        views = (
-            epoch_view_ids(0, config.views_per_image, plan.num_views) if plan.replay_cache else (0,)
-        )
-        first_slabs = {v: reader.prefetch(v, k=plan.load_k) for v in set(views)}
     return RunInputs(config, images, val_images, reader, plan, train_index, first_slabs)
+
+
+def _first_views(plan: TargetPlan, config: TrainConfig) -> set[int]:
+    """The cached views epoch 0 trains on (`epoch_views.epoch_view_ids`; view 0 of an eval cache)."""
+    from pld_pipeline.student.data.epoch_views import epoch_view_ids  # noqa: PLC0415
+
+    if not plan.replay_cache:
+        return {0}
+    return set(epoch_view_ids(0, config.views_per_image, plan.num_views))
 
 
 def check_train_run(config: TrainConfig) -> RunInputs:
