@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Two test processes by default (TEST_WORKERS=0 runs one): most integration tests wait on
+# servers and subprocesses. Each file stays on one process (its module fixtures start once).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) system-deps docs
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 # The inner loop: no servers, no subprocesses, no pretrained networks.
 test-fast: $(STAMP)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -112,20 +113,27 @@ def _outcomes(
     futures: dict[PrefectFuture, int], cluster: PassCluster | None, logger: Any
 ) -> Iterator[dict[str, Any]]:
     """Each shard's outcome as it finishes; the first failed shard stops the pass with its
-    error (for a shard Dask gave up on: the pass's error, see `PassCluster.shard_error`)."""
-    pending = set(futures)
-    while pending:
-        done, pending = wait(list(pending), timeout=EVENTS_EVERY_S)
+    error (on Dask: in the pass's terms, see `PassCluster.outcome`).
+
+    One done-callback per future feeds a queue (`prefect.futures.wait` in a loop would add
+    one per future per call: millions over a week-long pass); between shards, every
+    `EVENTS_EVERY_S` the cluster's events are logged.
+    """
+    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    unfinished = set(futures)
+    while unfinished:
+        try:
+            future = finished.get(timeout=EVENTS_EVERY_S)
+        except queue.Empty:
+            future = None
         if cluster is not None:
-            cluster.report_events(logger, {futures[f] for f in pending | done})
-        for future in done:
-            try:
-                yield future.result()
-            except Exception as exc:
-                error = exc if cluster is None else cluster.shard_error(exc, futures[future])
-                if error is exc:
-                    raise
-                raise error from exc
+            cluster.report_events(logger, {futures[f] for f in unfinished})
+        if future is None or future not in unfinished:
+            continue
+        unfinished.discard(future)
+        yield future.result() if cluster is None else cluster.outcome(future, futures[future])
 
 
 @flow(name="cache-teacher", on_failure=[cache_failed_hook], on_crashed=[cache_failed_hook])

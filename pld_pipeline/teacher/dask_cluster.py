@@ -12,8 +12,11 @@ with a `WorkerPlugin` before it runs a shard, turns the scheduler's events into 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
@@ -23,9 +26,11 @@ from typing import Any
 import cloudpickle
 import dask
 import distributed
+from distributed.comm import get_address_host_port
 from distributed.scheduler import NoValidWorkerError, NoWorkerError
 
 from pld_pipeline.errors import (
+    PLDError,
     SchedulerUnreachableError,
     ShardTaskError,
     WorkerEnvironmentError,
@@ -40,6 +45,8 @@ cloudpickle.register_pickle_by_value(_dask_worker)
 
 NO_WORKERS_TIMEOUT = "distributed.scheduler.no-workers-timeout"
 SHARD_TOPIC = "pld-shard-started"
+CLIENT_TIMEOUT_S = 30.0  # connecting, and Dask's reconnection before it gives up
+RESULT_WAIT_S = 60.0  # the longest a finished shard's result fetch may take before a check
 
 
 @contextmanager
@@ -120,7 +127,7 @@ class PassCluster:
     shards_on: dict[str, set[int]] = field(default_factory=dict)  # worker -> shards started
 
     def __enter__(self) -> PassCluster:
-        self.client = connect(self.address, max(5.0, self.lost_workers_timeout))
+        self.client = connect(self.address, CLIENT_TIMEOUT_S)
         try:
             self._bound_waits()
             self.client.subscribe_topic("all", self.events.put)
@@ -136,7 +143,8 @@ class PassCluster:
         if self.client is None:
             return
         if self.restore_timeout and self.client.status == "running":
-            self.client.run_on_scheduler(_dask_worker.set_no_workers_timeout, None)
+            with contextlib.suppress(OSError):  # the scheduler is gone: nothing to restore
+                self.client.run_on_scheduler(_dask_worker.set_no_workers_timeout, None)
         self.client.close(timeout=10)
         self.client = None
 
@@ -203,8 +211,52 @@ class PassCluster:
                 shard, name, worker,
             )  # fmt: skip
 
+    def outcome(self, future: Any, shard: int) -> Any:
+        """The result of a finished shard's `future`, with Dask's errors in the pass's terms.
+
+        The watchdog for the one case no engine setting bounds: the scheduler dying while
+        the result is fetched (the client asks the scheduler to gather it; that request
+        may wait on its connection). The fetch is bounded by `RESULT_WAIT_S` and retried
+        only while the scheduler is not lost (`scheduler_lost`).
+        """
+        while True:
+            started = time.monotonic()
+            try:
+                return future.result(timeout=RESULT_WAIT_S)
+            except Exception as exc:
+                stalled = isinstance(exc, TimeoutError) and (
+                    time.monotonic() - started >= RESULT_WAIT_S
+                )
+                if stalled and not self.scheduler_lost():
+                    continue
+                error = self.shard_error(exc, shard)
+                if error is exc:
+                    raise
+                raise error from exc
+
+    def scheduler_lost(self) -> bool:
+        """Whether the scheduler is gone: this pass's client has lost it (its status leaves
+        "running" when the scheduler's connection drops; the shards' client may notice
+        first, so this waits up to 2 s), or its port refuses a new TCP connection."""
+        deadline = time.monotonic() + 2.0
+        while self.client is not None and self.client.status == "running":
+            if time.monotonic() >= deadline:
+                return not _accepts_connections(self.address)
+            time.sleep(0.1)
+        return self.client is not None or not _accepts_connections(self.address)
+
     def shard_error(self, exc: BaseException, shard: int) -> BaseException:
-        """The pass's error for a shard that Dask gave up on (else `exc` itself)."""
+        """The pass's error for a shard that Dask gave up on (else `exc` itself).
+
+        A cancelled shard, or a connection error while fetching its result, means a lost
+        scheduler when `scheduler_lost` says so."""
+        lost = isinstance(exc, CancelledError | OSError) and not isinstance(exc, PLDError)
+        if lost and self.scheduler_lost():
+            return SchedulerUnreachableError(
+                f"lost the Dask scheduler at {self.address} ({type(exc).__name__}: "
+                f"{exc}); the shards written so far are kept: restart the scheduler and "
+                "workers, then rerun the same command to resume"
+            )
         if isinstance(exc, NoWorkerError | NoValidWorkerError):
             return WorkersLostError(self._lost_message(joined=True))
         if isinstance(exc, distributed.KilledWorker):
@@ -215,10 +267,9 @@ class PassCluster:
                 "already written are kept; check the worker logs, then rerun to resume"
             )
         if isinstance(exc, CancelledError):
-            return SchedulerUnreachableError(
-                f"lost the Dask scheduler at {self.address} ({exc}); the shards written so far "
-                "are kept: restart the scheduler and workers, then rerun the same command to "
-                "resume"
+            return ShardTaskError(
+                f"shard {shard} was cancelled on the Dask cluster ({exc}); the shards written "
+                "so far are kept: rerun the same command to resume"
             )
         if isinstance(exc, ImportError):
             return WorkerEnvironmentError(
@@ -236,3 +287,13 @@ class PassCluster:
             f"(`dask worker {self.address} --nthreads 1 --resources GPU=1`) and rerun the same "
             "command to resume; see the worker logs for why they stopped"
         )
+
+
+def _accepts_connections(address: str) -> bool:
+    """Whether `address` accepts a TCP connection within 5 s (a plain socket: no client)."""
+    try:
+        host, port = get_address_host_port(address)
+        socket.create_connection((host, port), timeout=5).close()
+    except (OSError, ValueError):
+        return False
+    return True

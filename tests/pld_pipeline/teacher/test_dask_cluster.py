@@ -174,6 +174,22 @@ def test_a_lost_worker_is_logged_with_the_unfinished_shards_it_was_running():
     assert guard.present == {"tcp://b"}
 
 
+def nobody_listens() -> str:
+    """A loopback address where no scheduler runs (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def listening():
+    """A loopback address that accepts connections, as a live scheduler does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @pytest.mark.parametrize(
     ("error", "expected", "fragment"),
     [
@@ -182,14 +198,68 @@ def test_a_lost_worker_is_logged_with_the_unfinished_shards_it_was_running():
         (distributed.KilledWorker("k", "tcp://a", 3), ShardTaskError, "allowed-failures"),
         (distributed.client.FutureCancelledError("k", "scheduler-connection-lost"),
          SchedulerUnreachableError, "lost the Dask scheduler"),
+        (distributed.comm.CommClosedError("in <TCP ConnectionPool.gather>: reset by peer"),
+         SchedulerUnreachableError, "lost the Dask scheduler"),
         (ModuleNotFoundError("No module named 'flows'"), WorkerEnvironmentError, "install pld-pipeline"),
     ],
 )  # fmt: skip
 def test_dask_s_errors_become_the_pass_s(error, expected, fragment):
-    guard = PassCluster("tcp://scheduler:8786", lost_workers_timeout=10, most_workers=2)
+    guard = PassCluster(nobody_listens(), lost_workers_timeout=10, most_workers=2)
     translated = guard.shard_error(error, shard=3)
     assert isinstance(translated, expected)
     assert fragment in str(translated)
     assert "rerun" in str(translated) or "install" in str(translated)
     other = ValueError("a shard's own error")
     assert guard.shard_error(other, shard=3) is other
+
+
+def test_connection_errors_are_the_shard_s_own_while_the_scheduler_answers(listening):
+    guard = PassCluster(listening, lost_workers_timeout=10)
+    own = OSError("No space left on device")
+    assert guard.shard_error(own, shard=3) is own
+    cancelled = guard.shard_error(distributed.client.FutureCancelledError("k", "cancel"), 3)
+    assert isinstance(cancelled, ShardTaskError)
+    assert "shard 3 was cancelled" in str(cancelled)
+
+
+class StallingFuture:
+    """A finished shard whose result fetch stalls (the client's gather waits on a dead
+    connection) `stalls` times, then returns `value`; or raises `error` at once."""
+
+    def __init__(self, stalls: int, value=None, error: BaseException | None = None):
+        self.stalls, self.value, self.error, self.calls = stalls, value, error, 0
+
+    def result(self, timeout: float):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if self.calls <= self.stalls:
+            time.sleep(timeout)
+            raise TimeoutError("the fetch timed out")
+        return self.value
+
+
+def test_a_stalled_result_fetch_is_retried_while_the_scheduler_answers(monkeypatch, listening):
+    monkeypatch.setattr("pld_pipeline.teacher.dask_cluster.RESULT_WAIT_S", 0.2)
+    future = StallingFuture(stalls=2, value={"shard": 3})
+    assert PassCluster(listening, lost_workers_timeout=10).outcome(future, 3) == {"shard": 3}
+    assert future.calls == 3
+
+
+def test_a_stalled_result_fetch_with_the_scheduler_gone_is_the_lost_scheduler_error(monkeypatch):
+    monkeypatch.setattr("pld_pipeline.teacher.dask_cluster.RESULT_WAIT_S", 0.2)
+    future = StallingFuture(stalls=100)
+    with pytest.raises(SchedulerUnreachableError, match="rerun the same command"):
+        PassCluster(nobody_listens(), lost_workers_timeout=10).outcome(future, 3)
+    assert future.calls == 1
+
+
+def test_a_shard_s_own_timeout_is_raised_as_it_is(monkeypatch, listening):
+    """A shard that failed with a TimeoutError of its own fails at once, not as a stall."""
+    monkeypatch.setattr("pld_pipeline.teacher.dask_cluster.RESULT_WAIT_S", 30.0)
+    own = TimeoutError("shard 3 ran past shard_timeout_s")
+    future = StallingFuture(stalls=0, error=own)
+    with pytest.raises(TimeoutError) as raised:
+        PassCluster(listening, lost_workers_timeout=10).outcome(future, 3)
+    assert raised.value is own
+    assert future.calls == 1
