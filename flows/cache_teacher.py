@@ -130,7 +130,7 @@ def _outcomes(
             future = None
         if cluster is not None:
             cluster.report_events(logger, {futures[f] for f in unfinished})
-        if future is None or future not in unfinished:
+        if future is None:
             continue
         unfinished.discard(future)
         yield future.result() if cluster is None else cluster.outcome(future, futures[future])

@@ -1,4 +1,5 @@
-"""PassCluster and the Dask settings a pass relies on, on in-process Dask clusters.
+"""PassCluster and the Dask settings a pass relies on, on in-process Dask clusters (and a
+`dask scheduler` process where a test kills the scheduler).
 
 The real processes (a CLI, a scheduler and workers killed mid-pass) are in
 test_installed_dask.py; here each engine behaviour the pass leans on is shown alone, with
@@ -8,9 +9,13 @@ the setting on and, where it matters, off.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import dask
 import distributed
@@ -33,6 +38,22 @@ def in_process_cluster(workers: int, processes: bool = False, **config) -> distr
         return distributed.LocalCluster(
             n_workers=workers, processes=processes, dashboard_address=":0", threads_per_worker=1
         )
+
+
+def nobody_listens() -> str:
+    """A loopback address where no scheduler runs (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def listening():
+    """A loopback address that accepts connections, as a live scheduler does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_a_scheduler_without_the_setting_gets_the_bound_for_the_pass_only():
@@ -65,11 +86,8 @@ def test_no_worker_joining_fails_after_the_bound():
 
 
 def test_an_unreachable_scheduler_is_one_clear_error():
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        free_port = sock.getsockname()[1]
     with pytest.raises(SchedulerUnreachableError, match="cannot reach the Dask scheduler"):
-        connect(f"tcp://127.0.0.1:{free_port}", timeout=2)
+        connect(nobody_listens(), timeout=2)
 
 
 SHADOWING_PRELOAD = """
@@ -174,22 +192,6 @@ def test_a_lost_worker_is_logged_with_the_unfinished_shards_it_was_running():
     assert guard.present == {"tcp://b"}
 
 
-def nobody_listens() -> str:
-    """A loopback address where no scheduler runs (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-
-
-@pytest.fixture
-def listening():
-    """A loopback address that accepts connections, as a live scheduler does."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.mark.parametrize(
     ("error", "expected", "fragment"),
     [
@@ -263,3 +265,71 @@ def test_a_shard_s_own_timeout_is_raised_as_it_is(monkeypatch, listening):
         PassCluster(listening, lost_workers_timeout=10).outcome(future, 3)
     assert raised.value is own
     assert future.calls == 1
+
+
+@pytest.fixture
+def scheduler_process():
+    """A `dask scheduler` and one `dask worker`, each its own process started from the
+    installed entry points (as the README starts them), so the test can SIGKILL the
+    scheduler; yields (address, the scheduler's Popen)."""
+    address = nobody_listens()
+    port = address.rsplit(":", 1)[1]
+    bin_dir = Path(sys.executable).parent
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(
+        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", port,
+         "--dashboard-address", ":0"], **quiet,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [bin_dir / "dask", "worker", address, "--nthreads", "1", "--dashboard-address", ":0"],
+        **quiet,
+    )
+    try:
+        yield address, scheduler
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_scheduler_is_seen_lost_and_the_pass_exits_cleanly(scheduler_process):
+    address, scheduler = scheduler_process
+    guard = PassCluster(address, lost_workers_timeout=20)
+    guard.__enter__()
+    assert guard.restore_timeout  # the exit will try to restore the scheduler's setting
+    assert not guard.scheduler_lost()
+    scheduler.kill()
+    scheduler.wait(timeout=30)
+    assert guard.scheduler_lost()
+    guard.__exit__(None, None, None)  # nothing to restore on a dead scheduler: no error
+    assert guard.client is None
+
+
+@pytest.mark.timeout(120)
+def test_a_scheduler_that_dies_during_the_exit_s_restore_is_not_an_error(scheduler_process):
+    """The race the last CI run lost: the client still said "running" when the exit asked
+    the scheduler to restore its setting, and the scheduler died before it answered
+    (`CommClosedError` out of `run_on_scheduler`). Made certain here: the scheduler is
+    stopped (SIGSTOP: its connections stay open) while the exit starts, then killed."""
+    address, scheduler = scheduler_process
+    guard = PassCluster(address, lost_workers_timeout=20)
+    guard.__enter__()
+    scheduler.send_signal(signal.SIGSTOP)
+    raised: list[BaseException] = []
+
+    def leave() -> None:
+        try:
+            guard.__exit__(None, None, None)
+        except BaseException as exc:  # noqa: BLE001 - what the exit raises is the point
+            raised.append(exc)
+
+    exiting = threading.Thread(target=leave, daemon=True)
+    exiting.start()
+    time.sleep(1.0)  # the exit is waiting for the stopped scheduler's answer
+    assert exiting.is_alive()
+    scheduler.kill()
+    exiting.join(timeout=90)
+    assert not exiting.is_alive(), "the exit still waits on a dead scheduler"
+    assert raised == []
+    assert guard.client is None
