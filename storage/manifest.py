@@ -15,6 +15,8 @@ see quantize.py). A version-1 cache has no such field and holds fp16 records, la
 exactly as a version-2 fp16 cache; its manifest keeps its version-1 JSON (so its hash,
 which student runs record, is unchanged), and it is compatible with a version-2 fp16
 manifest (the version says how the manifest is written, not what the cache holds).
+Schema version 3 changed only how q8 records are laid out (storage/q8_layout.py); fp16
+and full caches are the same in versions 2 and 3, and a resumed cache keeps its version.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 from storage.errors import InvalidManifestError, SchemaVersionError
 from storage.labels import ClassList, LabelCheck
 
-SCHEMA_VERSION: int = 2
-# Versions this code reads: 1 (fp16 records only, no record_precision field) and 2.
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+SCHEMA_VERSION: int = 3
+# Versions this code reads: 1 (fp16 records only, no record_precision field), 2 (the first
+# q8 layout) and 3 (q8 without the arrays' always-zero parts, storage/q8_layout.py).
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
 FORMATS = ("topk", "full")
 RECORD_PRECISIONS = ("fp16", "q8")
 VIEW_MODES = ("eval", "replay")
@@ -179,7 +182,7 @@ class Manifest:
         if self.record_precision != "fp16" and (self.format != "topk" or self.schema_version < 2):
             raise InvalidManifestError(
                 f"record_precision {self.record_precision!r} needs format 'topk' and schema "
-                f"version 2, got format {self.format!r} and version {self.schema_version}; "
+                f"version 2 or later, got format {self.format!r} and version {self.schema_version}; "
                 "full logits are stored in fp16"
             )
         num_classes = self.teacher.num_classes

@@ -3,16 +3,18 @@
 A record's K log-probabilities at T = 1, sorted descending, are stored as
 
 - ``topk_logp1`` [n] float16: the top-1 log-probability, the very value an fp16 cache stores;
-- ``topk_log2_step`` [n] int8: e, the record's step is s = 2**e;
+- a step exponent e [n] int8: the record's step is s = 2**(e / m), m steps per octave;
 - ``topk_code`` [n, K] uint8: code increments, ``topk_code[:, 0] == 0``;
 
 and read back as ``logp = topk_logp1 - (s * cumsum(topk_code, axis=1))**2``: the code of
-class j counts steps of the square root of its gap below the top-1. Square roots give
+class j counts steps of the square root of its gap below the top-1 (storage/q8_layout.py
+says which of these arrays each schema version stores, and how). Square roots give
 fine steps near the top-1, where classes carry weight, and coarse ones far below it, where
 they carry almost none: an error of d nats on a class of probability p costs about
-p d**2 / 2 nats of KL, and a gap g is held to within 2 s sqrt(g). s is the smallest power
-of two with sqrt(top-1 - K-th) / s <= 255, so every record spends the 256 codes on its own
-range. The codes never decrease along a record (the K classes keep their order) and the
+p d**2 / 2 nats of KL, and a gap g is held to within 2 s sqrt(g). s is the smallest
+2**(e / m) with sqrt(top-1 - K-th) / s <= 255, so every record spends the 256 codes on its
+own range: with m = 1 (schema version 2) a record uses 128 to 255 of them, with m = 2
+(version 3) 181 to 255, which cuts the error by about a quarter for a few tenths of a byte. The codes never decrease along a record (the K classes keep their order) and the
 top-1 is exact (code 0). Each class's code is its root gap divided by s rounded down or
 up: of the two, the one that keeps the running sum of the record's probabilities closest
 to the true one (error feedback), so the mass the top-K holds, and the tail 1 - sum, stay
@@ -35,15 +37,22 @@ CODE_MAX = 255
 MIN_LOG2_STEP = -24  # a record whose K classes tie: any step holds it
 
 
-def _log2_step(spread: np.ndarray) -> np.ndarray:
-    """e per row [n] int8: the smallest 2**e >= sqrt(spread) / 255 (>= 2**MIN_LOG2_STEP)."""
+def _step_exponent(spread: np.ndarray, steps_per_octave: int) -> np.ndarray:
+    """e per row [n] int8: the smallest 2**(e / m) >= sqrt(spread) / 255 (>= 2**-24)."""
+    m = steps_per_octave
     with np.errstate(divide="ignore"):
-        e = np.ceil(np.log2(np.sqrt(np.maximum(spread, 0.0)) / CODE_MAX))
-    return np.clip(np.nan_to_num(e, neginf=MIN_LOG2_STEP), MIN_LOG2_STEP, 127).astype(np.int8)
+        e = np.ceil(m * np.log2(np.sqrt(np.maximum(spread, 0.0)) / CODE_MAX))
+    low = MIN_LOG2_STEP * m
+    return np.clip(np.nan_to_num(e, neginf=low), low, 127).astype(np.int8)
+
+
+def step_size(exponent: np.ndarray, steps_per_octave: int, dtype: type = np.float64) -> np.ndarray:
+    """The step 2**(e / m) of each record [n], in ``dtype`` (what writer and readers use)."""
+    return np.exp2(exponent.astype(dtype) / dtype(steps_per_octave)).astype(dtype)
 
 
 def quantize_logp(
-    logp: np.ndarray, exact: np.ndarray | None = None
+    logp: np.ndarray, exact: np.ndarray | None = None, steps_per_octave: int = 2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize top-K log-probabilities (descending) to the q8 arrays.
 
@@ -52,16 +61,17 @@ def quantize_logp(
             disorder is tolerated: gaps are made non-decreasing first).
         exact: [n, K] bool, slots whose value readers take from elsewhere (the true class:
             the losses use ``gt_logit``); their rounding is left out of the running sum.
+        steps_per_octave: m, the step is 2**(e / m) (1 in schema version 2, 2 since 3).
 
     Returns:
-        (topk_logp1 [n] float16, topk_log2_step [n] int8, topk_code [n, K] uint8).
+        (topk_logp1 [n] float16, step exponent e [n] int8, topk_code [n, K] uint8).
     """
     logp = np.asarray(logp, dtype=np.float64)
     n = logp.shape[0]
     top1 = logp[:, 0].astype(np.float16)
     gap = np.maximum.accumulate(np.maximum(top1.astype(np.float64)[:, None] - logp, 0.0), axis=1)
-    e = _log2_step(gap[:, -1])
-    step = np.ldexp(1.0, e.astype(np.int32))
+    e = _step_exponent(gap[:, -1], steps_per_octave)
+    step = step_size(e, steps_per_octave)
     x = np.minimum(np.sqrt(gap) / step[:, None], CODE_MAX)
     cumulative = np.zeros(gap.shape, np.int16)
     error = np.zeros(n)  # running sum of (stored - true) probabilities, relative to the top-1
@@ -82,21 +92,43 @@ def quantize_logp(
     return top1, e, code.astype(np.uint8)
 
 
-def dequantize_logp(logp1: np.ndarray, log2_step: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """The q8 arrays back to log-probabilities [n, K] float32 (see the module docstring)."""
-    cumulative = np.cumsum(code, axis=1, dtype=np.int32).astype(np.float32)
-    step = np.ldexp(np.float32(1.0), log2_step.astype(np.int32))
-    return logp1.astype(np.float32)[:, None] - np.square(step[:, None] * cumulative)
+def dequantize_logp(
+    logp1: np.ndarray,
+    exponent: np.ndarray,
+    code: np.ndarray,
+    steps_per_octave: int = 2,
+    top1_code_stored: bool = False,
+) -> np.ndarray:
+    """The q8 arrays back to log-probabilities [n, K] float32 (see the module docstring).
+
+    Args:
+        logp1: [n] float16 top-1 log-probabilities.
+        exponent: [n] int8 step exponents e (the step is 2**(e / steps_per_octave)).
+        code: [n, K - 1] uint8 increments of ranks 2..K, or [n, K] with the top-1's zero
+            first (``top1_code_stored``, schema version 2).
+        steps_per_octave: m (1 in schema version 2, 2 since 3).
+        top1_code_stored: whether ``code`` starts with the top-1's (zero) column.
+    """
+    n = code.shape[0]
+    skip = 1 if top1_code_stored else 0
+    out = np.empty((n, code.shape[1] + 1 - skip), np.float32)
+    top1 = logp1.astype(np.float32)
+    out[:, 0] = top1
+    roots = np.cumsum(code[:, skip:], axis=1, dtype=np.int32).astype(np.float32)
+    roots *= step_size(exponent, steps_per_octave, np.float32)[:, None]
+    np.square(roots, out=roots)
+    np.subtract(top1[:, None], roots, out=out[:, 1:])
+    return out
 
 
-def max_error(logp: np.ndarray) -> np.ndarray:
+def max_error(logp: np.ndarray, steps_per_octave: int = 2) -> np.ndarray:
     """The largest |dequantized - given| a q8 record of these log-probabilities can hold,
     per entry [n, K]: a gap g is within one root step, |(sqrt(g) +- s)**2 - g| <= 2 s
     sqrt(g) + s**2; the top-1 within float16's rounding (which an fp16 record holds too)."""
     logp = np.asarray(logp, dtype=np.float64)
     top1 = logp[:, 0].astype(np.float16).astype(np.float64)
     gap = np.maximum(top1[:, None] - logp, 0.0)
-    step = np.ldexp(1.0, _log2_step(gap[:, -1]).astype(np.int32))[:, None]
+    step = step_size(_step_exponent(gap[:, -1], steps_per_octave), steps_per_octave)[:, None]
     bound = 2 * step * np.sqrt(gap) + step**2
     bound[:, 0] = np.abs(logp[:, 0]) * 2.0**-11
     return bound * (1 + 1e-6) + 1e-6

@@ -16,7 +16,7 @@ import numpy as np
 
 from storage import _checks as checks
 from storage import _integrity as integrity
-from storage import location
+from storage import location, q8_layout
 from storage.errors import (
     CorruptCacheError,
     DatasetMismatchError,
@@ -25,8 +25,7 @@ from storage.errors import (
     RequestError,
 )
 from storage.manifest import Manifest
-from storage.quantize import dequantize_logp
-from storage.schema import Q8_LOGP_ARRAYS, array_specs, per_view_arrays
+from storage.schema import array_specs, per_view_arrays
 from storage.slab import ViewSlab, topk_from_logits
 
 logger = logging.getLogger(__name__)
@@ -291,10 +290,10 @@ class CacheReader:
             array = self._arrays[name]
             integrity.check_chunks_exist(self.location, name, array, view, shards)
             data[name] = integrity.read_checked(self.location, name, array, view, start, stop, size)
-        if "topk_code" in data:  # record precision q8: float32 log-probs, lse(1) = 0, int32 boxes
-            data["topk_logp"] = dequantize_logp(*(data.pop(n) for n in Q8_LOGP_ARRAYS))
-            data["lse"] = data.pop("lse_gap").astype(np.float32)
-            data["gt_logit"] = data.pop("gt_logp").astype(np.float32)
+        labels = self.labels[start:stop]
+        if self.manifest.record_precision == "q8":  # float32 log-probs, lse(1) = 0, int32 boxes
+            version, temps = self.manifest.schema_version, self.temperatures
+            q8_layout.decode(version, temps, data, np.asarray(labels))
             data["crop"] = data["crop"].astype(np.int32)
         slab = ViewSlab(
             view=view,
@@ -306,7 +305,7 @@ class CacheReader:
             gt_logit=data["gt_logit"],
             crop=data["crop"],
             flip=data["flip"],
-            label=self.labels[start:stop],
+            label=labels,
             temperatures=self.temperatures,
             bad=data["bad"],
         )

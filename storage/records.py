@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from storage import q8_layout
 from storage.errors import RecordError
 from storage.manifest import Manifest
-from storage.quantize import quantize_logp, relative_lse
 from storage.schema import FLOAT16_MAX, UINT16_MAX, index_dtype
 
 # log-probabilities computed as logit - lse in float32 can exceed 0 by rounding.
@@ -124,11 +124,7 @@ def prepare_records(
         _finite("topk_logp", logp, where, FLOAT16_MAX)
         _check_topk_rows(idx[good], logp[good], where)
         out["topk_idx"] = np.ascontiguousarray(idx, dtype=index_dtype(c))
-        if manifest.record_precision == "q8":
-            exact = None if labels is None else idx == np.asarray(labels)[:, None]
-            q8 = quantize_logp(logp, exact)
-            out["topk_logp1"], out["topk_log2_step"], out["topk_code"] = q8
-        else:
+        if manifest.record_precision != "q8":
             out["topk_logp"] = np.ascontiguousarray(logp, dtype=np.float16)
     else:
         logits = _array(records, "logits", (n, c), "f", where)
@@ -139,10 +135,9 @@ def prepare_records(
     _finite("lse", lse, where)
     gt = _array(records, "gt_logit", (n,), "f", where)
     _finite("gt_logit", gt, where)
-    if manifest.record_precision == "q8":  # relative to lse(T=1), in float16
-        one = lse[:, manifest.temperatures.index(1.0)].astype(np.float64)
-        out["lse_gap"] = relative_lse(lse, manifest.temperatures)
-        out["gt_logp"] = (gt.astype(np.float64) - one).astype(np.float16)
+    if manifest.record_precision == "q8":  # 8-bit codes; the rest relative to lse(T=1)
+        version, temps = manifest.schema_version, manifest.temperatures
+        out.update(q8_layout.encode(version, temps, idx, logp, lse, gt, labels))
     else:
         out["lse"] = np.ascontiguousarray(lse, dtype=np.float32)
         out["gt_logit"] = np.ascontiguousarray(gt, dtype=np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from storage.manifest import Manifest
+from storage.q8_layout import q8_layout, stored_temperatures
 
 ATTR_MANIFEST = "pld_cache"
 ATTR_SCHEMA_VERSION = "schema_version"
@@ -28,10 +29,10 @@ UINT16_MAX = 65535
 # Arrays indexed [V, N, ...], written by shard writers.
 PER_VIEW_ARRAYS_TOPK = ("topk_idx", "topk_logp", "lse", "gt_logit", "crop", "flip", "bad")
 PER_VIEW_ARRAYS_FULL = ("logits", "lse", "gt_logit", "crop", "flip", "bad")
-# record_precision "q8" (storage/quantize.py): topk_logp as three arrays, lse and gt_logit
-# relative to lse(T=1) in float16, crop as uint16.
-Q8_LOGP_ARRAYS = ("topk_logp1", "topk_log2_step", "topk_code")
-PER_VIEW_ARRAYS_Q8 = ("topk_idx", *Q8_LOGP_ARRAYS, "lse_gap", "gt_logp", "crop", "flip", "bad")
+# record_precision "q8" (storage/quantize.py, q8_layout.py): topk_logp as three arrays,
+# lse and gt_logit relative to lse(T=1) in float16, crop as uint16; the step array's name
+# depends on the schema version.
+Q8_TAIL_ARRAYS = ("lse_gap", "gt_logp", "crop", "flip", "bad")
 # Arrays indexed [N, ...]: key and label at create time, hw by view 0's shard writers.
 PER_SAMPLE_ARRAYS = ("key", "label", "hw")
 
@@ -58,7 +59,10 @@ def per_view_arrays(manifest: Manifest) -> tuple[str, ...]:
     """Names of the [V, N, ...] arrays of this manifest's format and record precision."""
     if manifest.format == "full":
         return PER_VIEW_ARRAYS_FULL
-    return PER_VIEW_ARRAYS_Q8 if manifest.record_precision == "q8" else PER_VIEW_ARRAYS_TOPK
+    if manifest.record_precision == "q8":
+        step = q8_layout(manifest.schema_version).step_array
+        return ("topk_idx", "topk_logp1", step, "topk_code", *Q8_TAIL_ARRAYS)
+    return PER_VIEW_ARRAYS_TOPK
 
 
 def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
@@ -68,6 +72,9 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
     s = min(s, n)
     nan = float("nan")
     q8 = manifest.record_precision == "q8"
+    if q8:
+        layout = q8_layout(manifest.schema_version)
+        nt = len(stored_temperatures(manifest.temperatures, manifest.schema_version))
 
     def view(
         name: str, trailing: tuple[int, ...], dtype: Any, fill: Any, dims: tuple[str, ...], doc: str
@@ -84,6 +91,7 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
             nan,
             ("temperature",),
             "teacher logsumexp(z / T) - logsumexp(z) / T for each manifest temperature"
+            + (" but 1 (0 there)" if q8 and layout.leaves_out_zeros else "")
             if q8
             else "teacher logsumexp(z / T) for each manifest temperature",
         ),
@@ -94,6 +102,11 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
             nan,
             (),
             "teacher log-probability of the true class at T=1"
+            + (
+                " (0 where the label is in the top-K: read its slot)"
+                if q8 and layout.leaves_out_zeros
+                else ""
+            )
             if q8
             else "teacher logit of the true class",
         ),
@@ -123,19 +136,25 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
         ),
     ]
     if q8:
+        m, top1_code = layout.steps_per_octave, 0 if layout.leaves_out_zeros else 1
         specs[:0] = [
             view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
             view("topk_logp1", (), np.float16, nan, (), "top-1 log-probability at T=1"),
-            view("topk_log2_step", (), np.int8, 0, (), "e: the q8 code step is 2**e nats"),
+            view(
+                layout.step_array, (), np.int8, 0, (),
+                f"e: the q8 code step is s = 2**(e / {m}) nats",
+            ),
             view(
                 "topk_code",
-                (k,),
+                (k - 1 + top1_code,),
                 np.uint8,
                 0,
                 ("rank",),
-                "q8 code increments: logp = topk_logp1 - 2**topk_log2_step * cumsum(topk_code)",
+                "q8 code increments of ranks "
+                + ("1..K" if top1_code else "2..K")
+                + ": logp = topk_logp1 - (s * cumsum(topk_code))**2",
             ),
-        ]
+        ]  # fmt: skip
     elif manifest.format == "topk":
         specs[:0] = [
             view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
@@ -156,8 +175,14 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
 def _blosc(cname: str, level: int) -> Callable[[np.dtype], list]:
     def make(dtype: np.dtype) -> list:
         # Bit-shuffle suits small integers (class indices use ~10 of 16 bits);
-        # byte-shuffle suits floats (sign and exponent bytes repeat). See README.
-        shuffle = "shuffle" if dtype.kind == "f" else "bitshuffle"
+        # byte-shuffle suits floats (sign and exponent bytes repeat); zstd's entropy coder
+        # does better on whole bytes than on bit planes (q8 codes). See README.
+        if dtype.kind == "f":
+            shuffle = "shuffle"
+        elif dtype.itemsize == 1 and dtype.kind in "iu" and cname == "zstd":
+            shuffle = "noshuffle"
+        else:
+            shuffle = "bitshuffle"
         return [
             BloscCodec(cname=cname, clevel=level, shuffle=shuffle, typesize=dtype.itemsize),
             Crc32cCodec(),
@@ -175,6 +200,14 @@ COMPRESSORS: dict[str, Callable[[np.dtype], list]] = {
     "none": lambda dtype: [Crc32cCodec()],
 }
 DEFAULT_COMPRESSOR = "blosc-lz4"
+# q8 records are small integers and float16 numbers that an entropy coder shrinks further
+# (docs/choosing-k-t-precision.md measures both codecs); fp16 keeps lz4's faster decoding.
+Q8_DEFAULT_COMPRESSOR = "blosc-zstd"
+
+
+def default_compressor(manifest: Manifest) -> str:
+    """The codec a cache of this manifest gets when none is named."""
+    return Q8_DEFAULT_COMPRESSOR if manifest.record_precision == "q8" else DEFAULT_COMPRESSOR
 
 
 def codecs_for(spec: ArraySpec, compressor: str) -> list:

@@ -37,9 +37,9 @@ from storage.schema import (
     ATTR_MANIFEST,
     ATTR_SCHEMA_VERSION,
     COMPRESSORS,
-    DEFAULT_COMPRESSOR,
     array_specs,
     codecs_for,
+    default_compressor,
 )
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ def create(
     keys: Sequence[str],
     labels: np.ndarray,
     overwrite: bool = False,
-    compressor: str = DEFAULT_COMPRESSOR,
+    compressor: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> CacheWriter:
     """Create a cache (or reopen a compatible one to resume) and return its writer.
@@ -260,7 +260,8 @@ def create(
         keys: sample keys [N], in cache order.
         labels: true classes [N] int in [0, C).
         overwrite: replace an existing cache (or an interrupted create) at ``path``.
-        compressor: one of ``COMPRESSORS`` (default ``"blosc-lz4"``, see README).
+        compressor: one of ``COMPRESSORS``; None picks ``"blosc-lz4"``, or ``"blosc-zstd"``
+            for record precision q8 (``schema.default_compressor``, see README).
         storage_options: fsspec options for a URL's filesystem (endpoint, credentials).
 
     Returns:
@@ -274,6 +275,7 @@ def create(
         RecordError: keys/labels of the wrong length, duplicate keys, labels outside [0, C).
         SchemaVersionError: ``path`` holds a cache of another schema version.
     """
+    compressor = compressor or default_compressor(manifest)
     if compressor not in COMPRESSORS:
         raise RequestError(
             f"unknown compressor {compressor!r}; choose one of {sorted(COMPRESSORS)}"

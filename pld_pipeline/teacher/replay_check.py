@@ -19,7 +19,7 @@ from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.teacher.cache_build import images_of, teacher_of
 from pld_pipeline.teacher.compute import compute_views
 from pld_pipeline.teacher.options import PassOptions
-from storage.quantize import max_error
+from storage.q8_layout import max_error
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
             logger.warning("Replay check skips sample %d: %s", sample, exc)
             unreadable.append(dataset.keys[sample])
             continue
-        quantized = manifest.record_precision == "q8"
-        worst = max(worst, _logp_error(cached, 0, fresh[view], quantized))
+        q8_version = manifest.schema_version if manifest.record_precision == "q8" else None
+        worst = max(worst, _logp_error(cached, 0, fresh[view], q8_version))
     checked = len(picks) - len(unreadable)
     if unreadable and not checked:
         raise errors.ReplayCheckError(
@@ -93,10 +93,10 @@ def replay_check(config: CacheConfig, seed: int = 0) -> ReplayCheck:
 
 
 def _logp_error(
-    slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray], quantized: bool = False
+    slab: storage.ViewSlab, row: int, fresh: dict[str, np.ndarray], q8_version: int | None = None
 ) -> float:
     """Largest |cached - fresh| log-prob over the cached classes of one record, beyond the
-    quantization error a q8 record may hold (`quantized`)."""
+    quantization error a q8 record of schema version `q8_version` may hold (None: fp16)."""
     if slab.logits is not None:
         cached = torch.log_softmax(torch.from_numpy(slab.logits[row].astype(np.float32)), -1)
         recomputed = torch.log_softmax(torch.from_numpy(fresh["logits"][0]), -1)
@@ -104,7 +104,7 @@ def _logp_error(
     idx = slab.topk_idx[row].astype(np.int64)
     cached = slab.topk_logp[row].astype(np.float32)
     # q8 records hold each log-prob to within their quantization error: not the teacher's.
-    allowance = float(max_error(cached[None]).max()) if quantized else 0.0
+    allowance = 0.0 if q8_version is None else float(max_error(q8_version, cached[None]).max())
     # Compare class by class: near-ties may swap order between the two forwards.
     fresh_logp = dict(zip(fresh["topk_idx"][0].tolist(), fresh["topk_logp"][0].tolist()))
     errors_ = []

@@ -19,7 +19,7 @@ def keys_for(labels: np.ndarray) -> list[str]:
     return [f"class{label:02d}/img{i:04d}.png" for i, label in enumerate(labels)]
 
 
-def write_cache(path, manifest, labels, skip=(), compressor=storage.DEFAULT_COMPRESSOR):
+def write_cache(path, manifest, labels, skip=(), compressor=None):
     """Write every (view, shard) of a cache except those in ``skip``; return the writer."""
     writer = storage.create(path, manifest, keys_for(labels), labels, compressor=compressor)
     for v in range(manifest.num_views):

@@ -35,7 +35,7 @@ def _run_example(path) -> tuple[str, dict]:
     return out.getvalue(), scope
 
 
-@pytest.mark.parametrize("precision", ["fp16", "q8", "fp16-schema-1"])
+@pytest.mark.parametrize("precision", ["fp16", "q8", "q8-schema-2", "fp16-schema-1"])
 def test_plain_zarr_example_runs_on_a_real_cache(tmp_path, precision):
     m = make_manifest(
         num_samples=300,
@@ -44,7 +44,8 @@ def test_plain_zarr_example_runs_on_a_real_cache(tmp_path, precision):
         num_views=2,
         shard_size=64,
         temperatures=(1.0, 2.0, 4.0),
-        record_precision="q8" if precision == "q8" else "fp16",
+        record_precision="q8" if precision.startswith("q8") else "fp16",
+        schema_version=2 if precision == "q8-schema-2" else storage.SCHEMA_VERSION,
     )
     labels = make_labels(300, 50)
     write_cache(tmp_path / "c.zarr", m, labels)
@@ -59,10 +60,10 @@ def test_plain_zarr_example_runs_on_a_real_cache(tmp_path, precision):
     top1 = float(np.mean(idx[:, 0] == labels))
     assert f"teacher top-1 {top1:.3f}" in out
     tail = 1 - np.exp(logp).sum(axis=1)
-    assert np.abs(scope["tail"] - tail).max() < (2e-2 if precision == "q8" else 2e-3)
+    assert np.abs(scope["tail"] - tail).max() < (2e-2 if precision.startswith("q8") else 2e-3)
     assert np.array_equal(scope["crop"], np.concatenate([r["crop"] for r in records]))
     assert scope["lazy"].shape == (2, 300, 8)
-    assert precision[:4] in out
+    assert precision.split("-")[0] in out
 
 
 def test_array_table_lists_every_array_with_its_dtype():
@@ -74,6 +75,9 @@ def test_array_table_lists_every_array_with_its_dtype():
     topk = array_specs(make_manifest())
     full = array_specs(make_manifest(fmt="full", k=0))
     q8 = array_specs(make_manifest(record_precision="q8"))
+    q8_v2 = array_specs(make_manifest(record_precision="q8", schema_version=2))
+    assert set(q8_v2) - set(q8) == {"topk_log2_step"}
+    assert "`topk_log2_step` (s = 2 ** e" in text  # the version-2 layout, in prose
     for name, spec in {**topk, **full, **q8}.items():
         assert name in rows, f"{name} is not documented in storage/README.md"
         documented = rows[name]

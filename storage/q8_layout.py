@@ -1,0 +1,126 @@
+"""Where a q8 record's numbers go, per schema version (storage/quantize.py makes the numbers).
+
+Version 2, the first q8 layout, stores ``topk_log2_step`` [n] int8 (the step is 2**e),
+``topk_code`` [n, K] uint8 (column 0, the top-1's, is always 0), ``lse_gap`` [n, nT]
+float16 (0 at T = 1) and ``gt_logp`` [n] float16 for every record.
+
+Version 3 leaves out what is always zero or already stored, and steps in half octaves:
+
+- ``topk_step`` [n] int8: e, the step is 2**(e / 2), so a record uses 181 to 255 of its
+  256 codes, not 128 to 255 (a quarter less error, docs/choosing-k-t-precision.md);
+- ``topk_code`` [n, K - 1] uint8: the increments of ranks 2..K;
+- ``lse_gap`` [n, nT - 1] float16: the temperatures other than 1, in manifest order;
+- ``gt_logp`` [n] float16, 0 where the label is among the record's K classes: the label's
+  log-probability is then read from its slot, with the same 8-bit rounding as every other
+  class (version 2 rounded that slot apart and kept the label's float16 value; measured on
+  a real teacher, the losses' gradients move by under 0.1 % of fp16's for it), and zeros
+  compress to nothing.
+
+Together with blosc-zstd (the q8 default, ``schema.default_compressor``) that takes a
+real teacher's top-10 record from 36.9 to under 30 bytes. Readers turn either layout into
+the same slab fields (``decode``), so the losses never see the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage import quantize
+from storage.quantize import dequantize_logp, quantize_logp, relative_lse
+
+
+@dataclass(frozen=True)
+class Q8Layout:
+    """What one schema version stores of a q8 record."""
+
+    steps_per_octave: int
+    step_array: str
+    leaves_out_zeros: bool  # version 3: no top-1 code, no T = 1 gap, gt_logp 0 in the top-K
+
+
+def q8_layout(schema_version: int) -> Q8Layout:
+    """The q8 layout of a cache of this schema version (2 or later)."""
+    if schema_version == 2:
+        return Q8Layout(1, "topk_log2_step", leaves_out_zeros=False)
+    return Q8Layout(2, "topk_step", leaves_out_zeros=True)
+
+
+def stored_temperatures(temperatures: Sequence[float], schema_version: int) -> list[int]:
+    """Indices into ``temperatures`` of the ``lse_gap`` columns a q8 cache stores."""
+    keep_t1 = not q8_layout(schema_version).leaves_out_zeros
+    return [j for j, t in enumerate(temperatures) if keep_t1 or float(t) != 1.0]
+
+
+def encode(
+    schema_version: int,
+    temperatures: Sequence[float],
+    idx: np.ndarray,
+    logp: np.ndarray,
+    lse: np.ndarray,
+    gt_logit: np.ndarray,
+    labels: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """A shard's checked top-K records as the q8 arrays of this schema version.
+
+    Args:
+        schema_version: the cache's version (a resumed version-2 cache keeps its layout).
+        temperatures: the manifest's, with 1.0 among them.
+        idx: [n, K] classes; logp: [n, K] log-probabilities at T = 1, descending.
+        lse: [n, nT] absolute logsumexps; gt_logit: [n] the true class's logit.
+        labels: [n] true classes (version 2 rounds the label's slot apart; version 3 reads
+            the label's log-probability from its slot). Version 3 needs them.
+    """
+    layout = q8_layout(schema_version)
+    label_slot = None if labels is None else idx == np.asarray(labels)[:, None]
+    exact = None if layout.leaves_out_zeros else label_slot
+    logp1, step, code = quantize_logp(logp, exact, layout.steps_per_octave)
+    one = lse[:, list(temperatures).index(1.0)].astype(np.float64)
+    gt_logp = (gt_logit.astype(np.float64) - one).astype(np.float16)
+    gap = relative_lse(lse, tuple(temperatures))
+    if layout.leaves_out_zeros:
+        code = code[:, 1:]
+        gap = gap[:, stored_temperatures(temperatures, schema_version)]
+        if label_slot is None:
+            raise ValueError("q8 records of schema version 3 need the shard's labels")
+        gt_logp[label_slot.any(axis=1)] = 0
+    return {
+        "topk_logp1": logp1,
+        layout.step_array: step,
+        "topk_code": np.ascontiguousarray(code),
+        "lse_gap": np.ascontiguousarray(gap),
+        "gt_logp": gt_logp,
+    }
+
+
+def decode(
+    schema_version: int,
+    temperatures: Sequence[float],
+    data: dict[str, np.ndarray],
+    labels: np.ndarray,
+) -> None:
+    """Replace the q8 arrays in ``data`` (read from a cache) by the slab's float32
+    ``topk_logp`` [n, K], ``lse`` [n, nT] (relative: lse(1) = 0) and ``gt_logit`` [n]."""
+    layout = q8_layout(schema_version)
+    logp1, step = data.pop("topk_logp1"), data.pop(layout.step_array)
+    data["topk_logp"] = dequantize_logp(
+        logp1, step, data.pop("topk_code"), layout.steps_per_octave,
+        top1_code_stored=not layout.leaves_out_zeros,
+    )  # fmt: skip
+    gap, gt_logp = data.pop("lse_gap"), data.pop("gt_logp").astype(np.float32)
+    if layout.leaves_out_zeros:
+        lse = np.zeros((len(gap), len(temperatures)), np.float32)
+        lse[:, stored_temperatures(temperatures, schema_version)] = gap
+        label_slot = data["topk_idx"] == np.asarray(labels)[:, None]
+        gt_logp[label_slot.any(axis=1)] = data["topk_logp"][label_slot]  # one slot per row
+        data["lse"] = lse
+    else:
+        data["lse"] = gap.astype(np.float32)
+    data["gt_logit"] = gt_logp
+
+
+def max_error(schema_version: int, logp: np.ndarray) -> np.ndarray:
+    """The largest error [n, K] a q8 record of this version can hold on these log-probs."""
+    return quantize.max_error(logp, q8_layout(schema_version).steps_per_octave)
