@@ -14,13 +14,18 @@ they carry almost none: an error of d nats on a class of probability p costs abo
 p d**2 / 2 nats of KL, and a gap g is held to within 2 s sqrt(g). s is the smallest
 2**(e / m) with sqrt(top-1 - K-th) / s <= 255, so every record spends the 256 codes on its
 own range: with m = 1 (schema version 2) a record uses 128 to 255 of them, with m = 2
-(version 3) 181 to 255, which cuts the error by about a quarter for a few tenths of a byte. The codes never decrease along a record (the K classes keep their order) and the
-top-1 is exact (code 0). Each class's code is its root gap divided by s rounded down or
-up: of the two, the one that keeps the running sum of the record's probabilities closest
-to the true one (error feedback), so the mass the top-K holds, and the tail 1 - sum, stay
-as exact as one class's rounding; rounding each to the nearest alone lets errors add up
-past a small tail. The true class's slot is rounded to the nearest and left out of that
-sum: the losses take its weight from ``gt_logp``.
+(version 3) 181 to 255, which cuts the error by about a quarter for a few tenths of a
+byte. The codes never decrease along a record (the K classes keep their order) and the
+top-1 is exact (code 0).
+
+Each class's code is its root gap divided by s rounded down or up: of the two, the one
+with the smaller second-order KL of the record so far, p d**2 / 2 for the class's own log
+error d plus E**2 / (2 t) for the error E it leaves in the kept mass (the running sum of
+stored minus true probabilities, error feedback; t is the record's true tail mass). The
+kept mass, and the tail 1 - sum, so stay near exact where the tail is small and a wrong
+tail costs most; rounding each class to the nearest alone lets errors add up past a
+small tail. Where the losses take a slot's weight from elsewhere (``exact``, version 2's
+true class, read from ``gt_logp``) it is rounded to the nearest and left out of E.
 
 The logsumexps and the true class's logit are stored relative to lse(T = 1), in float16:
 ``lse_gap`` [n, nT] = lse(T) - lse(1) / T (in [0, (1 - 1/T) log C]; 0 at T = 1) and
@@ -35,6 +40,7 @@ import numpy as np
 
 CODE_MAX = 255
 MIN_LOG2_STEP = -24  # a record whose K classes tie: any step holds it
+MIN_TAIL = 1e-6
 
 
 def _step_exponent(spread: np.ndarray, steps_per_octave: int) -> np.ndarray:
@@ -73,21 +79,34 @@ def quantize_logp(
     e = _step_exponent(gap[:, -1], steps_per_octave)
     step = step_size(e, steps_per_octave)
     x = np.minimum(np.sqrt(gap) / step[:, None], CODE_MAX)
+    p1 = np.exp(top1.astype(np.float64))
+    # The record's true tail mass at T = 1, what an error in the kept mass is measured
+    # against (floored: a record holding all the mass only has to keep the sum exact).
+    tail = np.maximum(1.0 - np.exp(logp).sum(axis=1), MIN_TAIL)
     cumulative = np.zeros(gap.shape, np.int16)
-    error = np.zeros(n)  # running sum of (stored - true) probabilities, relative to the top-1
+    error = np.zeros(n)  # running sum of (stored - true) probabilities
     for j in range(1, gap.shape[1]):
         previous = cumulative[:, j - 1]
         low = np.maximum(np.floor(x[:, j]), previous)
         high = np.maximum(np.minimum(np.ceil(x[:, j]), CODE_MAX), previous)
-        true = np.exp(-gap[:, j])
-        d_low = np.exp(-np.square(low * step)) - true
-        d_high = np.exp(-np.square(high * step)) - true
-        pick_high = np.abs(error + d_high) < np.abs(error + d_low)
+        true = p1 * np.exp(-gap[:, j])
+        cost, fed = [], []
+        for code_j in (low, high):
+            stored_gap = np.square(code_j * step)
+            d_prob = p1 * np.exp(-stored_gap) - true
+            # Second-order KL of the record: this class's log error, and the tail's.
+            kl = true * np.square(stored_gap - gap[:, j]) / 2 + np.square(error + d_prob) / (
+                2 * tail
+            )
+            cost.append(kl)
+            fed.append(d_prob)
+        pick_high = cost[1] < cost[0]
         if exact is not None:  # nearest rounding, nothing fed back
-            pick_high = np.where(exact[:, j], np.abs(d_high) < np.abs(d_low), pick_high)
+            nearest = np.abs(fed[1]) < np.abs(fed[0])
+            pick_high = np.where(exact[:, j], nearest, pick_high)
         cumulative[:, j] = np.where(pick_high, high, low)
-        fed = np.where(pick_high, d_high, d_low)
-        error += fed if exact is None else np.where(exact[:, j], 0.0, fed)
+        chosen = np.where(pick_high, fed[1], fed[0])
+        error += chosen if exact is None else np.where(exact[:, j], 0.0, chosen)
     code = np.diff(cumulative, axis=1, prepend=np.zeros((n, 1), np.int16))
     return top1, e, code.astype(np.uint8)
 

@@ -62,6 +62,7 @@ def make_cache(
     shard_size: int = 10,
     views_done: int | None = None,
     teacher=None,  # callable (x [B,3,S,S] float, labels [B]) -> logits [B, C]
+    **manifest_fields,  # e.g. record_precision="q8", schema_version=2
 ) -> Path:
     """Write a complete cache of `root` (or only the first `views_done` views).
 
@@ -87,6 +88,7 @@ def make_cache(
         dataset_fingerprint=images.fingerprint(),
         num_samples=len(images),
         shard_size=shard_size,
+        **manifest_fields,
     )
     writer = storage.create(path, manifest, images.keys, images.labels)
     for v in range(num_views if views_done is None else views_done):

@@ -32,7 +32,7 @@ def _descending_logp(rng: np.random.Generator, n: int, k: int, c: int = 1000) ->
 
 @pytest.mark.parametrize("m", [1, 2])  # steps per octave: schema version 2, and 3
 @pytest.mark.parametrize("k", [1, 2, 10, 100])
-def test_quantized_records_keep_the_top1_the_order_and_the_kept_mass(k, m):
+def test_quantized_records_keep_the_top1_and_the_order_and_round_by_kl(k, m):
     logp = _descending_logp(np.random.default_rng(k), 300, k)
     exact = np.zeros(logp.shape, bool)
     exact[::3, min(1, k - 1)] = k > 1  # the true class in the second slot of every third row
@@ -54,6 +54,8 @@ def test_quantized_records_keep_the_top1_the_order_and_the_kept_mass(k, m):
         assert spread == 0 or spread / s > 255 / 2 ** (1 / m) * (1 - 1e-12)
         assert float(back[row, 0]) == first  # the top-1 is exact
         cumulative, previous, running = 0, float("inf"), 0.0
+        p1 = math.exp(first)
+        tail = max(1.0 - sum(math.exp(x) for x in true), 1e-6)  # the record's true tail
         for j in range(k):
             cumulative += int(code[row, j])
             value = first - (s * cumulative) ** 2
@@ -64,17 +66,22 @@ def test_quantized_records_keep_the_top1_the_order_and_the_kept_mass(k, m):
             previous = value
             if j:
                 # Of the codes it could take (root gap / s rounded down or up, not below the
-                # previous code), the class took the one keeping the running sum of
-                # probability errors smallest (nearest for the true class, not summed).
+                # previous code), the class took the one with the smaller second-order KL:
+                # p d^2 / 2 for its own log error d, plus E^2 / (2 tail) for the running sum
+                # E of probability errors (nearest for the true class, not summed).
                 low = max(math.floor(math.sqrt(gap) / s), cumulative - int(code[row, j]))
                 high = max(min(math.ceil(math.sqrt(gap) / s), 255), low)
                 assert cumulative in (low, high)
-                err = {c: math.exp(-((s * c) ** 2)) - math.exp(-gap) for c in (low, high)}
+                p = p1 * math.exp(-gap)
+                err = {c: p1 * math.exp(-((s * c) ** 2)) - p for c in (low, high)}
+                kl = {
+                    c: p * ((s * c) ** 2 - gap) ** 2 / 2 + (running + err[c]) ** 2 / (2 * tail)
+                    for c in (low, high)
+                }
                 if exact[row, j]:
                     assert abs(err[cumulative]) <= min(abs(e) for e in err.values()) + 1e-15
                 else:
-                    best = min(abs(running + e) for e in err.values())
-                    assert abs(running + err[cumulative]) <= best + 1e-15
+                    assert kl[cumulative] <= min(kl.values()) * (1 + 1e-9) + 1e-18
                     running += err[cumulative]
         assert cumulative <= 255
     assert (max_error(logp, m) >= np.abs(back - logp) - 1e-6).all()

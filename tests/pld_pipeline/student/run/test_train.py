@@ -43,6 +43,27 @@ def test_each_loss_trains_and_the_loss_decreases(loss, replay_cache, color_folde
         assert result.mean_dropped_weight is None
 
 
+@pytest.mark.parametrize("schema_version", [2, 3])  # the first q8 layout, and today's
+def test_q8_caches_of_both_layouts_train_as_their_fp16_twin(schema_version, color_folder, tmp_path):
+    fp16 = make_cache(tmp_path / "fp16.zarr", color_folder)
+    q8 = make_cache(
+        tmp_path / "q8.zarr", color_folder, record_precision="q8", schema_version=schema_version
+    )
+    assert zarr.open_group(str(q8), mode="r").attrs["schema_version"] == schema_version
+    histories = {}
+    for name, cache in (("fp16", fp16), ("q8", q8)):
+        for loss in ("pld", "kd"):
+            cfg = train_config(
+                cache, color_folder, tmp_path / f"{name}-{loss}", loss={"name": loss},
+                epochs=3, batch_size=24, optim={"lr": 0.02},
+            )  # fmt: skip
+            histories[name, loss] = [r["train_loss"] for r in fit(cfg).history]
+    for loss in ("pld", "kd"):
+        # Same views, same seed: 8-bit log-probs move the losses by a rounding error only.
+        assert np.allclose(histories["q8", loss], histories["fp16", loss], rtol=2e-3, atol=0)
+        assert histories["q8", loss] != histories["fp16", loss]  # it did read the q8 cache
+
+
 def test_run_directory_and_result(replay_cache, color_folder, color_val_folder, tmp_path):
     seen = []
     cfg = train_config(
