@@ -426,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         result["precision"] = measure_precision(workdir, dense, logits_s, pks, temps, args.batch)
         result["times_s"]["precision_s"] = time.perf_counter() - start
         result["info"]["precision_command"] = " ".join([Path(sys.executable).name, *sys.argv])
+        result["info"]["precision_date"] = datetime.date.today().isoformat()
         print_tables(result)
         Path(args.json).write_text(json.dumps(result, indent=1))
         if args.markdown:

@@ -113,8 +113,10 @@ def decode(
     if layout.leaves_out_zeros:
         lse = np.zeros((len(gap), len(temperatures)), np.float32)
         lse[:, stored_temperatures(temperatures, schema_version)] = gap
-        label_slot = data["topk_idx"] == np.asarray(labels)[:, None]
-        gt_logp[label_slot.any(axis=1)] = data["topk_logp"][label_slot]  # one slot per row
+        idx, rows = data["topk_idx"], np.arange(len(gt_logp))
+        hit = idx == np.asarray(labels).astype(idx.dtype)[:, None]  # at most one per row
+        slot = hit.argmax(axis=1)
+        gt_logp = np.where(hit[rows, slot], data["topk_logp"][rows, slot], gt_logp)
         data["lse"] = lse
     else:
         data["lse"] = gap.astype(np.float32)

@@ -128,15 +128,16 @@ def dequantize_logp(
         steps_per_octave: m (1 in schema version 2, 2 since 3).
         top1_code_stored: whether ``code`` starts with the top-1's (zero) column.
     """
-    n = code.shape[0]
-    skip = 1 if top1_code_stored else 0
-    out = np.empty((n, code.shape[1] + 1 - skip), np.float32)
-    top1 = logp1.astype(np.float32)
-    out[:, 0] = top1
-    roots = np.cumsum(code[:, skip:], axis=1, dtype=np.int32).astype(np.float32)
-    roots *= step_size(exponent, steps_per_octave, np.float32)[:, None]
-    np.square(roots, out=roots)
-    np.subtract(top1[:, None], roots, out=out[:, 1:])
+    n, k = code.shape[0], code.shape[1] + 1 - (1 if top1_code_stored else 0)
+    # One contiguous [n, K] pass per step (cheaper than strided writes into the output):
+    # the codes behind a zero top-1 code, their running sums in uint8 (the writer keeps
+    # them <= 255, so nothing is cast), then roots -> gaps -> log-probs in place.
+    codes = np.zeros((n, k), np.uint8)
+    codes[:, k - code.shape[1] :] = code
+    out = np.cumsum(codes, axis=1, dtype=np.uint8).astype(np.float32)
+    out *= step_size(exponent, steps_per_octave, np.float32)[:, None]
+    np.square(out, out=out)
+    np.subtract(logp1.astype(np.float32)[:, None], out, out=out)
     return out
 
 
