@@ -6,9 +6,12 @@ float16 (0 at T = 1) and ``gt_logp`` [n] float16 for every record.
 
 Version 3 leaves out what is always zero or already stored, and steps in half octaves:
 
-- ``topk_step`` [n] int8: e, the step is 2**(e / 2), so a record uses 181 to 255 of its
-  256 codes, not 128 to 255 (a quarter less error, docs/choosing-k-t-precision.md);
-- ``topk_code`` [n, K - 1] uint8: the increments of ranks 2..K;
+- ``topk_code`` [n, K] uint8: column 0, which the top-1 (stored exactly) does not need,
+  holds the record's step exponent e + 128, the step being 2**(e / 2): a record uses 181
+  to 255 of its 256 codes, not 128 to 255 (a quarter less error,
+  docs/choosing-k-t-precision.md); columns 1..K-1 the increments of ranks 2..K. One array
+  fewer to read than a separate step array, which is most of what a whole-view load of
+  small records costs (each array's chunks cost about the same however small);
 - ``lse_gap`` [n, nT - 1] float16: the temperatures other than 1, in manifest order;
 - ``gt_logp`` [n] float16, 0 where the label is among the record's K classes: the label's
   log-probability is then read from its slot, with the same 8-bit rounding as every other
@@ -31,21 +34,23 @@ import numpy as np
 from storage import quantize
 from storage.quantize import dequantize_logp, quantize_logp, relative_lse
 
+STEP_BIAS = 128  # version 3: topk_code[:, 0] = e + 128, e in [-48, 127]
+
 
 @dataclass(frozen=True)
 class Q8Layout:
     """What one schema version stores of a q8 record."""
 
     steps_per_octave: int
-    step_array: str
-    leaves_out_zeros: bool  # version 3: no top-1 code, no T = 1 gap, gt_logp 0 in the top-K
+    step_array: str | None  # None: the step exponent is in topk_code[:, 0] (version 3)
+    leaves_out_zeros: bool  # version 3: no T = 1 gap, gt_logp 0 where the slot holds it
 
 
 def q8_layout(schema_version: int) -> Q8Layout:
     """The q8 layout of a cache of this schema version (2 or later)."""
     if schema_version == 2:
         return Q8Layout(1, "topk_log2_step", leaves_out_zeros=False)
-    return Q8Layout(2, "topk_step", leaves_out_zeros=True)
+    return Q8Layout(2, None, leaves_out_zeros=True)
 
 
 def stored_temperatures(temperatures: Sequence[float], schema_version: int) -> list[int]:
@@ -80,19 +85,18 @@ def encode(
     one = lse[:, list(temperatures).index(1.0)].astype(np.float64)
     gt_logp = (gt_logit.astype(np.float64) - one).astype(np.float16)
     gap = relative_lse(lse, tuple(temperatures))
+    arrays = {"topk_logp1": logp1}
+    if layout.step_array is None:
+        code[:, 0] = (step.astype(np.int16) + STEP_BIAS).astype(np.uint8)
+    else:
+        arrays[layout.step_array] = step
     if layout.leaves_out_zeros:
-        code = code[:, 1:]
         gap = gap[:, stored_temperatures(temperatures, schema_version)]
         if label_slot is None:
             raise ValueError("q8 records of schema version 3 need the shard's labels")
         gt_logp[label_slot.any(axis=1)] = 0
-    return {
-        "topk_logp1": logp1,
-        layout.step_array: step,
-        "topk_code": np.ascontiguousarray(code),
-        "lse_gap": np.ascontiguousarray(gap),
-        "gt_logp": gt_logp,
-    }
+    arrays.update(topk_code=code, lse_gap=np.ascontiguousarray(gap), gt_logp=gt_logp)
+    return arrays
 
 
 def decode(
@@ -104,11 +108,12 @@ def decode(
     """Replace the q8 arrays in ``data`` (read from a cache) by the slab's float32
     ``topk_logp`` [n, K], ``lse`` [n, nT] (relative: lse(1) = 0) and ``gt_logit`` [n]."""
     layout = q8_layout(schema_version)
-    logp1, step = data.pop("topk_logp1"), data.pop(layout.step_array)
-    data["topk_logp"] = dequantize_logp(
-        logp1, step, data.pop("topk_code"), layout.steps_per_octave,
-        top1_code_stored=not layout.leaves_out_zeros,
-    )  # fmt: skip
+    code = data.pop("topk_code")
+    if layout.step_array is None:
+        step = code[:, 0].astype(np.int16) - STEP_BIAS
+    else:
+        step = data.pop(layout.step_array)
+    data["topk_logp"] = dequantize_logp(data.pop("topk_logp1"), step, code, layout.steps_per_octave)
     gap, gt_logp = data.pop("lse_gap"), data.pop("gt_logp").astype(np.float32)
     if layout.leaves_out_zeros:
         lse = np.zeros((len(gap), len(temperatures)), np.float32)

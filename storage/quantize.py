@@ -4,7 +4,7 @@ A record's K log-probabilities at T = 1, sorted descending, are stored as
 
 - ``topk_logp1`` [n] float16: the top-1 log-probability, the very value an fp16 cache stores;
 - a step exponent e [n] int8: the record's step is s = 2**(e / m), m steps per octave;
-- ``topk_code`` [n, K] uint8: code increments, ``topk_code[:, 0] == 0``;
+- ``topk_code`` [n, K] uint8: code increments, the top-1's (column 0) being 0;
 
 and read back as ``logp = topk_logp1 - (s * cumsum(topk_code, axis=1))**2``: the code of
 class j counts steps of the square root of its gap below the top-1 (storage/q8_layout.py
@@ -112,28 +112,22 @@ def quantize_logp(
 
 
 def dequantize_logp(
-    logp1: np.ndarray,
-    exponent: np.ndarray,
-    code: np.ndarray,
-    steps_per_octave: int = 2,
-    top1_code_stored: bool = False,
+    logp1: np.ndarray, exponent: np.ndarray, code: np.ndarray, steps_per_octave: int = 2
 ) -> np.ndarray:
     """The q8 arrays back to log-probabilities [n, K] float32 (see the module docstring).
 
     Args:
         logp1: [n] float16 top-1 log-probabilities.
         exponent: [n] int8 step exponents e (the step is 2**(e / steps_per_octave)).
-        code: [n, K - 1] uint8 increments of ranks 2..K, or [n, K] with the top-1's zero
-            first (``top1_code_stored``, schema version 2).
+        code: [n, K] uint8 code increments; column 0, the top-1's, is read as 0 (schema
+            version 3 keeps the record's step exponent there).
         steps_per_octave: m (1 in schema version 2, 2 since 3).
-        top1_code_stored: whether ``code`` starts with the top-1's (zero) column.
     """
-    n, k = code.shape[0], code.shape[1] + 1 - (1 if top1_code_stored else 0)
-    # One contiguous [n, K] pass per step (cheaper than strided writes into the output):
-    # the codes behind a zero top-1 code, their running sums in uint8 (the writer keeps
-    # them <= 255, so nothing is cast), then roots -> gaps -> log-probs in place.
-    codes = np.zeros((n, k), np.uint8)
-    codes[:, k - code.shape[1] :] = code
+    # One contiguous [n, K] pass per step (cheaper than strided writes): the running codes
+    # in uint8 (the writer keeps them <= 255, so nothing is cast), then roots -> gaps ->
+    # log-probs in place.
+    codes = np.array(code, dtype=np.uint8, order="C")
+    codes[:, :1] = 0
     out = np.cumsum(codes, axis=1, dtype=np.uint8).astype(np.float32)
     out *= step_size(exponent, steps_per_octave, np.float32)[:, None]
     np.square(out, out=out)

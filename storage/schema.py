@@ -61,7 +61,7 @@ def per_view_arrays(manifest: Manifest) -> tuple[str, ...]:
         return PER_VIEW_ARRAYS_FULL
     if manifest.record_precision == "q8":
         step = q8_layout(manifest.schema_version).step_array
-        return ("topk_idx", "topk_logp1", step, "topk_code", *Q8_TAIL_ARRAYS)
+        return ("topk_idx", "topk_logp1", *([step] if step else []), "topk_code", *Q8_TAIL_ARRAYS)
     return PER_VIEW_ARRAYS_TOPK
 
 
@@ -136,25 +136,25 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
         ),
     ]
     if q8:
-        m, top1_code = layout.steps_per_octave, 0 if layout.leaves_out_zeros else 1
+        m = layout.steps_per_octave
+        step_doc = f"s = 2**(e / {m}) nats"
         specs[:0] = [
             view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),
             view("topk_logp1", (), np.float16, nan, (), "top-1 log-probability at T=1"),
             view(
-                layout.step_array, (), np.int8, 0, (),
-                f"e: the q8 code step is s = 2**(e / {m}) nats",
-            ),
-            view(
                 "topk_code",
-                (k - 1 + top1_code,),
+                (k,),
                 np.uint8,
                 0,
                 ("rank",),
-                "q8 code increments of ranks "
-                + ("1..K" if top1_code else "2..K")
-                + ": logp = topk_logp1 - (s * cumsum(topk_code))**2",
+                "q8 code increments of ranks 2..K in columns 1..K-1 (column 0: "
+                + (f"the step exponent e + 128, {step_doc}" if layout.step_array is None
+                   else "0")
+                + "): logp = topk_logp1 - (s * cumsum(topk_code[..., 1:]))**2",
             ),
         ]  # fmt: skip
+        if layout.step_array is not None:
+            specs.insert(2, view(layout.step_array, (), np.int8, 0, (), f"e: {step_doc}"))
     elif manifest.format == "topk":
         specs[:0] = [
             view("topk_idx", (k,), index_dtype(c), 0, ("rank",), "top-K classes, descending"),

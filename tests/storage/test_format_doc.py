@@ -77,7 +77,8 @@ def test_array_table_lists_every_array_with_its_dtype():
     q8 = array_specs(make_manifest(record_precision="q8"))
     q8_v2 = array_specs(make_manifest(record_precision="q8", schema_version=2))
     assert set(q8_v2) - set(q8) == {"topk_log2_step"}
-    assert "`topk_log2_step` (s = 2 ** e" in text  # the version-2 layout, in prose
+    assert set(q8) - set(q8_v2) == set()
+    assert "`topk_log2_step` [V, N] int8 (s = 2 ** e" in text  # the version-2 layout, in prose
     for name, spec in {**topk, **full, **q8}.items():
         assert name in rows, f"{name} is not documented in storage/README.md"
         documented = rows[name]

@@ -40,9 +40,11 @@ def test_quantized_records_keep_the_top1_and_the_order_and_round_by_kl(k, m):
     assert top1.dtype == np.float16
     assert exponent.dtype == np.int8
     assert code.dtype == np.uint8
-    back = dequantize_logp(top1, exponent, code, steps_per_octave=m, top1_code_stored=True)
-    without_top1 = dequantize_logp(top1, exponent, code[:, 1:], steps_per_octave=m)
-    assert np.array_equal(back, without_top1)
+    assert not code[:, 0].any()  # the top-1 has no code: version 3 keeps the step there
+    back = dequantize_logp(top1, exponent, code, steps_per_octave=m)
+    step_in_column_0 = code.copy()
+    step_in_column_0[:, 0] = 200
+    assert np.array_equal(back, dequantize_logp(top1, exponent, step_in_column_0, m))
     for row in range(len(logp)):
         # The reference: the format's contract, one record at a time in Python floats.
         true = [float(x) for x in logp[row]]
@@ -91,7 +93,7 @@ def test_flat_records_and_ties_quantize_without_dividing_by_zero():
     logp = np.full((3, 4), -np.log(4.0))
     logp[2, 2:] = -3.0  # a tie at the tail
     top1, exponent, code = quantize_logp(logp)
-    back = dequantize_logp(top1, exponent, code, top1_code_stored=True)
+    back = dequantize_logp(top1, exponent, code)
     assert not code[:2].any()
     assert np.allclose(back[:2], np.float16(-np.log(4.0)), atol=0)
     assert back[2, 2] == back[2, 3]
@@ -135,13 +137,12 @@ def test_a_q8_cache_stores_small_arrays_and_reads_back_within_the_quantizer_erro
     g = zarr.open_group(str(tmp_path / "q8.zarr"), mode="r")
     assert g.attrs["schema_version"] == 3
     assert g.attrs["pld_cache"]["record_precision"] == "q8"
-    assert "topk_logp" not in g
-    assert "topk_log2_step" not in g
-    dtypes = {name: g[name].dtype for name in ("topk_code", "topk_step", "crop", "lse_gap")}
-    assert dtypes == {"topk_code": np.uint8, "topk_step": np.int8, "crop": np.uint16,
-                      "lse_gap": np.float16}  # fmt: skip
-    # Nothing that is always zero is stored: no top-1 code, no T = 1 gap.
-    assert g["topk_code"].shape == (2, 100, 4)
+    assert not {"topk_logp", "topk_log2_step", "topk_step"} & set(g.array_keys())
+    dtypes = {name: g[name].dtype for name in ("topk_code", "crop", "lse_gap")}
+    assert dtypes == {"topk_code": np.uint8, "crop": np.uint16, "lse_gap": np.float16}
+    # Nothing that is always zero is stored: the top-1's code byte holds the step, and
+    # there is no T = 1 gap.
+    assert g["topk_code"].shape == (2, 100, 5)
     assert g["lse_gap"].shape == (2, 100, 2)
     # q8 defaults to blosc-zstd; its codes are whole bytes for zstd's entropy coder.
     blosc = g["topk_code"].compressors[0].to_dict()["configuration"]
@@ -157,9 +158,9 @@ def test_a_q8_cache_stores_small_arrays_and_reads_back_within_the_quantizer_erro
         error = np.abs(slab.topk_logp.astype(np.float64) - want["topk_logp"])
         assert (error <= max_error(want["topk_logp"], 2) + 1e-6).all()
         # The plain-zarr dequantization (storage/README.md) gives the same numbers.
-        logp1, e, code = g["topk_logp1"][v], g["topk_step"][v], g["topk_code"][v]
-        s = np.exp2(e.astype(np.float32) / 2)
-        root = s[:, None] * np.cumsum(code, axis=1, dtype=np.int32)
+        logp1, code = g["topk_logp1"][v], g["topk_code"][v]
+        s = np.exp2((code[:, 0].astype(np.float32) - 128) / 2)
+        root = s[:, None] * np.cumsum(code[:, 1:], axis=1, dtype=np.int32)
         rest = logp1.astype(np.float32)[:, None] - np.square(root.astype(np.float32))
         plain = np.concatenate([logp1.astype(np.float32)[:, None], rest], axis=1)
         assert np.allclose(plain, slab.topk_logp, rtol=1e-6, atol=1e-6)
@@ -193,7 +194,6 @@ def test_a_schema_version_2_q8_cache_keeps_its_layout_reads_and_resumes(tmp_path
     # The version-2 layout, as that release wrote it: a whole-octave step, K code columns
     # (the top-1's always 0), every temperature's gap, gt_logp in every row.
     assert g.attrs["schema_version"] == 2
-    assert "topk_step" not in g
     assert g["topk_log2_step"].dtype == np.int8
     assert g["topk_code"].shape == (2, 100, 5)
     assert g["lse_gap"].shape == (2, 100, len(m.temperatures))
@@ -222,15 +222,13 @@ def test_a_schema_version_2_q8_cache_keeps_its_layout_reads_and_resumes(tmp_path
 
 
 @pytest.mark.parametrize(("k", "temperatures"), [(1, (1.0, 4.0)), (3, (1.0,))])
-def test_q8_caches_with_nothing_but_the_top1_or_t1_store_zero_width_arrays(
-    tmp_path, k, temperatures
-):
+def test_q8_caches_with_nothing_but_the_top1_or_t1_read_back(tmp_path, k, temperatures):
     m = _q8_manifest(k=k, temperatures=temperatures)
     labels = make_labels(100, 10)
     write_cache(tmp_path / "c.zarr", m, labels)
     g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
-    assert g["topk_code"].shape == (2, 100, k - 1)
-    assert g["lse_gap"].shape == (2, 100, len(temperatures) - 1)
+    assert g["topk_code"].shape == (2, 100, k)  # at K = 1, the step alone
+    assert g["lse_gap"].shape == (2, 100, len(temperatures) - 1)  # zero-width with T = 1 only
     slab, want = storage.open_cache(tmp_path / "c.zarr").load_view(1), _want(m, 1, labels)
     assert slab.topk_logp.shape == (100, k)
     assert slab.lse.shape == (100, len(temperatures))
