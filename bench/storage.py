@@ -12,8 +12,9 @@ student reading its views epoch after epoch.
 
 With --real FULL_CACHE (a full-logit cache of a real teacher, e.g. the one bench/fidelity.py
 writes), the real teacher's records are written at top-5, 10 and 100 with record precision
-fp16 and q8 and every --codecs codec: bytes per record (each per-view array, the view and
-the disk), and whole-view load_view records/s on the records tiled to --n (chunks of
+fp16 and q8 and every --codecs codec: bytes per record (the chunk files of each per-view
+array and their sum; the view with its arrays' metadata; the disk), and whole-view
+load_view records/s on the records tiled to --n (chunks of
 --shard-size, as a real cache). Bytes come from the untiled records: tiling would repeat
 records inside a chunk, which the codecs would find.
 

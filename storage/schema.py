@@ -210,9 +210,15 @@ def default_compressor(manifest: Manifest) -> str:
     return Q8_DEFAULT_COMPRESSOR if manifest.record_precision == "q8" else DEFAULT_COMPRESSOR
 
 
+# uint8 arrays that hold one bit per record: coded as bool, so bit-shuffle keeps them at
+# about a bit a record under every codec (zstd's whole-byte rule is for q8 codes).
+BIT_ARRAYS = ("flip",)
+
+
 def codecs_for(spec: ArraySpec, compressor: str) -> list:
     """The bytes-to-bytes codec chain of one array for a named compressor."""
     if spec.dtype is str:
         # Variable-length strings are not fixed-size items: shuffling means nothing.
         return [ZstdCodec(level=1), Crc32cCodec()]
-    return COMPRESSORS[compressor](np.dtype(spec.dtype))
+    dtype = np.dtype(np.bool_) if spec.name in BIT_ARRAYS else np.dtype(spec.dtype)
+    return COMPRESSORS[compressor](dtype)
