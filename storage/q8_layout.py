@@ -12,7 +12,9 @@ Version 3 leaves out what is always zero or already stored, and steps in half oc
   docs/choosing-k-t-precision.md); columns 1..K-1 the increments of ranks 2..K. One array
   fewer to read than a separate step array, which is most of what a whole-view load of
   small records costs (each array's chunks cost about the same however small);
-- ``lse_gap`` [n, nT - 1] float16: the temperatures other than 1, in manifest order;
+- ``lse_gap`` [n, nT - 1] float16: the temperatures other than 1, in manifest order (no
+  array at all where 1 is the only one: a zero-width array's chunks would be zero-width,
+  which the zarr v3 spec's regular grid does not allow and readers such as zarrs reject);
 - ``gt_logp`` [n] float16, 0 where the label is among the record's K classes: the label's
   log-probability is then read from its slot, with the same 8-bit rounding as every other
   class (version 2 rounded that slot apart and kept the label's float16 value; measured on
@@ -95,7 +97,9 @@ def encode(
         if label_slot is None:
             raise ValueError("q8 records of schema version 3 need the shard's labels")
         gt_logp[label_slot.any(axis=1)] = 0
-    arrays.update(topk_code=code, lse_gap=np.ascontiguousarray(gap), gt_logp=gt_logp)
+    arrays.update(topk_code=code, gt_logp=gt_logp)
+    if gap.shape[1]:
+        arrays["lse_gap"] = np.ascontiguousarray(gap)
     return arrays
 
 
@@ -114,10 +118,12 @@ def decode(
     else:
         step = data.pop(layout.step_array)
     data["topk_logp"] = dequantize_logp(data.pop("topk_logp1"), step, code, layout.steps_per_octave)
-    gap, gt_logp = data.pop("lse_gap"), data.pop("gt_logp").astype(np.float32)
+    gt_logp = data.pop("gt_logp").astype(np.float32)
+    gap = data.pop("lse_gap", None)  # none in version 3 when T = 1 is the only temperature
     if layout.leaves_out_zeros:
-        lse = np.zeros((len(gap), len(temperatures)), np.float32)
-        lse[:, stored_temperatures(temperatures, schema_version)] = gap
+        lse = np.zeros((len(gt_logp), len(temperatures)), np.float32)
+        if gap is not None:
+            lse[:, stored_temperatures(temperatures, schema_version)] = gap
         idx, rows = data["topk_idx"], np.arange(len(gt_logp))
         hit = idx == np.asarray(labels).astype(idx.dtype)[:, None]  # at most one per row
         slot = hit.argmax(axis=1)

@@ -138,12 +138,15 @@ def dequantize_logp(
 def max_error(logp: np.ndarray, steps_per_octave: int = 2) -> np.ndarray:
     """The largest |dequantized - given| a q8 record of these log-probabilities can hold,
     per entry [n, K]: a gap g is within one root step, |(sqrt(g) +- s)**2 - g| <= 2 s
-    sqrt(g) + s**2; the top-1 within float16's rounding (which an fp16 record holds too)."""
+    sqrt(g) + s**2; the top-1 within float16's rounding (which an fp16 record holds too).
+    Gaps are measured from the float16 top-1, so every other entry can also be off by that
+    rounding (a near-tie of rank 2 rounded above the stored top-1 is read as equal to it)."""
     logp = np.asarray(logp, dtype=np.float64)
     top1 = logp[:, 0].astype(np.float16).astype(np.float64)
     gap = np.maximum(top1[:, None] - logp, 0.0)
     step = step_size(_step_exponent(gap[:, -1], steps_per_octave), steps_per_octave)[:, None]
-    bound = 2 * step * np.sqrt(gap) + step**2
+    top1_rounding = np.abs(logp[:, :1] - top1[:, None])
+    bound = 2 * step * np.sqrt(gap) + step**2 + top1_rounding
     bound[:, 0] = np.abs(logp[:, 0]) * 2.0**-11
     return bound * (1 + 1e-6) + 1e-6
 

@@ -61,7 +61,10 @@ def per_view_arrays(manifest: Manifest) -> tuple[str, ...]:
         return PER_VIEW_ARRAYS_FULL
     if manifest.record_precision == "q8":
         step = q8_layout(manifest.schema_version).step_array
-        return ("topk_idx", "topk_logp1", *([step] if step else []), "topk_code", *Q8_TAIL_ARRAYS)
+        tail = Q8_TAIL_ARRAYS
+        if not stored_temperatures(manifest.temperatures, manifest.schema_version):
+            tail = tuple(name for name in tail if name != "lse_gap")  # T = 1 alone: nothing
+        return ("topk_idx", "topk_logp1", *([step] if step else []), "topk_code", *tail)
     return PER_VIEW_ARRAYS_TOPK
 
 
@@ -169,6 +172,8 @@ def array_specs(manifest: Manifest) -> dict[str, ArraySpec]:
         ]
     else:
         specs[:0] = [view("logits", (c,), np.float16, nan, ("class",), "all teacher logits")]
+    if q8 and nt == 0:  # T = 1 alone: no lse_gap array (its chunks would be zero-width)
+        specs = [spec for spec in specs if spec.name != "lse_gap"]
     return {spec.name: spec for spec in specs}
 
 
