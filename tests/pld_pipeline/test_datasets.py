@@ -124,7 +124,6 @@ def test_layout_errors(tmp_path: Path) -> None:
     assert data.classes == ["a", "b"]
 
 
-@pytest.mark.skipif(not hasattr(storage, "fingerprint"), reason="storage.fingerprint not landed")
 def test_fingerprint_is_storage_fingerprint_and_tracks_files(
     tmp_path: Path, tiny_imagefolder: Path
 ) -> None:
