@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import efficientnet_lite_pytorch  # noqa: F401  (a dev dependency: missing, the tests fail)
 import pytest
 
 import storage
@@ -17,7 +18,7 @@ from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.errors import ClassListError, LabelOrderError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-pytest.importorskip("efficientnet_lite_pytorch")
+
 REPO = Path(__file__).resolve().parents[2]
 
 

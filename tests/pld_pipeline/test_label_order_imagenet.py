@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import efficientnet_lite_pytorch  # noqa: F401  (a dev dependency: missing, the tests fail)
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,6 @@ from pld_pipeline.errors import ClassListError, LabelOrderError
 from pld_pipeline.teacher import cache_build, cache_report
 from pld_pipeline.views import replay_view
 
-pytest.importorskip("efficientnet_lite_pytorch")
 pytestmark = pytest.mark.slow  # a real 1000-class network over full-size photos
 TEACHER = "pld_pipeline.teacher.zoo:efficientnet_lite0"
 

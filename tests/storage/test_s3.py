@@ -11,14 +11,13 @@ import uuid
 
 import numpy as np
 import pytest
+import s3fs  # the [s3] extra is part of `make test`: missing, the tests fail
 from storage_testlib import C, K, N, S, keys_for, write_cache, zarr_arrays
 
 import storage
 from storage.synthetic import make_labels, make_manifest
 
 pytestmark = pytest.mark.integration  # a real S3 server (moto) on loopback
-
-pytest.importorskip("s3fs", reason="the [s3] extra is part of `make test`")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,6 @@ def test_s3_cache_equals_local_and_survives_pickling(s3, tmp_path):
 
 
 def test_deleted_chunk_object_names_array_and_chunk(s3):
-    import s3fs
 
     m = make_manifest(num_samples=N, num_classes=C, k=K, num_views=2, shard_size=S)
     labels = make_labels(N, C)

@@ -46,7 +46,8 @@ def test_invalid_configs_name_the_problem(change: dict, fragment: str) -> None:
 
 
 def test_view_info_for_the_manifest() -> None:
-    storage = pytest.importorskip("storage")
+    import storage
+
     config = CacheConfig.model_validate(
         BASE | {"views": {"mode": "replay", "num_views": 4, "seed": 9}}
     )

@@ -297,7 +297,6 @@ def test_labels_beyond_the_teacher_are_refused(tiny_imagefolder: Path) -> None:
 
 @pytest.mark.slow  # a real 1000-class network over full-size photos
 def test_pretrained_efficientnet_lite0_on_real_photos(real_photos: Path) -> None:
-    pytest.importorskip("efficientnet_lite_pytorch")
     name = "pld_pipeline.teacher.zoo:efficientnet_lite0"
     model = create_model(name)
     pre = resolve_preprocess(name, model)
