@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import efficientnet_lite_pytorch  # noqa: F401  (a dev dependency: missing, the tests fail)
 import pytest
 
 import storage
@@ -18,7 +17,6 @@ from pld_pipeline.configs.cache import CacheConfig
 from pld_pipeline.errors import ClassListError, LabelOrderError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
 REPO = Path(__file__).resolve().parents[2]
 
 

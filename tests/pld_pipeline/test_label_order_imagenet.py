@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import efficientnet_lite_pytorch  # noqa: F401  (a dev dependency: missing, the tests fail)
 import numpy as np
 import pytest
 import torch

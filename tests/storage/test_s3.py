@@ -60,7 +60,6 @@ def test_s3_cache_equals_local_and_survives_pickling(s3, tmp_path):
 
 
 def test_deleted_chunk_object_names_array_and_chunk(s3):
-
     m = make_manifest(num_samples=N, num_classes=C, k=K, num_views=2, shard_size=S)
     labels = make_labels(N, C)
     prefix = f"pld-unit/{uuid.uuid4().hex}/cache.zarr"

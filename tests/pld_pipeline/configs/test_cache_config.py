@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+import storage
 from pld_pipeline.configs.cache import CacheConfig, TeacherConfig, ViewConfig
 
 BASE = {"dataset_root": "/data/imagenet", "teacher": {"name": "resnet50"}, "output": "runs/c"}
@@ -46,8 +47,6 @@ def test_invalid_configs_name_the_problem(change: dict, fragment: str) -> None:
 
 
 def test_view_info_for_the_manifest() -> None:
-    import storage
-
     config = CacheConfig.model_validate(
         BASE | {"views": {"mode": "replay", "num_views": 4, "seed": 9}}
     )
